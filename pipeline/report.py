@@ -1,0 +1,23 @@
+"""Stage `report`: reports/README.md, summary.csv and figures from every family's metric files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.common import DryRunOption, ParamsOption, log, print_settings, user_errors
+from trilemma import paths, report as report_lib, tracking
+from trilemma.config import load_params
+
+
+@user_errors
+def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = False) -> None:
+    """Build reports/README.md and reports/summary.csv for the families in params.yaml."""
+    p = load_params(params)
+    if dry_run:
+        return print_settings({"families": p.families, "output": str(paths.REPORTS / "README.md")})
+    report_lib.build(p.families)
+    log(f"wrote {paths.REPORTS / 'README.md'} and summary.csv for {', '.join(p.families)}")
+    with tracking.stage_run("report", None, p.profile) as run:
+        for name in ("README.md", "summary.csv", "figures/loss_curves.png",
+                     "figures/class_histograms.png"):
+            run.log_artifact(paths.REPORTS / name)

@@ -1,0 +1,62 @@
+"""Stage `train <family>`: the generic training loop on one family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
+                             print_settings, setup, user_errors)
+from trilemma import data, families, figures, paths, tracking
+from trilemma.config import fingerprint
+from trilemma.io import write_csv, write_json
+from trilemma.runtime import device_name, generator
+from trilemma.train import fit
+
+
+@user_errors
+def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
+          device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
+    """Train one family; write models/<family>.pt and reports/train/<family>/ (loss.csv,
+    metrics.json, grid.png of fixed noise after the last epoch, family figures)."""
+    p, dev = setup(params, device)
+    cfg = p.family(family)
+    settings = {family: cfg.model_dump(), "seed": p.seed, "profile": p.profile,
+                "data": p.data.model_dump()}
+    if dry_run:
+        return print_settings({**settings, "device": str(dev)})
+    mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
+    model = families.build(family, cfg, dev)
+    out = paths.train_reports(family)
+    grid_labels = torch.arange(p.sample.grid) % 10 if model.conditional else None
+
+    with tracking.stage_run("train", family, p.profile) as run:
+        run.log_params(tracking.flatten(settings))
+
+        def after_epoch(row: dict) -> None:
+            run.log_metrics(row, step=row["epoch"])
+            # the same noise every epoch: the grids show one set of digits being learned
+            images = model.sample(p.sample.grid, grid_labels, generator(p.seed))
+            figures.save_grid(images, out / "grid.png")
+            run.log_artifact(out / "grid.png", f"grids/epoch_{row['epoch']:03d}")
+
+        history = fit(model, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
+                      name=family, device=dev, seed=p.seed, checkpoint=paths.checkpoint(family),
+                      fingerprint=fingerprint(settings), on_epoch=after_epoch)
+        families.save(model, family, cfg, paths.model(family))
+        paths.checkpoint(family).unlink(missing_ok=True)
+
+        write_csv(out / "loss.csv", history)
+        summary = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
+                   "epochs": cfg.epochs, "profile": p.profile, "device": device_name(dev),
+                   **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
+                      if k not in ("epoch", "seconds")}}
+        write_json(out / "metrics.json", summary)
+        x_test = torch.from_numpy(mnist.x_test[:5000]).unsqueeze(1).float() / 255
+        for name, fig in model.figures(x_test, torch.from_numpy(mnist.y_test[:5000])).items():
+            figures.save_figure(fig, out / f"{name}.png")
+            run.log_artifact(out / f"{name}.png")
+        run.log_metrics(summary)
+        run.log_artifact(out / "loss.csv")
+        log(f"wrote {paths.model(family)} after {summary['train_seconds']:.1f} s of training")

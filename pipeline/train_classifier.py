@@ -1,0 +1,79 @@
+"""Stage `train-classifier`: the judge CNN, its per-digit accuracy, and the real-data FID floor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
+                             user_errors)
+from trilemma import data, figures, metrics, paths, tracking
+from trilemma.classifier import ClassifierTrainee, load_judge, save_judge
+from trilemma.config import fingerprint
+from trilemma.io import write_csv, write_json
+from trilemma.runtime import device_name, generator
+from trilemma.train import fit
+
+
+@user_errors
+def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceOption = "auto",
+                     dry_run: DryRunOption = False) -> None:
+    """Train the judge CNN; write models/classifier.pt, reports/classifier/, and the real-data floor
+    reports/eval/real/metrics.json (FID of a train subset against the test set)."""
+    p, dev = setup(params, device)
+    cfg = p.classifier
+    settings = {"classifier": cfg.model_dump(), "seed": p.seed, "profile": p.profile,
+                "data": p.data.model_dump(), "floor_n": p.sample.n}
+    if dry_run:
+        return print_settings({**settings, "device": str(dev)})
+    mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
+    steps = cfg.epochs * (len(mnist.x_train) // min(cfg.batch_size, len(mnist.x_train)))
+    trainee = ClassifierTrainee(cfg, dev, total_steps=steps)
+    out = paths.CLASSIFIER_REPORTS
+    with tracking.stage_run("train-classifier", None, p.profile) as run:
+        run.log_params(tracking.flatten(settings))
+        history = fit(trainee, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
+                      name="classifier", device=dev, seed=p.seed,
+                      checkpoint=paths.checkpoint("classifier"), fingerprint=fingerprint(settings),
+                      on_epoch=lambda row: run.log_metrics(row, step=row["epoch"]))
+        save_judge(trainee.net, cfg, paths.CLASSIFIER)
+        paths.checkpoint("classifier").unlink(missing_ok=True)
+
+        judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
+        predictions = metrics.predict(judge, mnist.x_test, dev, p.evaluate.batch_size)
+        per_class = metrics.per_class_accuracy(mnist.y_test, predictions)
+        confusion = np.zeros((10, 10), dtype=np.int64)
+        np.add.at(confusion, (mnist.y_test, predictions), 1)
+        accuracy = float((predictions == mnist.y_test).mean())
+        summary = {"test_accuracy": round(accuracy, 6),
+                   "min_class_accuracy": min(r["accuracy"] for r in per_class),
+                   "train_seconds": round(sum(r["seconds"] for r in history), 2),
+                   "epochs": cfg.epochs, "profile": p.profile, "device": device_name(dev)}
+        write_json(out / "metrics.json", summary)
+        write_csv(out / "per_class.csv", per_class)
+        write_csv(out / "history.csv", history)
+        figures.save_figure(figures.confusion_figure(confusion), out / "confusion.png")
+        log(f"classifier test accuracy {accuracy:.4f} (lowest digit "
+            f"{summary['min_class_accuracy']:.4f})")
+
+        floor = real_data_floor(judge, mnist, p.sample.n, p.seed, dev, p.evaluate.batch_size)
+        write_json(paths.REAL_METRICS, {**floor, "profile": p.profile, "device": device_name(dev)})
+        log(f"real-data floor: FID {floor['fid_classifier']:.3f} with {floor['n']} train images "
+            "against the test set")
+        run.log_metrics({**summary, **{f"floor_{k}": v for k, v in floor.items()}})
+        for name in ("per_class.csv", "confusion.png", "history.csv"):
+            run.log_artifact(out / name)
+
+
+def real_data_floor(judge, mnist: data.Mnist, n: int, seed: int, dev: torch.device,
+                    batch_size: int) -> dict:
+    """What a perfect generator would score: a random train subset of the samples' size, measured
+    like a family's samples. No model can be told apart from real data by less than this."""
+    n = min(n, len(mnist.x_train))
+    pick = torch.randperm(len(mnist.x_train), generator=generator(seed))[:n].numpy()
+    real = mnist.x_train[pick]
+    is_mean, is_std = metrics.inception_score(judge, real, dev, seed, batch_size)
+    return {"fid_classifier": round(metrics.fid(judge, mnist.x_test, real, dev, batch_size), 6),
+            "is_classifier": round(is_mean, 6), "is_classifier_std": round(is_std, 6), "n": n}

@@ -1,0 +1,1 @@
+"""trilemma: train, sample and measure image generator families side by side."""

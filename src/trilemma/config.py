@@ -1,0 +1,147 @@
+"""params.yaml as validated pydantic models: the only place params are parsed.
+
+A value written as ``{quick: a, full: b}`` depends on the top-level ``profile`` and is resolved
+before validation, so every model below sees plain values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trilemma.errors import ConfigError
+
+PROFILES = ("quick", "full")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    offline: bool = False  # skip the online mirrors, use the packaged copy
+    download_timeout: float = Field(10.0, gt=0, le=600)  # seconds for all mirrors together
+    train_size: int | None = Field(None, ge=1, le=60000)  # first N training images (None: all)
+    test_size: int | None = Field(None, ge=1, le=10000)  # first N test images (None: all)
+
+
+class TrainConfig(Section):
+    """What the generic training loop needs; every trainee's section extends it."""
+
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+
+
+class ClassifierConfig(TrainConfig):
+    width: int = Field(32, ge=4)  # channels of the first conv block; doubled in the second
+    features: int = Field(128, ge=8)  # penultimate width: the feature space of FID
+    augment: bool = False  # random shifts of up to 2 px
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SampleConfig(Section):
+    n: int = Field(ge=16)  # images per family
+    batch_size: int = Field(500, ge=1)
+    grid: int = Field(64, ge=1, le=400)  # images in the fixed-noise grid
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(1000, ge=1)
+
+
+class Params(Section):
+    profile: Literal["quick", "full"] = "quick"
+    seed: int = Field(0, ge=0)
+    families: list[str] = Field(min_length=1)
+    data: DataConfig = DataConfig()
+    classifier: ClassifierConfig
+    sample: SampleConfig
+    evaluate: EvaluateConfig = EvaluateConfig()
+    family_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    def family(self, name: str) -> TrainConfig:
+        """The validated config of one family (listed in `families`)."""
+        if name not in self.family_sections:
+            known = ", ".join(self.families)
+            raise ConfigError(f"family '{name}' is not in params.yaml `families` ({known})")
+        return self.family_sections[name]
+
+
+def resolve_profile(value: Any, profile: str) -> Any:
+    """Replace every {quick: a, full: b} mapping by the value of `profile`."""
+    if isinstance(value, dict):
+        if value and set(value) == set(PROFILES):
+            return resolve_profile(value[profile], profile)
+        return {k: resolve_profile(v, profile) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_profile(v, profile) for v in value]
+    return value
+
+
+def _first_error(err: ValidationError, prefix: str = "") -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+    if e["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if e["type"] == "missing":
+        return f"{key}: missing"
+    return f"{key}: {e['msg']} (got {e.get('input')!r})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; any problem is one ConfigError line naming the key."""
+    from trilemma.families import REGISTRY  # families import config: avoid the cycle
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    profile = raw.get("profile", "quick")
+    if profile not in PROFILES:
+        raise ConfigError(f"{source}: profile: must be one of {', '.join(PROFILES)} (got {profile!r})")
+    resolved = resolve_profile(raw, profile)
+    families = resolved.get("families")
+    if isinstance(families, list):
+        for name in families:
+            if name not in REGISTRY:
+                known = ", ".join(sorted(REGISTRY))
+                raise ConfigError(f"{source}: families: unknown family {name!r} (known: {known})")
+            if name not in resolved:
+                raise ConfigError(f"{source}: families: {name!r} has no section `{name}:`")
+        if len(set(families)) != len(families):
+            raise ConfigError(f"{source}: families: a family is listed twice")
+    sections = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
+    try:
+        params = Params(**resolved)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_first_error(err)}") from None
+    validated = {}
+    for name, section in sections.items():
+        try:
+            validated[name] = REGISTRY[name].Config(**(section or {}))
+        except ValidationError as err:
+            raise ConfigError(f"{source}: {_first_error(err, name)}") from None
+    return params.model_copy(update={"family_sections": validated})
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_params(raw, str(path))
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able settings: used to match checkpoints to their config."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,61 @@
+"""Generator families, registered by name. Each module has `Config` (its params section, a
+TrainConfig) and `build(cfg, device) -> Family`."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Protocol
+
+import torch
+
+from trilemma.families import vae
+from trilemma.train import Trainee
+
+
+class Family(Trainee, Protocol):
+    conditional: bool  # True: `sample` draws the digits given in `labels`
+
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n,1,28,28) uint8 images; noise from `generator` (a CPU generator: device-independent)."""
+
+    def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """Family-specific matplotlib figures from test images x (B,1,28,28) in [0,1], by name."""
+
+
+REGISTRY: dict[str, ModuleType] = {
+    "vae": vae,
+}
+
+
+def build(name: str, cfg, device: torch.device) -> Family:
+    return REGISTRY[name].build(cfg, device)
+
+
+def save(family: Family, name: str, cfg, path) -> None:
+    """The trained family with the config it was built from."""
+    from trilemma.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"family": name, "config": cfg.model_dump(), "state": family.state_dict()}, tmp)
+
+
+def load(name: str, cfg, path, device: torch.device) -> Family:
+    """Rebuild a saved family; refuses a file trained with other settings than `cfg`."""
+    from pathlib import Path
+
+    from trilemma.errors import DataError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found; run `trilemma train {name}` first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(f"{path}: not a readable model file ({err})") from None
+    if blob.get("family") != name or blob.get("config") != cfg.model_dump():
+        raise DataError(f"{path}: trained with other settings than params.yaml `{name}`; "
+                        f"run `trilemma train {name}` again")
+    family = build(name, cfg, device)
+    family.load_state_dict(blob["state"])
+    return family

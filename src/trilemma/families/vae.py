@@ -1,0 +1,94 @@
+"""Variational autoencoder: conv encoder/decoder, Bernoulli likelihood (BCE), Gaussian latent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from trilemma.config import TrainConfig
+
+
+class Config(TrainConfig):
+    latent_dim: int = Field(16, ge=1)  # 2 gives a latent scatter plot
+    width: int = Field(32, ge=4)  # channels of the first conv; doubled in the second
+    kl_weight: float = Field(1.0, ge=0)  # 1 is the ELBO; other values give a beta-VAE
+
+
+class ConvVAE(nn.Module):
+    def __init__(self, latent_dim: int, width: int):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, w, 4, 2, 1), nn.ReLU(),  # (B,w,14,14)
+            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),  # (B,2w,7,7)
+            nn.Flatten(), nn.Linear(2 * w * 49, 2 * latent_dim),  # (B,2L): mean, log-variance
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, 2 * w * 49), nn.ReLU(), nn.Unflatten(1, (2 * w, 7, 7)),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),  # (B,w,14,14)
+            nn.ConvTranspose2d(w, 1, 4, 2, 1),  # (B,1,28,28) Bernoulli logits
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar
+
+
+class VAE:
+    conditional = False
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.net = ConvVAE(cfg.latent_dim, cfg.width).to(device)
+        self.nets = {"vae": self.net}
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean, logvar = self.net.encode(x)  # (B,L) each
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterisation
+        logits = self.net.decoder(z)
+        # per-image sums, batch means: the ELBO in nats per image
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+        kl = -0.5 * (1 + logvar - mean.square() - logvar.exp()).sum() / len(x)
+        loss = recon + self.cfg.kl_weight * kl
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (n,L) -> uint8 images (n,1,28,28): the decoder's Bernoulli means."""
+        self.net.eval()
+        probs = torch.sigmoid(self.net.decoder(z.to(self.device)))
+        return probs.mul(255).round().to(torch.uint8)
+
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator)  # the prior N(0, I)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        if self.cfg.latent_dim != 2:
+            return {}
+        from trilemma.figures import latent_scatter
+
+        self.net.eval()
+        mean, _ = self.net.encode(x.to(self.device))
+        return {"latent": latent_scatter(mean.cpu().numpy(), y.numpy())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vae": self.net.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["vae"])
+        self.opt.load_state_dict(state["opt"])
+
+
+def build(cfg: Config, device: torch.device) -> VAE:
+    return VAE(cfg, device)

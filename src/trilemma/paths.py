@@ -1,0 +1,36 @@
+"""Where each stage reads and writes, relative to the repository root (DVC's working directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA = Path("data/mnist.npz")
+CLASSIFIER = Path("models/classifier.pt")
+CLASSIFIER_REPORTS = Path("reports/classifier")
+REAL_METRICS = Path("reports/eval/real/metrics.json")  # the real-data floor
+CHECKPOINTS = Path("checkpoints")  # resumable training state; outside DVC outputs
+REPORTS = Path("reports")
+
+
+def model(family: str) -> Path:
+    return Path("models") / f"{family}.pt"
+
+
+def train_reports(family: str) -> Path:
+    return Path("reports/train") / family
+
+
+def samples(family: str) -> Path:
+    return Path("samples") / f"{family}.npz"
+
+
+def sample_grid(family: str) -> Path:
+    return Path("reports/samples") / f"{family}.png"
+
+
+def eval_reports(family: str) -> Path:
+    return Path("reports/eval") / family
+
+
+def checkpoint(name: str) -> Path:
+    return CHECKPOINTS / f"{name}.pt"

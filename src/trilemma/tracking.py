@@ -1,0 +1,111 @@
+"""The one place that talks to MLflow. Tracking never fails a stage: problems become one warning.
+
+Default store: sqlite:///<repo>/mlflow.db with artifacts in <repo>/mlartifacts (the repo is the
+working directory, where DVC runs stages); $MLFLOW_TRACKING_URI points elsewhere, e.g. a server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+EXPERIMENT = "trilemma"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Run:
+    """An MLflow run that turns itself off, with one warning, at the first failure."""
+
+    def __init__(self, mlflow: Any | None):
+        self._mlflow = mlflow
+
+    @property
+    def active(self) -> bool:
+        return self._mlflow is not None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if self._mlflow is None:
+            return
+        try:
+            getattr(self._mlflow, method)(*args, **kwargs)
+        except Exception as err:  # tracking is best effort by design
+            warn(f"MLflow {method} failed, tracking off for this stage: {err}")
+            self._mlflow = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._call("log_params", {k: str(v)[:500] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        numeric = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._call("log_metrics", numeric, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", str(path), artifact_path=artifact_path)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: MLflow params are flat."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _start(stage: str, family: str | None, profile: str) -> Any:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its store set-up chatter
+
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        root = Path.cwd().resolve()
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    tags = {"stage": stage, "family": family or "-", "profile": profile, "git_commit": git_commit(),
+            "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace")}
+    name = f"{stage}:{family}" if family else stage
+    mlflow.start_run(run_name=name, tags=tags)
+    return mlflow
+
+
+@contextmanager
+def stage_run(stage: str, family: str | None, profile: str) -> Iterator[Run]:
+    """One MLflow run for one (stage, family), ended with the stage's status."""
+    try:
+        mlflow = _start(stage, family, profile)
+    except Exception as err:
+        warn(f"MLflow unavailable, this stage runs untracked: {err}")
+        mlflow = None
+    run = Run(mlflow)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        if run.active:
+            run._call("end_run", status=status)

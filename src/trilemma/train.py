@@ -1,0 +1,114 @@
+"""The one training loop: epochs, batching, device, seeding, checkpoint/resume, NaN guard, progress.
+
+A trainee (a generator family or the classifier) only says how to take one step on a batch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from trilemma.config import TrainConfig
+from trilemma.errors import TrainingDiverged
+from trilemma.io import atomic_path
+
+
+class Trainee(Protocol):
+    nets: dict[str, nn.Module]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on x (B,1,28,28) float in [0,1], y (B,) int64; detached losses."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written for the same settings, else None."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a checkpoint is a cache: a bad one is ignored, never fatal
+        print(f"ignoring unreadable checkpoint {path}: {err}", flush=True)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"ignoring checkpoint {path}: written for other settings", flush=True)
+        return None
+    return state
+
+
+def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
+        name: str, device: torch.device, seed: int, checkpoint: Path, fingerprint: str,
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Train for cfg.epochs over (x_train (N,28,28) uint8, y_train (N,) int64), resuming from
+    `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
+    seconds. The whole data set moves to `device` once: batches are index lookups, no loader."""
+    x = x_train.to(device)  # (N,28,28) uint8
+    y = y_train.to(device)  # (N,)
+    n = len(x)
+    batch = min(cfg.batch_size, n)
+    steps = n // batch  # drop the ragged last batch: BatchNorm and GAN steps want full batches
+    shuffle = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    start = 1
+    state = load_checkpoint(checkpoint, fingerprint)
+    if state is not None:
+        trainee.load_state_dict(state["trainee"])
+        _set_rng_state(state["rng"], shuffle)
+        history, start = state["history"], state["epoch"] + 1
+        print(f"{name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+
+    show_bar = sys.stderr.isatty()
+    for epoch in range(start, cfg.epochs + 1):
+        for net in trainee.nets.values():
+            net.train()
+        order = torch.randperm(n, generator=shuffle).to(device)
+        sums: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not show_bar,
+                      leave=False):
+            idx = order[i * batch:(i + 1) * batch]
+            xb = x[idx].unsqueeze(1).float().div_(255)  # (B,1,28,28) in [0,1]
+            for key, value in trainee.train_step(xb, y[idx]).items():
+                sums[key] = sums[key] + value if key in sums else value
+        means = {k: float(v) / steps for k, v in sums.items()}  # the epoch's one host sync
+        seconds = time.perf_counter() - t0
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            kept = f"last good checkpoint kept at {checkpoint}" if checkpoint.exists() else \
+                "no checkpoint was written before it"
+            raise TrainingDiverged(f"{name}: loss {', '.join(bad)} became non-finite in epoch "
+                                   f"{epoch}; training stopped, {kept}")
+        row = {"epoch": epoch, **means, "seconds": round(seconds, 2)}
+        history.append(row)
+        losses = "  ".join(f"{k}={v:.4g}" for k, v in means.items())
+        print(f"{name} epoch {epoch}/{cfg.epochs}  {losses}  ({seconds:.1f} s)", flush=True)
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"fingerprint": fingerprint, "epoch": epoch, "history": history,
+                        "trainee": trainee.state_dict(), "rng": _rng_state(shuffle)}, tmp)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history

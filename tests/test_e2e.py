@@ -1,0 +1,98 @@
+"""The whole pipeline under `dvc repro`, on a copy of the repository with tiny params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
+          "src", "pipeline"]
+TINY = {
+    "data": {"offline": True, "train_size": 512, "test_size": 300},
+    "classifier": {"epochs": 1, "width": 8, "features": 16, "batch_size": 64},
+    "vae": {"epochs": 1, "width": 8, "latent_dim": 2, "batch_size": 64},
+    "sample": {"n": 100, "batch_size": 50, "grid": 16},
+    "evaluate": {"batch_size": 100},
+}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_repro(repo: Path) -> str:
+    return run(["dvc", "repro"], repo)
+
+
+def test_dvc_repro_runs_every_stage(first_repro: str):
+    for stage in ("download", "train-classifier", "train@vae", "sample@vae", "evaluate@vae",
+                  "report"):
+        assert f"Running stage '{stage}'" in first_repro
+
+
+def test_second_dvc_repro_is_a_no_op(repo: Path, first_repro: str):
+    out = run(["dvc", "repro"], repo)
+    assert "Running stage" not in out
+    assert "up to date" in run(["dvc", "status"], repo)
+
+
+def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: str):
+    summary = pd.read_csv(repo / "reports/summary.csv")
+    assert list(summary["family"]) == ["real data (floor)", "vae"]
+    assert (summary["fid_classifier"] > 0).all()
+    readme = (repo / "reports/README.md").read_text()
+    assert "| vae |" in readme and "samples/vae.png" in readme
+    for name in ("classifier/metrics.json", "classifier/per_class.csv", "classifier/confusion.png",
+                 "eval/real/metrics.json", "eval/vae/metrics.json", "eval/vae/class_histogram.csv",
+                 "train/vae/loss.csv", "train/vae/grid.png", "train/vae/latent.png",
+                 "samples/vae.png", "figures/loss_curves.png", "figures/class_histograms.png"):
+        assert (repo / "reports" / name).stat().st_size > 0, name
+    metrics = json.loads((repo / "reports/eval/vae/metrics.json").read_text())
+    assert {"fid_classifier", "is_classifier", "class_histogram", "samples_per_second", "profile",
+            "device"} <= metrics.keys()
+    assert (repo / "dvc.lock").exists() and (repo / "mlflow.db").exists()
+
+
+def test_dvc_metrics_show_lists_the_families(repo: Path, first_repro: str):
+    out = run(["dvc", "metrics", "show", "--json"], repo)
+    assert "reports/eval/vae/metrics.json" in out and "reports/classifier/metrics.json" in out
+
+
+def test_typer_command_by_hand_matches_the_dvc_stage(repo: Path, first_repro: str):
+    path = repo / "reports/eval/vae/metrics.json"
+    before = path.read_bytes()
+    run(["trilemma", "evaluate", "vae"], repo)
+    assert path.read_bytes() == before
+    assert "up to date" in run(["dvc", "status"], repo)
