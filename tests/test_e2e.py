@@ -11,20 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import write_params
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
           "src", "pipeline"]
-TINY = {
-    "data": {"offline": True, "train_size": 512, "test_size": 300},
-    "classifier": {"epochs": 1, "width": 8, "features": 16, "batch_size": 64},
-    "vae": {"epochs": 1, "width": 8, "latent_dim": 2, "batch_size": 64},
-    "sample": {"n": 100, "batch_size": 50, "grid": 16},
-    "evaluate": {"batch_size": 100},
-}
-
-
 def run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -43,10 +34,7 @@ def repo(tmp_path_factory) -> Path:
         else:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root / "params.yaml")  # the project's params with conftest's tiny settings
     run(["git", "init", "-q"], root)
     return root
 

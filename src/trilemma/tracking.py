@@ -80,11 +80,11 @@ def _start(stage: str, family: str | None, profile: str) -> Any:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its store set-up chatter
 
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        root = Path.cwd().resolve()
-        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+    root = Path.cwd().resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)  # every time: the setting is global to the process
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
     mlflow.set_experiment(EXPERIMENT)
     tags = {"stage": stage, "family": family or "-", "profile": profile, "git_commit": git_commit(),
             "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace")}

@@ -1,0 +1,115 @@
+"""Shared fixtures: the real MNIST written once per session, and a tiny repo to run stages in."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data.train_size": 256,
+    "data.test_size": 200,
+    "data.offline": True,
+    "classifier.epochs": 1,
+    "classifier.width": 8,
+    "classifier.features": 16,
+    "classifier.batch_size": 64,
+    "vae.epochs": 1,
+    "vae.width": 8,
+    "vae.latent_dim": 2,
+    "vae.batch_size": 64,
+    "sample.n": 64,
+    "sample.batch_size": 32,
+    "sample.grid": 16,
+    "evaluate.batch_size": 100,
+}
+
+
+def base_params() -> dict[str, Any]:
+    """The project's params.yaml as a plain mapping."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `raw` with dotted keys ('vae.epochs') set; sections are created as needed."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[last] = value
+    return raw
+
+
+def write_params(path: Path, overrides: dict[str, Any] | None = None,
+                 base: dict[str, Any] | None = None) -> Path:
+    """Write params.yaml = project params + TINY + `overrides` (dotted keys) to `path`."""
+    raw = with_overrides(base if base is not None else base_params(), {**TINY, **(overrides or {})})
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and do not slow to a crawl when the 2 cores are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The packaged MNIST, loaded once (a few seconds)."""
+    from trilemma.data import load_packaged
+
+    return load_packaged()
+
+
+@pytest.fixture(scope="session")
+def mnist_npz(tmp_path_factory, mnist) -> Path:
+    """The real data set as a verified npz, written once per session."""
+    from trilemma.data import save_npz
+
+    path = tmp_path_factory.mktemp("data") / "mnist.npz"
+    save_npz(mnist, path)
+    return path
+
+
+def make_repo(root: Path, npz: Path) -> Path:
+    """A repo layout under `root`: data/mnist.npz linked to `npz`, tiny params.yaml."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    os.symlink(npz, root / "data" / "mnist.npz")
+    write_params(root / "params.yaml")
+    return root
+
+
+@pytest.fixture
+def tiny_repo(tmp_path, mnist_npz, monkeypatch) -> Path:
+    """A fresh working directory with the data in place and tiny params; MLflow writes into it."""
+    make_repo(tmp_path, mnist_npz)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TRILEMMA_DEVICE", "cpu")
+    return tmp_path
+
+
+@pytest.fixture
+def set_params(tiny_repo) -> Callable[..., Path]:
+    """set_params({'vae.epochs': 2}) rewrites the tiny repo's params.yaml with those overrides."""
+
+    def write(overrides: dict[str, Any] | None = None) -> Path:
+        return write_params(tiny_repo / "params.yaml", overrides)
+
+    return write

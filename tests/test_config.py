@@ -1,0 +1,98 @@
+"""params.yaml validation: every mistake is one ConfigError line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import base_params, with_overrides, write_params
+from trilemma.config import load_params, parse_params
+from trilemma.errors import ConfigError
+
+
+def test_project_params_file_is_valid():
+    p = parse_params(base_params())
+    assert p.families == ["vae"]
+    assert p.family("vae").epochs >= 1
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"colour": "blue"}, "colour"),
+    ({"classifier.depth": 3}, "classifier.depth"),
+    ({"vae.epochs": "ten"}, "vae.epochs"),
+    ({"classifier.lr": -0.1}, "classifier.lr"),
+    ({"vae.lr": -1e-3}, "vae.lr"),
+    ({"vae.batch_size": 0}, "vae.batch_size"),
+    ({"evaluate.batch_size": 0}, "evaluate.batch_size"),
+    ({"families": ["vae", "nosuch"]}, "nosuch"),
+    ({"profile": "fast"}, "profile"),
+    ({"data.train_size": 0}, "data.train_size"),
+], ids=["unknown-top-level", "unknown-in-classifier", "wrong-type", "negative-lr",
+        "negative-family-lr", "zero-batch-size", "zero-eval-batch", "unknown-family",
+        "bad-profile", "train-size-zero"])
+def test_bad_value_raises_config_error_naming_the_key(overrides, key):
+    raw = with_overrides(base_params(), overrides)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        parse_params(raw)
+    assert "\n" not in str(err.value)
+
+
+def test_family_listed_without_section_is_rejected():
+    raw = base_params()
+    del raw["vae"]
+    with pytest.raises(ConfigError, match="vae") as err:
+        parse_params(raw)
+    assert "section" in str(err.value)
+
+
+def test_family_listed_twice_is_rejected():
+    with pytest.raises(ConfigError, match="twice"):
+        parse_params(with_overrides(base_params(), {"families": ["vae", "vae"]}))
+
+
+def test_non_mapping_params_is_rejected():
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_params(["vae"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("profile: quick\nvae: {epochs: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_params(path)
+    assert str(path) in str(err.value) and "line" in str(err.value)
+
+
+def test_missing_params_file_is_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_profile_picks_value_from_quick_full_mapping():
+    raw = base_params()
+    assert set(raw["classifier"]["epochs"]) == {"quick", "full"}
+    quick = parse_params(with_overrides(raw, {"profile": "quick"}))
+    full = parse_params(with_overrides(raw, {"profile": "full"}))
+    assert quick.classifier.epochs == raw["classifier"]["epochs"]["quick"]
+    assert full.classifier.epochs == raw["classifier"]["epochs"]["full"]
+    assert quick.classifier.epochs != full.classifier.epochs
+    assert full.family("vae").epochs == raw["vae"]["epochs"]["full"]
+
+
+def test_family_config_is_validated_and_unknown_family_lookup_fails():
+    p = parse_params(with_overrides(base_params(), {"vae.latent_dim": 2}))
+    assert p.family("vae").latent_dim == 2
+    with pytest.raises(ConfigError, match="gan"):
+        p.family("gan")
+
+
+def test_cli_unknown_key_exits_2_with_one_line_error(tmp_path, monkeypatch):
+    from pipeline.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"vae.colour": "red"})
+    result = CliRunner().invoke(app, ["train", "vae", "--dry-run"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "vae.colour" in errors[0]
+    assert "Traceback" not in result.output

@@ -1,0 +1,194 @@
+"""The family contract (every registered family) and the generic training loop `fit`."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from trilemma import families
+from trilemma.errors import DataError, TrainingDiverged
+from trilemma.train import fit
+
+CPU = torch.device("cpu")
+SMALL = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 8, "latent_dim": 4}
+
+
+def tiny_config(name: str, **overrides):
+    config = families.REGISTRY[name].Config
+    fields = config.model_fields
+    return config(**{k: v for k, v in {**SMALL, **overrides}.items() if k in fields})
+
+
+def build(name: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return families.build(name, tiny_config(name, **overrides), CPU)
+
+
+def labels_for(model, n: int):
+    return torch.arange(n) % 10 if model.conditional else None
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {f"{net}.{k}": v.detach().clone() for net, module in model.nets.items()
+            for k, v in module.state_dict().items()}
+
+
+def same_params(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def batch(mnist):
+    """A real batch: x (8,1,28,28) float in [0,1], y (8,) int64."""
+    x = torch.from_numpy(mnist.x_train[:8]).unsqueeze(1).float() / 255
+    return x, torch.from_numpy(mnist.y_train[:8])
+
+
+@pytest.fixture(scope="module")
+def small_set(mnist):
+    """128 training images as fit() takes them: x (128,28,28) uint8, y (128,) int64."""
+    return torch.from_numpy(mnist.x_train[:128]), torch.from_numpy(mnist.y_train[:128])
+
+
+FAMILIES = sorted(families.REGISTRY)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_train_step_returns_finite_scalars_and_updates_every_net(name, batch):
+    model = build(name)
+    before = params_of(model)
+    losses = model.train_step(*batch)
+    assert "loss" in losses
+    for key, value in losses.items():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0, key
+        assert torch.isfinite(value), key
+        assert not value.requires_grad, key
+    after = params_of(model)
+    for net in model.nets:
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(net + ".")), \
+            f"{net} was not updated"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sample_is_uint8_images_and_seeded(name):
+    model = build(name)
+    a = model.sample(12, labels_for(model, 12), torch.Generator().manual_seed(3))
+    b = model.sample(12, labels_for(model, 12), torch.Generator().manual_seed(3))
+    c = model.sample(12, labels_for(model, 12), torch.Generator().manual_seed(4))
+    assert a.dtype == torch.uint8 and a.shape == (12, 1, 28, 28)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_state_dict_round_trip_gives_identical_samples(name, batch):
+    model = build(name, seed=0)
+    model.train_step(*batch)
+    state = copy.deepcopy(model.state_dict())
+    fresh = build(name, seed=1)
+    fresh.load_state_dict(state)
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    assert torch.equal(model.sample(16, labels_for(model, 16), gen()),
+                       fresh.sample(16, labels_for(fresh, 16), gen()))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_resume_from_state_and_rng_repeats_the_next_step(name, batch):
+    model = build(name, seed=0)
+    for _ in range(3):
+        model.train_step(*batch)
+    state, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    loss = model.train_step(*batch)["loss"]
+    expected = params_of(model)
+
+    resumed = build(name, seed=1)
+    resumed.load_state_dict(state)
+    torch.set_rng_state(rng)
+    assert torch.equal(resumed.train_step(*batch)["loss"], loss)
+    assert same_params(params_of(resumed), expected)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_saved_family_loads_only_with_the_same_config(name, batch, tmp_path):
+    model = build(name)
+    model.train_step(*batch)
+    cfg = tiny_config(name)
+    families.save(model, name, cfg, tmp_path / "m.pt")
+    loaded = families.load(name, cfg, tmp_path / "m.pt", CPU)
+    assert same_params(params_of(loaded), params_of(model))
+    with pytest.raises(DataError, match="other settings"):
+        families.load(name, tiny_config(name, lr=2e-3), tmp_path / "m.pt", CPU)
+    with pytest.raises(DataError, match="not found"):
+        families.load(name, cfg, tmp_path / "absent.pt", CPU)
+
+
+def test_vae_figures_give_latent_scatter_only_for_two_dims(batch):
+    x, y = batch
+    assert build("vae", latent_dim=4).figures(x, y) == {}
+    figs = build("vae", latent_dim=2).figures(x, y)
+    assert set(figs) == {"latent"}
+
+
+def run_fit(model, small_set, epochs: int, checkpoint, seed: int = 0):
+    return fit(model, *small_set, tiny_config("vae", epochs=epochs, batch_size=64), name="vae",
+               device=CPU, seed=seed, checkpoint=checkpoint, fingerprint="fp")
+
+
+def losses(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_fit_resumed_after_one_epoch_equals_two_epochs_straight(small_set, tmp_path):
+    straight = build("vae", seed=0)
+    history = run_fit(straight, small_set, 2, tmp_path / "straight.pt")
+    assert [row["epoch"] for row in history] == [1, 2]
+
+    first = build("vae", seed=0)
+    run_fit(first, small_set, 1, tmp_path / "split.pt")
+    resumed = build("vae", seed=5)
+    torch.manual_seed(123)  # the checkpoint's RNG state, not this, must drive epoch 2
+    resumed_history = run_fit(resumed, small_set, 2, tmp_path / "split.pt")
+
+    assert losses(resumed_history) == losses(history)
+    assert same_params(params_of(resumed), params_of(straight))
+
+
+def test_fit_ignores_checkpoint_of_other_settings(small_set, tmp_path):
+    run_fit(build("vae", seed=0), small_set, 1, tmp_path / "ck.pt")
+    other = build("vae", seed=0)
+    history = fit(other, *small_set, tiny_config("vae", epochs=1, batch_size=64), name="vae",
+                  device=CPU, seed=0, checkpoint=tmp_path / "ck.pt", fingerprint="other")
+    assert [row["epoch"] for row in history] == [1]  # trained from scratch, not resumed
+
+
+class NanInEpoch:
+    """A trainee that delegates to `inner` but reports a NaN loss from step `bad_from` on."""
+
+    def __init__(self, inner, bad_from: int):
+        self.inner, self.bad_from, self.steps = inner, bad_from, 0
+        self.nets = inner.nets
+
+    def train_step(self, x, y):
+        self.steps += 1
+        out = self.inner.train_step(x, y)
+        if self.steps >= self.bad_from:
+            out["loss"] = torch.tensor(float("nan"))
+        return out
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+def test_fit_nan_loss_raises_and_keeps_last_good_checkpoint(small_set, tmp_path):
+    checkpoint = tmp_path / "ck.pt"
+    trainee = NanInEpoch(build("vae"), bad_from=3)  # 128 images / 64 = 2 steps: NaN in epoch 2
+    with pytest.raises(TrainingDiverged, match="epoch 2") as err:
+        run_fit(trainee, small_set, 3, checkpoint)
+    assert "kept" in str(err.value)
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["epoch"] == 1 and len(saved["history"]) == 1
