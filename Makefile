@@ -8,6 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is needed)"; exit 2; }
+	@echo "setting up $(VENV): pinned dependencies, PyTorch included (several GB the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.config import ClassifierConfig
+from trilemma.errors import DataError
+from trilemma.io import atomic_path
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -85,18 +88,12 @@ class ClassifierTrainee:
         self.schedule.load_state_dict(state["schedule"])
 
 
-def save_judge(net: Judge, cfg: ClassifierConfig, path) -> None:
-    from trilemma.io import atomic_path
-
+def save_judge(net: Judge, cfg: ClassifierConfig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         torch.save({"config": cfg.model_dump(), "state": net.state_dict()}, tmp)
 
 
-def load_judge(path, device: torch.device) -> Judge:
-    from pathlib import Path
-
-    from trilemma.errors import DataError
-
+def load_judge(path: str | Path, device: torch.device) -> Judge:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: classifier not found; run `trilemma train-classifier` first")

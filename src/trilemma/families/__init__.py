@@ -3,12 +3,16 @@ TrainConfig) and `build(cfg, device) -> Family`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
 import torch
 
+from trilemma.config import TrainConfig
+from trilemma.errors import DataError
 from trilemma.families import vae
+from trilemma.io import atomic_path
 from trilemma.train import Trainee
 
 
@@ -28,24 +32,18 @@ REGISTRY: dict[str, ModuleType] = {
 }
 
 
-def build(name: str, cfg, device: torch.device) -> Family:
+def build(name: str, cfg: TrainConfig, device: torch.device) -> Family:
     return REGISTRY[name].build(cfg, device)
 
 
-def save(family: Family, name: str, cfg, path) -> None:
+def save(family: Family, name: str, cfg: TrainConfig, path: str | Path) -> None:
     """The trained family with the config it was built from."""
-    from trilemma.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"family": name, "config": cfg.model_dump(), "state": family.state_dict()}, tmp)
 
 
-def load(name: str, cfg, path, device: torch.device) -> Family:
+def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device) -> Family:
     """Rebuild a saved family; refuses a file trained with other settings than `cfg`."""
-    from pathlib import Path
-
-    from trilemma.errors import DataError
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found; run `trilemma train {name}` first")
