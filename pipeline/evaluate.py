@@ -64,5 +64,7 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     log(f"{family}: FID {fid:.3f}, IS {is_mean:.3f} +- {is_std:.3f}, "
         f"{result['samples_per_second']:.0f} images/s")
     with tracking.stage_run("evaluate", family, p.profile) as run:
+        run.log_params(tracking.flatten({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
+                                         "data": p.data.model_dump(), "n_samples": len(images)}))
         run.log_metrics({k: v for k, v in result.items() if k != "class_histogram"})
         run.log_metrics({f"class_fraction_{d}": f for d, f in result["class_histogram"].items()})

@@ -18,6 +18,7 @@ def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = F
     report_lib.build(p.families)
     log(f"wrote {paths.REPORTS / 'README.md'} and summary.csv for {', '.join(p.families)}")
     with tracking.stage_run("report", None, p.profile) as run:
+        run.log_params({"families": ",".join(p.families)})
         for name in ("README.md", "summary.csv", "figures/loss_curves.png",
                      "figures/class_histograms.png"):
             run.log_artifact(paths.REPORTS / name)
