@@ -34,8 +34,10 @@ def summary_rows(families: list[str]) -> list[dict]:
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, float):  # about four significant digits, thousands separated
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
     return str(value)
 
 
