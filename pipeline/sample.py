@@ -11,7 +11,7 @@ import torch
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
 from trilemma import families, figures, paths, tracking
-from trilemma.io import atomic_path
+from trilemma.io import write_npz
 from trilemma.runtime import device_name, generator
 
 
@@ -53,9 +53,7 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
               "images_per_second": np.float64(rate), "device": np.str_(device_name(dev))}
     if labels is not None:
         arrays["labels"] = labels
-    with atomic_path(paths.samples(family)) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    write_npz(paths.samples(family), arrays)
     figures.save_grid(images[:p.sample.grid], paths.sample_grid(family))
     log(f"wrote {p.sample.n} samples to {paths.samples(family)} in {seconds:.2f} s "
         f"({rate:.0f} images/s on {device_name(dev)})")

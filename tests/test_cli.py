@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_repo, write_params
+from conftest import write_params
 from pipeline.cli import app
 
 STAGES = [

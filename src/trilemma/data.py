@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
-import tempfile
 import time
 import urllib.request
 import zipfile
@@ -21,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from trilemma.errors import DataError
-from trilemma.io import atomic_path
+from trilemma.io import write_npz
 
 # Digits 0..9, from the official MNIST distribution.
 TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
@@ -141,9 +139,7 @@ def download(offline: bool, timeout: float, log: Callable[[str], None] = print) 
 
 
 def save_npz(m: Mnist, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **m.arrays())
+    write_npz(path, m.arrays())
 
 
 def load_npz(path: str | Path, train_size: int | None = None,
