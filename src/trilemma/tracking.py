@@ -81,9 +81,11 @@ def _start(stage: str, family: str | None, profile: str) -> Any:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its store set-up chatter
 
     root = Path.cwd().resolve()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    default = f"sqlite:///{root / 'mlflow.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default
     mlflow.set_tracking_uri(uri)  # every time: the setting is global to the process
-    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(EXPERIMENT) is None:
+    # our embedded store keeps artifacts beside it; another store decides for itself
+    if uri == default and mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
     mlflow.set_experiment(EXPERIMENT)
     tags = {"stage": stage, "family": family or "-", "profile": profile, "git_commit": git_commit(),
