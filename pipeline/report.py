@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.common import DryRunOption, ParamsOption, log, print_settings, user_errors
-from trilemma import paths, report as report_lib, tracking
+from trilemma import paths, tracking
 from trilemma.config import load_params
 
 
@@ -15,10 +15,12 @@ def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = F
     p = load_params(params)
     if dry_run:
         return print_settings({"families": p.families, "output": str(paths.REPORTS / "README.md")})
+    from trilemma import report as report_lib  # pandas and matplotlib: only when needed
+
     report_lib.build(p.families)
     log(f"wrote {paths.REPORTS / 'README.md'} and summary.csv for {', '.join(p.families)}")
     with tracking.stage_run("report", None, p.profile) as run:
         run.log_params({"families": ",".join(p.families)})
-        for name in ("README.md", "summary.csv", "figures/loss_curves.png",
-                     "figures/class_histograms.png"):
-            run.log_artifact(paths.REPORTS / name)
+        for path in [paths.REPORTS / "README.md", paths.REPORTS / "summary.csv",
+                     *sorted((paths.REPORTS / "figures").glob("*.png"))]:
+            run.log_artifact(path)

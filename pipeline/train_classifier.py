@@ -9,7 +9,7 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
-from trilemma import data, figures, metrics, paths, tracking
+from trilemma import data, figures, paths, tracking
 from trilemma.classifier import ClassifierTrainee, load_judge, save_judge
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
@@ -41,6 +41,8 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         save_judge(trainee.net, cfg, paths.CLASSIFIER)
         paths.checkpoint("classifier").unlink(missing_ok=True)
 
+        from trilemma import metrics  # torchmetrics takes seconds to import: only when needed
+
         judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
         predictions = metrics.predict(judge, mnist.x_test, dev, p.evaluate.batch_size)
         per_class = metrics.per_class_accuracy(mnist.y_test, predictions)
@@ -71,6 +73,8 @@ def real_data_floor(judge, mnist: data.Mnist, n: int, seed: int, dev: torch.devi
                     batch_size: int) -> dict:
     """What a perfect generator would score: a random train subset of the samples' size, measured
     like a family's samples. No model can be told apart from real data by less than this."""
+    from trilemma import metrics
+
     n = min(n, len(mnist.x_train))
     pick = torch.randperm(len(mnist.x_train), generator=generator(seed))[:n].numpy()
     real = mnist.x_train[pick]

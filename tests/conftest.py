@@ -24,6 +24,9 @@ TINY = {
     "vae.width": 8,
     "vae.latent_dim": 2,
     "vae.batch_size": 64,
+    **{f"{gan}.{key}": value for gan in ("mlp_gan", "dcgan", "wgan_gp", "cgan")
+       for key, value in {"epochs": 1, "width": 8, "latent_dim": 8, "batch_size": 64}.items()},
+    "sample.truncation_sweep": [1.0],
     "sample.n": 64,
     "sample.batch_size": 32,
     "sample.grid": 16,

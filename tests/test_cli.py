@@ -20,6 +20,10 @@ STAGES = [
     ("evaluate", ["evaluate", "vae"]),
     ("report", ["report"]),
 ]
+FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan"]  # params.yaml `families`, in order
+CHAIN = [["download"], ["train-classifier"],
+         *[[stage, family] for family in FAMILIES for stage in ("train", "sample", "evaluate")],
+         ["report"]]
 
 
 def invoke(*args: str):
@@ -41,8 +45,8 @@ def write_samples(path, images, **extra):
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """The whole pipeline run once, in order, in a fresh repo without data: {stage: result}.
-    Stops at the first failing stage; the working directory stays in the repo for the module."""
+    """The whole pipeline run once, in order, in a fresh repo without data: {"stage [family]":
+    result}. Stops at the first failing stage; the working directory stays in the repo."""
     root = tmp_path_factory.mktemp("repo")
     write_params(root / "params.yaml")
     results = {}
@@ -50,9 +54,9 @@ def chain(tmp_path_factory):
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("TRILEMMA_DEVICE", "cpu")
-        for stage, args in STAGES:
-            results[stage] = invoke(*args)
-            if results[stage].exit_code != 0:
+        for args in CHAIN:
+            results[" ".join(args)] = result = invoke(*args)
+            if result.exit_code != 0:
                 break
         yield root, results
 
@@ -90,7 +94,7 @@ def test_train_classifier_writes_model_and_reports(chain):
 
 
 def test_train_vae_writes_model_and_reports(chain):
-    root = stage_ok(chain, "train")
+    root = stage_ok(chain, "train vae")
     assert (root / "models" / "vae.pt").is_file()
     out = root / "reports" / "train" / "vae"
     loss = pd.read_csv(out / "loss.csv")
@@ -102,34 +106,84 @@ def test_train_vae_writes_model_and_reports(chain):
     assert not (root / "checkpoints" / "vae.pt").exists()
 
 
-def test_sample_vae_writes_uint8_images_and_grid(chain):
-    root = stage_ok(chain, "sample")
+@pytest.mark.parametrize("family", ["mlp_gan", "dcgan", "cgan"])
+def test_train_gan_logs_generator_and_discriminator_losses(chain, family):
+    root = stage_ok(chain, f"train {family}")
+    loss = pd.read_csv(root / "reports" / "train" / family / "loss.csv")
+    assert {"d_loss", "g_loss", "d_real", "d_fake"} <= set(loss.columns)
+    assert (root / "reports" / "train" / family / "grid.png").is_file()
+
+
+def test_train_wgan_gp_logs_critic_estimate_and_penalty(chain):
+    root = stage_ok(chain, "train wgan_gp")
+    loss = pd.read_csv(root / "reports" / "train" / "wgan_gp" / "loss.csv")
+    assert {"d_loss", "g_loss", "wasserstein", "gradient_penalty"} <= set(loss.columns)
+
+
+def test_sample_vae_writes_images_sweep_and_latent_figures(chain):
+    root = stage_ok(chain, "sample vae")
     with np.load(root / "samples" / "vae.npz") as npz:
         assert npz["images"].dtype == np.uint8 and npz["images"].shape == (64, 28, 28)
         assert float(npz["images_per_second"]) > 0
-    assert (root / "reports" / "samples" / "vae.png").is_file()
+        assert "labels" not in npz.files
+        assert np.isinf(npz["knob_truncation"])  # the main samples are not truncated
+        assert npz["sweep_knob"].tolist() == ["truncation"] and npz["sweep_value"].tolist() == [1.0]
+        assert npz["sweep_images"].shape == (1, 64, 28, 28)
+        assert not np.array_equal(npz["sweep_images"][0], npz["images"])
+    for name in ("grid.png", "interpolation.png", "arithmetic.png"):
+        assert (root / "reports" / "samples" / "vae" / name).is_file(), name
 
 
-def test_evaluate_vae_writes_metrics(chain):
-    root = stage_ok(chain, "evaluate")
-    metrics = read_json(root / "reports" / "eval" / "vae" / "metrics.json")
+def test_sample_cgan_requests_every_digit_equally(chain):
+    root = stage_ok(chain, "sample cgan")
+    with np.load(root / "samples" / "cgan.npz") as npz:
+        assert npz["labels"].tolist() == [i % 10 for i in range(64)]
+
+
+def test_evaluate_vae_writes_metrics_per_class_and_sweep(chain):
+    root = stage_ok(chain, "evaluate vae")
+    out = root / "reports" / "eval" / "vae"
+    metrics = read_json(out / "metrics.json")
     assert {"fid_classifier", "is_classifier", "class_histogram", "samples_per_second",
-            "profile", "device"} <= set(metrics)
+            "min_class_fraction", "profile", "device"} <= set(metrics)
+    assert "label_accuracy" not in metrics
     histogram = metrics["class_histogram"]
     assert sorted(histogram, key=int) == [str(d) for d in range(10)]
     assert sum(histogram.values()) == pytest.approx(1, abs=1e-4)
     assert 1 <= metrics["is_classifier"] <= 10
     assert metrics["n_samples"] == 64
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert list(per_class.columns) == ["digit", "generated", "fraction"]
+    assert per_class["generated"].sum() == 64
+    sweep = pd.read_csv(out / "sweep.csv")
+    assert sweep["knob"].tolist() == ["truncation", "truncation"]
+    assert sweep["value"].tolist() == [float("inf"), 1.0] and sweep["main"].tolist() == [True, False]
+    assert sweep.loc[0, "fid_classifier"] == pytest.approx(metrics["fid_classifier"], abs=1e-5)
+
+
+def test_evaluate_cgan_scores_label_accuracy_per_requested_digit(chain):
+    root = stage_ok(chain, "evaluate cgan")
+    out = root / "reports" / "eval" / "cgan"
+    metrics = read_json(out / "metrics.json")
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert {"digit", "requested", "correct", "accuracy"} <= set(per_class.columns)
+    assert per_class["requested"].tolist() == [7, 7, 7, 7, 6, 6, 6, 6, 6, 6]  # 64 = 6*10 + 4
+    assert metrics["label_accuracy"] == pytest.approx(per_class["correct"].sum() / 64, abs=1e-6)
+    assert np.allclose(per_class["accuracy"], per_class["correct"] / per_class["requested"], atol=1e-6)
 
 
 def test_report_writes_readme_summary_and_tracks_in_mlflow(chain):
     root = stage_ok(chain, "report")
     readme = (root / "reports" / "README.md").read_text()
-    assert "vae" in readme and "Test accuracy" in readme
+    for text in ("Test accuracy", "Latent space", "### truncation",
+                 "accuracy per requested digit", "samples/cgan/grid.png"):
+        assert text in readme, text
     summary = pd.read_csv(root / "reports" / "summary.csv")
-    assert summary["family"].tolist() == ["real data (floor)", "vae"]
+    assert summary["family"].tolist() == ["real data (floor)", *FAMILIES]
     assert summary.loc[0, "fid_over_floor"] == 1.0
-    assert (root / "reports" / "figures" / "loss_curves.png").is_file()
+    assert summary["label_accuracy"].notna().tolist() == [False, False, False, False, False, True]
+    for name in ("loss_curves.png", "class_histograms.png", "sweep_truncation.png"):
+        assert (root / "reports" / "figures" / name).is_file(), name
     assert (root / "mlflow.db").is_file()
 
 

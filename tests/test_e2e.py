@@ -45,8 +45,9 @@ def first_repro(repo: Path) -> str:
 
 
 def test_dvc_repro_runs_every_stage(first_repro: str):
-    for stage in ("download", "train-classifier", "train@vae", "sample@vae", "evaluate@vae",
-                  "report"):
+    families = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan"]
+    for stage in ("download", "train-classifier", *[f"{stage}@{family}" for family in families
+                  for stage in ("train", "sample", "evaluate")], "report"):
         assert f"Running stage '{stage}'" in first_repro
 
 
@@ -58,14 +59,17 @@ def test_second_dvc_repro_is_a_no_op(repo: Path, first_repro: str):
 
 def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: str):
     summary = pd.read_csv(repo / "reports/summary.csv")
-    assert list(summary["family"]) == ["real data (floor)", "vae"]
+    assert list(summary["family"]) == ["real data (floor)", "vae", "mlp_gan", "dcgan", "wgan_gp",
+                                       "cgan"]
     assert (summary["fid_classifier"] > 0).all()
     readme = (repo / "reports/README.md").read_text()
-    assert "| vae |" in readme and "samples/vae.png" in readme
+    assert "| vae |" in readme and "samples/vae/grid.png" in readme
     for name in ("classifier/metrics.json", "classifier/per_class.csv", "classifier/confusion.png",
-                 "eval/real/metrics.json", "eval/vae/metrics.json", "eval/vae/class_histogram.csv",
-                 "train/vae/loss.csv", "train/vae/grid.png", "train/vae/latent.png",
-                 "samples/vae.png", "figures/loss_curves.png", "figures/class_histograms.png"):
+                 "eval/real/metrics.json", "eval/vae/metrics.json", "eval/vae/per_class.csv",
+                 "eval/cgan/sweep.csv", "train/vae/loss.csv", "train/vae/grid.png",
+                 "train/vae/latent.png", "samples/vae/grid.png", "samples/dcgan/interpolation.png",
+                 "figures/loss_curves.png", "figures/class_histograms.png",
+                 "figures/sweep_truncation.png"):
         assert (repo / "reports" / name).stat().st_size > 0, name
     metrics = json.loads((repo / "reports/eval/vae/metrics.json").read_text())
     assert {"fid_classifier", "is_classifier", "class_histogram", "samples_per_second", "profile",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,10 +45,17 @@ class ClassifierConfig(TrainConfig):
     weight_decay: float = Field(0.0, ge=0)
 
 
+Truncation = Annotated[float, Field(gt=0)]
+
+
 class SampleConfig(Section):
     n: int = Field(ge=16)  # images per family
     batch_size: int = Field(500, ge=1)
     grid: int = Field(64, ge=1, le=400)  # images in the fixed-noise grid
+    # tau of the truncation trick for families with a Gaussian latent (VAE, GANs): each latent
+    # component is drawn from N(0,1) cut to [-tau, tau]; None: no truncation
+    truncation: Truncation | None = None
+    truncation_sweep: list[Truncation] = []  # more tau values, sampled and scored for the report
 
 
 class EvaluateConfig(Section):

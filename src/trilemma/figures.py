@@ -12,13 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from trilemma.io import atomic_path  # noqa: E402
 
 
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int | None = None) -> None:
     """uint8 images (n,[1,]28,28) as one PNG grid, white lines between digits."""
+    from torchvision.utils import make_grid  # torchvision takes seconds to import
+
     images = torch.as_tensor(images).reshape(-1, 1, 28, 28)
     nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
     grid = make_grid(images, nrow=nrow, padding=2, pad_value=255)  # (3,H,W) uint8
@@ -79,4 +80,30 @@ def class_histograms(hists: dict[str, list[float]]) -> plt.Figure:
     ax.set(xticks=range(10), xlabel="digit", ylabel="fraction of samples",
            title="class histogram of samples (mode coverage)")
     ax.legend(fontsize=8)
+    return fig
+
+
+def value_label(value: float) -> str:
+    """A sweep value as shown on axes and in tables: inf (no truncation) reads 'none'."""
+    return "none" if np.isinf(value) else f"{value:g}"
+
+
+def sweep_curves(knob: str, sweeps: dict[str, list[dict]]) -> plt.Figure:
+    """FID and rarest-digit share against one sampling knob, a line per family: the trade-off
+    between quality and mode coverage that the knob buys. Rows as in sweep.csv."""
+    values = sorted({r["value"] for rows in sweeps.values() for r in rows}, reverse=True)
+    position = {v: i for i, v in enumerate(values)}
+    fig, (ax_fid, ax_cov) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, rows in sweeps.items():
+        xs = [position[r["value"]] for r in rows]
+        ax_fid.plot(xs, [r["fid_classifier"] for r in rows], marker="o", label=name)
+        ax_cov.plot(xs, [r["min_class_fraction"] for r in rows], marker="o", label=name)
+    for ax in (ax_fid, ax_cov):
+        ax.set_xticks(range(len(values)), [value_label(v) for v in values])
+        ax.set_xlabel(knob)
+    ax_fid.set(ylabel="FID (classifier), log scale", yscale="log", title=f"quality vs {knob}")
+    ax_cov.axhline(0.1, color="gray", ls="--", lw=1, label="uniform")
+    ax_cov.set(ylabel="rarest digit share", title=f"mode coverage vs {knob}")
+    ax_cov.legend(fontsize=8)
+    fig.tight_layout()
     return fig

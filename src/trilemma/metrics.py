@@ -41,16 +41,28 @@ def _batches(images: np.ndarray | torch.Tensor, batch_size: int, device: torch.d
 
 
 @torch.no_grad()
+def fids(judge: Judge, real: np.ndarray, fakes: list[np.ndarray], device: torch.device,
+         batch_size: int = 1000) -> list[float]:
+    """Frechet distance between judge features of the uint8 images `real` (n,[1,]28,28) and of
+    each set in `fakes`; the real features are computed once."""
+    judge.eval()
+    metric = FrechetInceptionDistance(feature=_JudgeFeatures(judge),
+                                      reset_real_features=False).to(device)
+    for batch in _batches(real, batch_size, device):
+        metric.update(batch, real=True)
+    scores = []
+    for fake in fakes:
+        metric.reset()  # forgets the previous fake set only
+        for batch in _batches(fake, batch_size, device):
+            metric.update(batch, real=False)
+        scores.append(float(metric.compute()))
+    return scores
+
+
 def fid(judge: Judge, real: np.ndarray, fake: np.ndarray, device: torch.device,
         batch_size: int = 1000) -> float:
     """Frechet distance between judge features of two uint8 image sets (n,[1,]28,28)."""
-    judge.eval()
-    metric = FrechetInceptionDistance(feature=_JudgeFeatures(judge)).to(device)
-    for batch in _batches(real, batch_size, device):
-        metric.update(batch, real=True)
-    for batch in _batches(fake, batch_size, device):
-        metric.update(batch, real=False)
-    return float(metric.compute())
+    return fids(judge, real, [fake], device, batch_size)[0]
 
 
 @torch.no_grad()
@@ -83,6 +95,33 @@ def predict(judge: Judge, images: np.ndarray, device: torch.device,
 def class_histogram(predictions: np.ndarray) -> np.ndarray:
     """Fraction of images per digit, (10,); uniform is 0.1 each."""
     return np.bincount(predictions, minlength=10) / max(len(predictions), 1)
+
+
+def judge_samples(judge: Judge, images: np.ndarray, labels: np.ndarray | None,
+                  device: torch.device, seed: int, batch_size: int = 1000) -> dict:
+    """Everything the judge says about one sample set except FID: IS, the class histogram, the
+    rarest digit's share and, when the digits were requested (`labels`), the label accuracy."""
+    predictions = predict(judge, images, device, batch_size)
+    is_mean, is_std = inception_score(judge, images, device, seed, batch_size)
+    histogram = class_histogram(predictions)
+    scores = {"is_classifier": is_mean, "is_classifier_std": is_std,
+              "min_class_fraction": float(histogram.min()), "histogram": histogram,
+              "predictions": predictions}
+    if labels is not None:
+        scores["label_accuracy"] = float((predictions == labels).mean())
+    return scores
+
+
+def generated_per_class(predictions: np.ndarray, labels: np.ndarray | None = None) -> list[dict]:
+    """Rows digit, generated (images the judge calls that digit), fraction; with requested
+    `labels` also requested, correct and accuracy (of images asked to be that digit)."""
+    counts = np.bincount(predictions, minlength=10)
+    rows = [{"digit": d, "generated": int(c), "fraction": round(c / max(len(predictions), 1), 6)}
+            for d, c in enumerate(counts)]
+    if labels is not None:
+        for row, acc in zip(rows, per_class_accuracy(labels, predictions)):
+            row.update(requested=acc["n"], correct=acc["correct"], accuracy=acc["accuracy"])
+    return rows
 
 
 def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> list[dict]:

@@ -24,8 +24,9 @@ def samples(family: str) -> Path:
     return Path("samples") / f"{family}.npz"
 
 
-def sample_grid(family: str) -> Path:
-    return Path("reports/samples") / f"{family}.png"
+def sample_figures(family: str) -> Path:
+    """grid.png, and interpolation.png / arithmetic.png for latent families."""
+    return Path("reports/samples") / family
 
 
 def eval_reports(family: str) -> Path:

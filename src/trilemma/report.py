@@ -1,7 +1,9 @@
-"""reports/README.md, reports/summary.csv and reports/figures/ from the metric files alone."""
+"""reports/README.md, reports/summary.csv and reports/figures/ from the stage outputs under
+reports/ alone (metric files, tables and the sample stage's figures)."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -12,13 +14,18 @@ from trilemma import figures, paths
 from trilemma.io import atomic_path, read_json, write_csv
 from trilemma.tracking import git_commit
 
+SUMMARY_COLUMNS = {"family": "family", "fid_classifier": "FID (classifier) ↓",
+                   "fid_over_floor": "× floor ↓", "is_classifier": "IS (classifier) ↑",
+                   "min_class_fraction": "rarest digit share ↑",
+                   "label_accuracy": "label accuracy ↑", "samples_per_second": "images/s ↑",
+                   "train_seconds": "train s"}
+
 
 def summary_rows(families: list[str]) -> list[dict]:
     """One row per family plus the real-data floor: quality, diversity, speed."""
     floor = read_json(paths.REAL_METRICS)
     rows = [{"family": "real data (floor)", "fid_classifier": floor["fid_classifier"],
-             "fid_over_floor": 1.0, "is_classifier": floor["is_classifier"],
-             "min_class_fraction": None, "samples_per_second": None, "train_seconds": None}]
+             "fid_over_floor": 1.0, "is_classifier": floor["is_classifier"]}]
     for name in families:
         ev = read_json(paths.eval_reports(name) / "metrics.json")
         tr = read_json(paths.train_reports(name) / "metrics.json")
@@ -26,9 +33,22 @@ def summary_rows(families: list[str]) -> list[dict]:
                      "fid_over_floor": round(ev["fid_classifier"] / floor["fid_classifier"], 3),
                      "is_classifier": ev["is_classifier"],
                      "min_class_fraction": min(ev["class_histogram"].values()),
+                     "label_accuracy": ev.get("label_accuracy"),
                      "samples_per_second": ev["samples_per_second"],
                      "train_seconds": tr["train_seconds"]})
-    return rows
+    return [{k: row.get(k) for k in SUMMARY_COLUMNS} for row in rows]
+
+
+def sweeps(families: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """{knob: {family: rows of its sweep.csv for that knob}}, values in descending order."""
+    by_knob: dict[str, dict[str, list[dict]]] = {}
+    for name in families:
+        table = pd.read_csv(paths.eval_reports(name) / "sweep.csv", keep_default_na=False,
+                            na_values=[""])
+        for knob, rows in table.groupby("knob", sort=True):
+            by_knob.setdefault(knob, {})[name] = rows.sort_values("value", ascending=False) \
+                .to_dict("records")
+    return by_knob
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -48,12 +68,58 @@ def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
     return "\n".join([head, rule, *body])
 
 
+def _sweep_section(knob: str, by_family: dict[str, list[dict]], floor: float) -> str:
+    rows = [{"family": name, "setting": figures.value_label(r["value"]) + (" (main)" if r["main"] else ""),
+             "fid_classifier": r["fid_classifier"],
+             "fid_over_floor": round(r["fid_classifier"] / floor, 3),
+             "is_classifier": r["is_classifier"], "min_class_fraction": r["min_class_fraction"],
+             "label_accuracy": r["label_accuracy"], "samples_per_second": r["samples_per_second"]}
+            for name, family_rows in by_family.items() for r in family_rows]
+    table = markdown_table(rows, {"family": "family", "setting": knob,
+                                  **{k: v for k, v in SUMMARY_COLUMNS.items()
+                                     if k not in ("family", "train_seconds")}})
+    return f"### {knob}\n\n{table}\n\n![{knob} sweep](figures/sweep_{knob}.png)\n"
+
+
+def _latent_section(families: list[str], out: Path) -> str:
+    blocks = []
+    for name in families:
+        folder = paths.sample_figures(name)
+        if (folder / "interpolation.png").exists():
+            rel = Path(os.path.relpath(folder, out))
+            blocks.append(f"| {name} | ![{name} interpolation]({rel}/interpolation.png) | "
+                          f"![{name} arithmetic]({rel}/arithmetic.png) |")
+    if not blocks:
+        return ""
+    return ("## Latent space\n\nLeft: each row walks along a great circle between two random "
+            "latents (spherical interpolation). Right: latent vector arithmetic, z + α·b with α "
+            "from −1 to 1, where b is the mean latent of the boldest 10 % of 2000 samples minus "
+            "that of the thinnest 10 %. Conditional families show digit i % 10 in row i.\n\n"
+            "| family | interpolation | arithmetic: z + α · bold |\n|---|---|---|\n"
+            + "\n".join(blocks) + "\n")
+
+
+def _label_accuracy_section(families: list[str]) -> str:
+    tables = {}
+    for name in families:
+        table = pd.read_csv(paths.eval_reports(name) / "per_class.csv")
+        if "accuracy" in table:
+            tables[name] = table.set_index("digit")["accuracy"].to_dict()
+    if not tables:
+        return ""
+    rows = [{"digit": d, **{name: float(acc[d]) for name, acc in tables.items()}} for d in range(10)]
+    return ("## Conditional families: accuracy per requested digit\n\nShare of the samples asked "
+            "to be each digit that the judge reads as that digit.\n\n"
+            + markdown_table(rows, {"digit": "digit", **{n: n for n in tables}}) + "\n")
+
+
 def build(families: list[str], out: Path = paths.REPORTS) -> str:
     """Write the report files; return the README text."""
     rows = summary_rows(families)
     write_csv(out / "summary.csv", rows)
     clf = read_json(paths.CLASSIFIER_REPORTS / "metrics.json")
     per_digit = pd.read_csv(paths.CLASSIFIER_REPORTS / "per_class.csv").to_dict("records")
+    floor = read_json(paths.REAL_METRICS)
 
     histories = {f: pd.read_csv(paths.train_reports(f) / "loss.csv").to_dict("records")
                  for f in families}
@@ -61,9 +127,18 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
     hists = {f: list(read_json(paths.eval_reports(f) / "metrics.json")["class_histogram"].values())
              for f in families}
     figures.save_figure(figures.class_histograms(hists), out / "figures" / "class_histograms.png")
+    sweep_sections = []
+    for knob, by_family in sweeps(families).items():
+        figures.save_figure(figures.sweep_curves(knob, by_family), out / "figures" / f"sweep_{knob}.png")
+        sweep_sections.append(_sweep_section(knob, by_family, floor["fid_classifier"]))
 
-    floor = read_json(paths.REAL_METRICS)
-    grids = "\n".join(f"| {f} | ![{f} samples](samples/{f}.png) |" for f in families)
+    grids = "\n".join(f"| {f} | ![{f} samples]({os.path.relpath(paths.sample_figures(f), out)}"
+                      f"/grid.png) |" for f in families)
+    sweep_text = ("## Sampling knobs: quality against diversity\n\nEach family's samples drawn "
+                  "again at other settings of a sampling knob, same seed and number. `truncation` "
+                  "τ draws every latent component from N(0,1) cut to [−τ, τ] (none: no cut); "
+                  "smaller τ usually lowers FID and narrows the digits drawn.\n\n"
+                  + "\n".join(sweep_sections)) if sweep_sections else ""
     text = f"""# trilemma report
 
 Profile **{clf['profile']}** · device **{clf['device']}** · torch {torch.__version__} ·
@@ -73,10 +148,7 @@ those files.
 
 ## Quality, diversity, speed
 
-{markdown_table(rows, {"family": "family", "fid_classifier": "FID (classifier) ↓",
-                       "fid_over_floor": "× floor ↓", "is_classifier": "IS (classifier) ↑",
-                       "min_class_fraction": "rarest digit share ↑",
-                       "samples_per_second": "images/s ↑", "train_seconds": "train s"})}
+{markdown_table(rows, SUMMARY_COLUMNS)}
 
 - **FID (classifier)**: Fréchet distance between the judge classifier's penultimate features of
   {floor['n']} samples and of the MNIST test set. The floor row scores {floor['n']} real training
@@ -84,6 +156,8 @@ those files.
 - **IS (classifier)**: exp E[KL(p(y|x) ‖ p(y))] with the judge's softmax; 10 is the maximum.
 - **rarest digit share**: fraction of samples the judge assigns to the least frequent digit
   (0.1 means every digit is equally covered; near 0 means a missing mode).
+- **label accuracy** (conditional families): share of samples the judge reads as the digit that
+  was asked for; the requested digits are balanced.
 
 ## Samples
 
@@ -95,6 +169,9 @@ those files.
 
 ![class histograms](figures/class_histograms.png)
 
+{sweep_text}
+{_latent_section(families, out)}
+{_label_accuracy_section(families)}
 ## Training
 
 ![loss curves](figures/loss_curves.png)

@@ -87,6 +87,7 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             net.train()
         order = torch.randperm(n, generator=shuffle).to(device)
         sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}  # a loss may be reported on some steps only (WGAN-GP's G)
         t0 = time.perf_counter()
         for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not show_bar,
                       leave=False):
@@ -94,7 +95,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             xb = x[idx].unsqueeze(1).float().div_(255)  # (B,1,28,28) in [0,1]
             for key, value in trainee.train_step(xb, y[idx]).items():
                 sums[key] = sums[key] + value if key in sums else value
-        means = {k: float(v) / steps for k, v in sums.items()}  # the epoch's one host sync
+                counts[key] = counts.get(key, 0) + 1
+        means = {k: float(v) / counts[k] for k, v in sums.items()}  # the epoch's one host sync
         seconds = time.perf_counter() - t0
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:

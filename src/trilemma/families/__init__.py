@@ -5,30 +5,46 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from trilemma.config import TrainConfig
 from trilemma.errors import DataError
-from trilemma.families import vae
+from trilemma.families import cgan, dcgan, mlp_gan, vae, wgan_gp
 from trilemma.io import atomic_path
 from trilemma.train import Trainee
 
 
 class Family(Trainee, Protocol):
     conditional: bool  # True: `sample` draws the digits given in `labels`
+    knobs: tuple[str, ...]  # the `sample` params (e.g. "truncation") that `sample` takes
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, **knobs) -> torch.Tensor:
         """(n,1,28,28) uint8 images; noise from `generator` (a CPU generator: device-independent)."""
 
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Family-specific matplotlib figures from test images x (B,1,28,28) in [0,1], by name."""
 
 
+@runtime_checkable
+class LatentFamily(Protocol):
+    """A family that decodes a Gaussian latent: it gets interpolation and arithmetic figures."""
+
+    latent_dim: int
+    conditional: bool
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,latent_dim) [+ digits (n,)] -> uint8 images (n,1,28,28)."""
+
+
 REGISTRY: dict[str, ModuleType] = {
     "vae": vae,
+    "mlp_gan": mlp_gan,
+    "dcgan": dcgan,
+    "wgan_gp": wgan_gp,
+    "cgan": cgan,
 }
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from trilemma import latent
 from trilemma.config import TrainConfig
 
 
@@ -40,9 +41,11 @@ class ConvVAE(nn.Module):
 
 class VAE:
     conditional = False
+    knobs = ("truncation",)  # of the prior: a lower "temperature" gives cleaner, less varied digits
 
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
+        self.latent_dim = cfg.latent_dim
         self.net = ConvVAE(cfg.latent_dim, cfg.width).to(device)
         self.nets = {"vae": self.net}
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
@@ -61,16 +64,18 @@ class VAE:
         return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (n,L) -> uint8 images (n,1,28,28): the decoder's Bernoulli means."""
+        training = self.net.training
         self.net.eval()
         probs = torch.sigmoid(self.net.decoder(z.to(self.device)))
+        self.net.train(training)
         return probs.mul(255).round().to(torch.uint8)
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator)  # the prior N(0, I)
-        return self.decode(z)
+               generator: torch.Generator | None = None,
+               truncation: float | None = None) -> torch.Tensor:
+        return self.generate(latent.noise(n, self.latent_dim, generator, truncation))  # the prior
 
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:

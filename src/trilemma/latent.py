@@ -1,0 +1,70 @@
+"""Latent-space tools for families that decode a Gaussian latent (VAE, GANs): truncated noise,
+interpolation and vector arithmetic. Pure functions of a `generate(z, labels) -> uint8` callable."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+Generate = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def noise(n: int, dim: int, generator: torch.Generator | None = None,
+          truncation: float | None = None) -> torch.Tensor:
+    """(n,dim) N(0,I) latents on the CPU. With `truncation` tau, each component is drawn from the
+    normal truncated to [-tau, tau] (BigGAN's truncation trick): smaller tau trades diversity for
+    fidelity."""
+    if truncation is None or math.isinf(truncation):
+        return torch.randn(n, dim, generator=generator)
+    z = torch.empty(n, dim)
+    return torch.nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation, generator=generator)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of a and b (n,d) at fractions t (k,) -> (n,k,d).
+    Follows the great circle, so intermediate points keep the norm typical of Gaussian latents
+    (a straight line passes through the low-norm centre, which the generator rarely saw)."""
+    a_unit, b_unit = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    omega = torch.acos((a_unit * b_unit).sum(1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None]  # (n,1)
+    t = t[None, :]  # (1,k)
+    wa = torch.sin((1 - t) * omega) / torch.sin(omega)  # (n,k)
+    wb = torch.sin(t * omega) / torch.sin(omega)
+    return wa[..., None] * a[:, None] + wb[..., None] * b[:, None]
+
+
+def row_labels(rows: int, cols: int, conditional: bool) -> torch.Tensor | None:
+    """Row i of a figure shows digit i % 10 for a conditional family."""
+    return (torch.arange(rows) % 10).repeat_interleave(cols) if conditional else None
+
+
+def interpolation(generate: Generate, dim: int, conditional: bool, generator: torch.Generator,
+                  rows: int = 8, cols: int = 10) -> torch.Tensor:
+    """(rows*cols,1,28,28) uint8: each row walks from one random latent to another."""
+    a, b = noise(rows, dim, generator), noise(rows, dim, generator)
+    z = slerp(a, b, torch.linspace(0, 1, cols)).reshape(rows * cols, dim)
+    return generate(z, row_labels(rows, cols, conditional))
+
+
+def ink_direction(generate: Generate, dim: int, conditional: bool, generator: torch.Generator,
+                  n: int = 2000, fraction: float = 0.1) -> torch.Tensor:
+    """(dim,) the 'bold stroke' vector: mean latent of the boldest `fraction` of n samples minus
+    that of the thinnest, ink being the mean pixel value of the generated image."""
+    z = noise(n, dim, generator)
+    labels = torch.arange(n) % 10 if conditional else None
+    ink = generate(z, labels).float().mean(dim=(1, 2, 3)).cpu()  # (n,)
+    order = ink.argsort()
+    k = max(1, int(n * fraction))
+    return z[order[-k:]].mean(0) - z[order[:k]].mean(0)
+
+
+def arithmetic(generate: Generate, dim: int, conditional: bool, generator: torch.Generator,
+               rows: int = 8, cols: int = 9) -> torch.Tensor:
+    """(rows*cols,1,28,28) uint8: row i is z_i + alpha * bold, alpha from -1 to 1 left to right,
+    where `bold` is `ink_direction`: latent vector arithmetic on stroke weight."""
+    bold = ink_direction(generate, dim, conditional, generator)
+    base = noise(rows, dim, generator)  # (rows,dim)
+    alpha = torch.linspace(-1, 1, cols)
+    z = (base[:, None] + alpha[None, :, None] * bold).reshape(rows * cols, dim)
+    return generate(z, row_labels(rows, cols, conditional))
