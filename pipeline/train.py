@@ -18,8 +18,9 @@ from trilemma.train import fit
 @user_errors
 def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
           device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
-    """Train one family; write models/<family>.pt and reports/train/<family>/ (loss.csv,
-    metrics.json, grid.png of fixed noise after the last epoch, family figures)."""
+    """Train one family; write models/<family>.pt and reports/train/<family>/ (loss.csv per
+    epoch, loss_steps.csv ten points per epoch, metrics.json, grid.png of fixed noise after the
+    last epoch, family figures)."""
     p, dev = setup(params, device)
     cfg = p.family(family)
     settings = {family: cfg.model_dump(), "seed": p.seed, "profile": p.profile,
@@ -34,8 +35,16 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     with tracking.stage_run("train", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))
 
+        trace: list[dict] = []  # TRACE_POINTS rows of mean losses per epoch
+        logged = 0
+
         def after_epoch(row: dict) -> None:
+            nonlocal logged
             run.log_metrics(row, step=row["epoch"])
+            for point in trace[logged:]:  # the finer curve, by optimisation step
+                run.log_metrics({f"step_{k}": v for k, v in point.items()
+                                 if k not in ("step", "epoch")}, step=int(point["step"]))
+            logged = len(trace)
             # the same noise every epoch: the grids show one set of digits being learned
             images = model.sample(p.sample.grid, grid_labels, generator(p.seed))
             figures.save_grid(images, out / "grid.png")
@@ -43,11 +52,12 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
 
         history = fit(model, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
                       name=family, device=dev, seed=p.seed, checkpoint=paths.checkpoint(family),
-                      fingerprint=fingerprint(settings), on_epoch=after_epoch)
+                      fingerprint=fingerprint(settings), on_epoch=after_epoch, trace=trace)
         families.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
 
         write_csv(out / "loss.csv", history)
+        write_csv(out / "loss_steps.csv", trace)
         summary = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
                    "epochs": cfg.epochs, "profile": p.profile, "device": device_name(dev),
                    **{f"final_{k}": round(v, 6) for k, v in history[-1].items()

@@ -111,6 +111,8 @@ def test_train_gan_logs_generator_and_discriminator_losses(chain, family):
     root = stage_ok(chain, f"train {family}")
     loss = pd.read_csv(root / "reports" / "train" / family / "loss.csv")
     assert {"d_loss", "g_loss", "d_real", "d_fake"} <= set(loss.columns)
+    steps = pd.read_csv(root / "reports" / "train" / family / "loss_steps.csv")
+    assert {"step", "epoch", "d_loss", "g_loss"} <= set(steps.columns) and len(steps) == 4
     assert (root / "reports" / "train" / family / "grid.png").is_file()
 
 

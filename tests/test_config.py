@@ -12,8 +12,9 @@ from trilemma.errors import ConfigError
 
 def test_project_params_file_is_valid():
     p = parse_params(base_params())
-    assert p.families == ["vae"]
-    assert p.family("vae").epochs >= 1
+    assert p.families == ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan"]
+    for name in p.families:
+        assert p.family(name).epochs >= 1, name
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -133,9 +133,10 @@ def test_vae_figures_give_latent_scatter_only_for_two_dims(batch):
     assert set(figs) == {"latent"}
 
 
-def run_fit(model, small_set, epochs: int, checkpoint, seed: int = 0):
-    return fit(model, *small_set, tiny_config("vae", epochs=epochs, batch_size=64), name="vae",
-               device=CPU, seed=seed, checkpoint=checkpoint, fingerprint="fp")
+def run_fit(model, small_set, epochs: int, checkpoint, seed: int = 0, trace=None, batch_size=64):
+    return fit(model, *small_set, tiny_config("vae", epochs=epochs, batch_size=batch_size),
+               name="vae", device=CPU, seed=seed, checkpoint=checkpoint, fingerprint="fp",
+               trace=trace)
 
 
 def losses(history):
@@ -155,6 +156,22 @@ def test_fit_resumed_after_one_epoch_equals_two_epochs_straight(small_set, tmp_p
 
     assert losses(resumed_history) == losses(history)
     assert same_params(params_of(resumed), params_of(straight))
+
+
+def test_fit_trace_has_ten_points_per_epoch_and_survives_a_resume(small_set, tmp_path):
+    straight_trace: list = []
+    run_fit(build("vae", seed=0), small_set, 2, tmp_path / "a.pt", trace=straight_trace,
+            batch_size=8)  # 16 steps per epoch: points end at ceil(16 k / 10), k = 1..10
+    first_epoch = [2, 4, 5, 7, 8, 10, 12, 13, 15, 16]
+    assert [p["step"] for p in straight_trace] == first_epoch + [16 + s for s in first_epoch]
+    assert straight_trace[9]["epoch"] == 1.0 and straight_trace[-1]["epoch"] == 2.0
+    assert {"loss", "recon", "kl"} <= straight_trace[0].keys()
+
+    run_fit(build("vae", seed=0), small_set, 1, tmp_path / "b.pt", trace=[], batch_size=8)
+    resumed_trace: list = []
+    run_fit(build("vae", seed=5), small_set, 2, tmp_path / "b.pt", trace=resumed_trace,
+            batch_size=8)
+    assert resumed_trace == straight_trace
 
 
 def test_fit_ignores_checkpoint_of_other_settings(small_set, tmp_path):

@@ -56,14 +56,18 @@ def confusion_figure(matrix: np.ndarray) -> plt.Figure:
     return fig
 
 
-def loss_curves(histories: dict[str, list[dict]]) -> plt.Figure:
-    """One panel per family: every logged loss against the epoch."""
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.4), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], histories.items()):
+def loss_curves(histories: dict[str, list[dict]], columns: int = 3) -> plt.Figure:
+    """One panel per family: every logged loss against the (fractional) epoch."""
+    rows_n = -(-len(histories) // columns)
+    fig, axes = plt.subplots(rows_n, min(columns, len(histories)), squeeze=False,
+                             figsize=(4.5 * min(columns, len(histories)), 3.2 * rows_n))
+    for ax in axes.flat[len(histories):]:
+        ax.set_visible(False)
+    for ax, (name, rows) in zip(axes.flat, histories.items()):
         epochs = [r["epoch"] for r in rows]
         for key in rows[0]:
-            if key not in ("epoch", "seconds"):
-                ax.plot(epochs, [r[key] for r in rows], marker="o", ms=3, label=key)
+            if key not in ("epoch", "step", "seconds"):
+                ax.plot(epochs, [r[key] for r in rows], marker="o", ms=2, label=key)
         ax.set(title=name, xlabel="epoch")
         ax.legend(fontsize=8)
     fig.tight_layout()

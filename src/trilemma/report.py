@@ -54,10 +54,10 @@ def sweeps(families: list[str]) -> dict[str, dict[str, list[dict]]]:
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
-    if isinstance(value, float):  # about four significant digits, thousands separated
+    if isinstance(value, float):  # three or four significant digits, thousands separated
         if abs(value) >= 1000:
             return f"{value:,.0f}"
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.{digits}f}"
     return str(value)
 
 
@@ -121,7 +121,7 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
     per_digit = pd.read_csv(paths.CLASSIFIER_REPORTS / "per_class.csv").to_dict("records")
     floor = read_json(paths.REAL_METRICS)
 
-    histories = {f: pd.read_csv(paths.train_reports(f) / "loss.csv").to_dict("records")
+    histories = {f: pd.read_csv(paths.train_reports(f) / "loss_steps.csv").to_dict("records")
                  for f in families}
     figures.save_figure(figures.loss_curves(histories), out / "figures" / "loss_curves.png")
     hists = {f: list(read_json(paths.eval_reports(f) / "metrics.json")["class_histogram"].values())
@@ -136,8 +136,9 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
                       f"/grid.png) |" for f in families)
     sweep_text = ("## Sampling knobs: quality against diversity\n\nEach family's samples drawn "
                   "again at other settings of a sampling knob, same seed and number. `truncation` "
-                  "τ draws every latent component from N(0,1) cut to [−τ, τ] (none: no cut); "
-                  "smaller τ usually lowers FID and narrows the digits drawn.\n\n"
+                  "τ draws every latent component from N(0,1) cut to [−τ, τ] (none: no cut). "
+                  "A smaller τ keeps latents near the centre, where digits tend to be cleaner "
+                  "and less varied; FID counts both effects, so it may fall or rise.\n\n"
                   + "\n".join(sweep_sections)) if sweep_sections else ""
     text = f"""# trilemma report
 

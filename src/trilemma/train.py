@@ -60,12 +60,29 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return state
 
 
+TRACE_POINTS = 10  # rows per epoch in `trace`: short GAN runs need more than one point per epoch
+
+
+def _add(sums: dict[str, torch.Tensor], counts: dict[str, int], losses: dict[str, torch.Tensor]):
+    """Accumulate on the device: a loss may be reported on some steps only (WGAN-GP's G)."""
+    for key, value in losses.items():
+        sums[key] = sums[key] + value if key in sums else value
+        counts[key] = counts.get(key, 0) + 1
+
+
+def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+    return {k: float(v) / counts[k] for k, v in sums.items()}  # a host sync
+
+
 def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
         name: str, device: torch.device, seed: int, checkpoint: Path, fingerprint: str,
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        trace: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
     """Train for cfg.epochs over (x_train (N,28,28) uint8, y_train (N,) int64), resuming from
     `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
-    seconds. The whole data set moves to `device` once: batches are index lookups, no loader."""
+    seconds. If `trace` is a list, TRACE_POINTS rows of mean losses per epoch (step, fractional
+    epoch) are appended to it, and kept in the checkpoint. The whole data set moves to `device`
+    once: batches are index lookups, no loader."""
     x = x_train.to(device)  # (N,28,28) uint8
     y = y_train.to(device)  # (N,)
     n = len(x)
@@ -79,6 +96,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         trainee.load_state_dict(state["trainee"])
         _set_rng_state(state["rng"], shuffle)
         history, start = state["history"], state["epoch"] + 1
+        if trace is not None:
+            trace[:] = state.get("trace", [])
         print(f"{name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
 
     show_bar = sys.stderr.isatty()
@@ -86,17 +105,23 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         for net in trainee.nets.values():
             net.train()
         order = torch.randperm(n, generator=shuffle).to(device)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}  # a loss may be reported on some steps only (WGAN-GP's G)
+        sums, counts, chunk_sums, chunk_counts = {}, {}, {}, {}
+        trace_ends = {math.ceil(k * steps / TRACE_POINTS) for k in range(1, TRACE_POINTS + 1)}
         t0 = time.perf_counter()
         for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not show_bar,
                       leave=False):
             idx = order[i * batch:(i + 1) * batch]
             xb = x[idx].unsqueeze(1).float().div_(255)  # (B,1,28,28) in [0,1]
-            for key, value in trainee.train_step(xb, y[idx]).items():
-                sums[key] = sums[key] + value if key in sums else value
-                counts[key] = counts.get(key, 0) + 1
-        means = {k: float(v) / counts[k] for k, v in sums.items()}  # the epoch's one host sync
+            losses = trainee.train_step(xb, y[idx])
+            _add(sums, counts, losses)
+            if trace is not None:
+                _add(chunk_sums, chunk_counts, losses)
+                if i + 1 in trace_ends:
+                    trace.append({"step": (epoch - 1) * steps + i + 1,
+                                  "epoch": round(epoch - 1 + (i + 1) / steps, 4),
+                                  **_means(chunk_sums, chunk_counts)})
+                    chunk_sums, chunk_counts = {}, {}
+        means = _means(sums, counts)
         seconds = time.perf_counter() - t0
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
@@ -110,7 +135,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         print(f"{name} epoch {epoch}/{cfg.epochs}  {losses}  ({seconds:.1f} s)", flush=True)
         with atomic_path(checkpoint) as tmp:
             torch.save({"fingerprint": fingerprint, "epoch": epoch, "history": history,
-                        "trainee": trainee.state_dict(), "rng": _rng_state(shuffle)}, tmp)
+                        "trainee": trainee.state_dict(), "rng": _rng_state(shuffle),
+                        "trace": trace or []}, tmp)
         if on_epoch is not None:
             on_epoch(row)
     return history
