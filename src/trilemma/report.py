@@ -32,7 +32,7 @@ def summary_rows(families: list[str]) -> list[dict]:
         rows.append({"family": name, "fid_classifier": ev["fid_classifier"],
                      "fid_over_floor": round(ev["fid_classifier"] / floor["fid_classifier"], 3),
                      "is_classifier": ev["is_classifier"],
-                     "min_class_fraction": min(ev["class_histogram"].values()),
+                     "min_class_fraction": ev["min_class_fraction"],
                      "label_accuracy": ev.get("label_accuracy"),
                      "samples_per_second": ev["samples_per_second"],
                      "train_seconds": tr["train_seconds"]})
