@@ -10,8 +10,12 @@ import numpy as np
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
 from trilemma import paths, tracking
+from trilemma.config import SWEEPS
 from trilemma.errors import DataError
 from trilemma.io import write_csv, write_json
+
+SWEEP_COLUMNS = ["knob", "setting", "value", "main", "n", "fid_classifier", "is_classifier",
+                 "min_class_fraction", "label_accuracy", "samples_per_second"]
 
 
 def load_samples(path: Path) -> dict:
@@ -34,29 +38,54 @@ def load_samples(path: Path) -> dict:
                                or labels.max(initial=0) > 9):
         raise DataError(f"{path}: `labels` must be {len(images)} digits 0-9, one per image")
     sweep = blob.get("sweep_images")
-    if sweep is not None and (sweep.dtype != np.uint8 or sweep.shape[1:] != images.shape
-                              or len(blob.get("sweep_value", ())) != len(sweep)):
-        raise DataError(f"{path}: `sweep_images` must be uint8 [K,{len(images)},28,28] with one "
-                        f"`sweep_value` each; run `trilemma sample` again")
+    if sweep is not None and (sweep.dtype != np.uint8 or sweep.ndim != 4
+                              or sweep.shape[2:] != (28, 28) or sweep.shape[1] > len(images)
+                              or any(len(blob.get(k, ())) != len(sweep)
+                                     for k in ("sweep_knob", "sweep_value", "sweep_label"))):
+        raise DataError(f"{path}: `sweep_images` must be uint8 [K,M<={len(images)},28,28] with one "
+                        f"`sweep_knob`, `sweep_value` and `sweep_label` each; run `trilemma "
+                        f"sample` again")
     return blob
 
 
-def sweep_rows(blob: dict, fids: list[float], scores: list[dict]) -> list[dict]:
-    """One row per (knob, value): the main setting (first fid/score) and every sweep value."""
-    main = {k.removeprefix("knob_"): float(v) for k, v in blob.items() if k.startswith("knob_")}
-    settings = [(k, v, float(blob["images_per_second"])) for k, v in main.items()]
-    settings += [(str(k), float(v), float(r)) for k, v, r in zip(
-        blob.get("sweep_knob", []), blob.get("sweep_value", []),
-        blob.get("sweep_images_per_second", []))]
-    index = [0] * len(main) + list(range(1, len(fids)))  # the main images serve every knob's row
+def scored_sets(blob: dict) -> tuple[list[np.ndarray], list[np.ndarray | None], int]:
+    """The image sets to score, their requested labels, and the index of the set that stands for
+    the main setting in the sweep tables: the main images, then (when sweeps use fewer images,
+    `sample.sweep_n`) the first M of them, so every row of a sweep table has the same n, then
+    one set per sweep setting."""
+    images, labels = blob["images"], blob.get("labels")
+    sweeps = list(blob.get("sweep_images", []))
+    m = sweeps[0].shape[0] if sweeps else len(images)
+    sets, set_labels = [images], [labels]
+    if m < len(images):
+        sets.append(images[:m])
+        set_labels.append(None if labels is None else labels[:m])
+    main_index = len(sets) - 1
+    sets += sweeps
+    set_labels += [None if labels is None else labels[:m]] * len(sweeps)
+    return sets, set_labels, main_index
+
+
+def sweep_rows(blob: dict, fids: list[float], scores: list[dict], main_index: int = 0) -> list[dict]:
+    """One row per (knob, setting): the main setting (set `main_index`) and every sweep value
+    (the sets after it), truncation from loose to tight, other knobs in ascending order."""
+    main = [(k.removeprefix("knob_"), float(v), str(blob[f"label_{k.removeprefix('knob_')}"]),
+             float(blob["images_per_second"]), main_index)
+            for k, v in blob.items() if k.startswith("knob_")]
+    sweep = [(str(k), float(v), str(label), float(rate), main_index + 1 + i)
+             for i, (k, v, label, rate) in enumerate(zip(
+                 blob.get("sweep_knob", []), blob.get("sweep_value", []),
+                 blob.get("sweep_label", []), blob.get("sweep_images_per_second", [])))]
     rows = []
-    for (knob, value, rate), i in zip(settings, index):
-        rows.append({"knob": knob, "value": value, "main": i == 0, "fid_classifier": fids[i],
+    for knob, value, label, rate, i in main + sweep:
+        rows.append({"knob": knob, "setting": label, "value": value, "main": i == main_index,
+                     "n": scores[i]["n"], "fid_classifier": fids[i],
                      "is_classifier": scores[i]["is_classifier"],
                      "min_class_fraction": scores[i]["min_class_fraction"],
                      "label_accuracy": scores[i].get("label_accuracy"),
                      "samples_per_second": round(rate, 2)})
-    return sorted(rows, key=lambda r: (r["knob"], -r["value"]))
+    return sorted(rows, key=lambda r: (r["knob"], -r["value"] if r["knob"] == "truncation"
+                                       else r["value"]))
 
 
 @user_errors
@@ -64,7 +93,9 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
              device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
     """Score samples/<family>.npz with the classifier (FID against the test set, Inception-style
     score, class histogram, label accuracy of conditional families) and each sweep value's
-    samples; write reports/eval/<family>/ (metrics.json, per_class.csv, sweep.csv)."""
+    samples; write reports/eval/<family>/ (metrics.json, per_class.csv, and <knob>_sweep.csv for
+    truncation, steps and guidance: a row per setting, only a header where the family lacks
+    that knob)."""
     p, dev = setup(params, device)
     p.family(family)  # a family that is not in `families` is an error here too
     if dry_run:
@@ -78,9 +109,10 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
     judge = load_judge(paths.CLASSIFIER, dev)
     bs, labels = p.evaluate.batch_size, blob.get("labels")
-    sets = [blob["images"], *blob.get("sweep_images", [])]
+    sets, set_labels, main_index = scored_sets(blob)
     fids = metrics.fids(judge, mnist.x_test, sets, dev, bs)
-    scores = [metrics.judge_samples(judge, s, labels, dev, p.seed, bs) for s in sets]
+    scores = [{**metrics.judge_samples(judge, s, lab, dev, p.seed, bs), "n": len(s)}
+              for s, lab in zip(sets, set_labels)]
     main = scores[0]
 
     result = {"fid_classifier": round(fids[0], 6), "is_classifier": round(main["is_classifier"], 6),
@@ -94,19 +126,24 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     out = paths.eval_reports(family)
     write_json(out / "metrics.json", result)
     write_csv(out / "per_class.csv", metrics.generated_per_class(main["predictions"], labels))
-    rows = sweep_rows(blob, fids, scores)
-    write_csv(out / "sweep.csv", rows)
+    rows = sweep_rows(blob, fids, scores, main_index)
+    for knob in SWEEPS:  # one table per knob; only a header where the family lacks the knob
+        write_csv(out / f"{knob}_sweep.csv", [r for r in rows if r["knob"] == knob],
+                  columns=SWEEP_COLUMNS)
     accuracy = f", label accuracy {result['label_accuracy']:.3f}" if labels is not None else ""
     log(f"{family}: FID {fids[0]:.3f}, IS {main['is_classifier']:.3f} +- "
         f"{main['is_classifier_std']:.3f}{accuracy}, {result['samples_per_second']:.0f} images/s")
     for row in rows:
-        if not row["main"]:
-            log(f"  {row['knob']}={row['value']:g}: FID {row['fid_classifier']:.3f}, rarest digit "
-                f"{row['min_class_fraction']:.3f}")
+        accuracy = "" if row["label_accuracy"] is None else \
+            f", label accuracy {row['label_accuracy']:.3f}"
+        log(f"  {row['knob']} {row['setting']}{' (main)' if row['main'] else ''}: FID "
+            f"{row['fid_classifier']:.3f}, rarest digit {row['min_class_fraction']:.3f}{accuracy}, "
+            f"{row['samples_per_second']:.0f} images/s (n={row['n']})")
     with tracking.stage_run("evaluate", family, p.profile) as run:
         run.log_params(tracking.flatten({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
                                          "data": p.data.model_dump(), "n_samples": len(sets[0])}))
         run.log_metrics({k: v for k, v in result.items() if k != "class_histogram"})
         run.log_metrics({f"class_fraction_{d}": f for d, f in result["class_histogram"].items()})
         run.log_artifact(out / "per_class.csv")
-        run.log_artifact(out / "sweep.csv")
+        for knob in SWEEPS:
+            run.log_artifact(out / f"{knob}_sweep.csv")

@@ -13,18 +13,22 @@ import torch
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
 from trilemma import families, figures, latent, paths, tracking
-from trilemma.config import SampleConfig
+from trilemma.config import SWEEPS, SampleConfig
 from trilemma.io import write_npz
 from trilemma.runtime import device_name, generator
 
 
+WARMUP = 64  # images drawn untimed before the first timed run: lazy initialisation, kernels
+
+
 def draw(model: families.Family, n: int, batch_size: int, seed: int, device: torch.device,
-         **knobs) -> tuple[np.ndarray, np.ndarray | None, float]:
+         warmup: bool = False, **knobs) -> tuple[np.ndarray, np.ndarray | None, float]:
     """n images (n,28,28) uint8, the requested labels (balanced digits) for a conditional family,
-    and the sampling time in seconds (after one untimed warm-up batch)."""
+    and the sampling time in seconds (after an untimed warm-up batch if `warmup`)."""
     labels = torch.arange(n) % 10 if model.conditional else None
-    model.sample(min(batch_size, n), None if labels is None else labels[:batch_size],
-                 generator(seed), **knobs)
+    if warmup:
+        size = min(batch_size, n, WARMUP)
+        model.sample(size, None if labels is None else labels[:size], generator(seed), **knobs)
     gen = generator(seed)
     chunks = []
     if device.type == "cuda":
@@ -40,13 +44,27 @@ def draw(model: families.Family, n: int, batch_size: int, seed: int, device: tor
     return images, None if labels is None else labels.numpy(), seconds
 
 
-def knob_settings(model: families.Family, cfg: SampleConfig) -> tuple[dict, list[tuple[str, float]]]:
+def knob_settings(model: families.Family, cfg: SampleConfig) -> tuple[dict, list[tuple[str, object]]]:
     """The main sampling settings of the knobs `model` honours, and the (knob, value) pairs of
-    its sweeps, without the main value. A value of None (no truncation) is stored as inf."""
+    its sweeps (`<knob>_sweep` in SWEEPS), without the main value."""
     main = {knob: getattr(cfg, knob) for knob in model.knobs}
-    sweep = [(knob, value) for knob in model.knobs for value in getattr(cfg, f"{knob}_sweep")
-             if value != main[knob]]
+    sweep = [(knob, value) for knob in SWEEPS if knob in model.knobs
+             for value in getattr(cfg, f"{knob}_sweep") if value != main[knob]]
     return main, sweep
+
+
+def describe(model: families.Family, knob: str, settings: dict) -> tuple[float, str]:
+    """A swept knob's setting as a number (for sorting and axes) and a label for tables:
+    truncation None -> (inf, "none"); steps -> (network evaluations, "ddim 20" or "ddpm 1000")."""
+    value = settings[knob]
+    if knob == "truncation":
+        return as_float(value), "none" if value is None else f"{value:g}"
+    if knob == "steps":
+        total = model.timesteps
+        if value == "ddpm":
+            return float(total), f"ddpm {total}"
+        return float(min(value, total)), f"{settings['sampler']} {min(value, total)}"
+    return float(value), f"{value:g}"
 
 
 def as_float(value: float | None) -> float:
@@ -56,8 +74,9 @@ def as_float(value: float | None) -> float:
 @user_errors
 def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
            device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
-    """Draw `sample.n` images to samples/<family>.npz (with the time it took), the same number at
-    each sweep value (`sample.truncation_sweep`), and figures to reports/samples/<family>/:
+    """Draw `sample.n` images to samples/<family>.npz (with the time it took), `sample.sweep_n` at
+    each value of the sweeps the family honours (`sample.truncation_sweep`, `steps_sweep`,
+    `guidance_sweep`), and figures to reports/samples/<family>/:
     grid.png (the first `sample.grid` images) and, for latent families, interpolation.png and
     arithmetic.png."""
     p, dev = setup(params, device)
@@ -67,25 +86,34 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                                "seed": p.seed, "device": str(dev)})
     model = families.load(family, cfg, paths.model(family), dev)
     main, sweep = knob_settings(model, p.sample)
-    n, bs = p.sample.n, p.sample.batch_size
-    images, labels, seconds = draw(model, n, bs, p.seed, dev, **main)
+    n, bs, m = p.sample.n, p.sample.batch_size, p.sample.sweep_size()
+    images, labels, seconds = draw(model, n, bs, p.seed, dev, warmup=True, **main)
     arrays = {"images": images, "seconds": np.float64(seconds),
-              "images_per_second": np.float64(n / seconds), "device": np.str_(device_name(dev)),
-              **{f"knob_{k}": np.float64(as_float(v)) for k, v in main.items()}}
+              "images_per_second": np.float64(n / seconds), "device": np.str_(device_name(dev))}
+    for knob in SWEEPS:
+        if knob in main:  # the main setting, for the first row of each sweep table
+            value, label = describe(model, knob, main)
+            arrays.update({f"knob_{knob}": np.float64(value), f"label_{knob}": np.str_(label)})
     if labels is not None:
         arrays["labels"] = labels
+    shown = ", ".join(f"{k}={v}" for k, v in main.items())
     log(f"{family}: {n} samples in {seconds:.2f} s ({n / seconds:.0f} images/s on "
-        f"{device_name(dev)})")
-    sweep_images, sweep_rates = [], []
+        f"{device_name(dev)}){f' at {shown}' if shown else ''}")
+    sweep_images, sweep_rates, sweep_values, sweep_labels = [], [], [], []
     for knob, value in sweep:
-        imgs, _, secs = draw(model, n, bs, p.seed, dev, **{**main, knob: value})
+        settings = {**main, knob: value}
+        imgs, _, secs = draw(model, m, bs, p.seed, dev, **settings)
+        number, label = describe(model, knob, settings)
         sweep_images.append(imgs)
-        sweep_rates.append(n / secs)
-        log(f"{family}: {n} samples at {knob}={value} in {secs:.2f} s")
+        sweep_rates.append(m / secs)
+        sweep_values.append(number)
+        sweep_labels.append(label)
+        log(f"{family}: {m} samples at {knob} {label} in {secs:.2f} s ({m / secs:.0f} images/s)")
     arrays.update(sweep_knob=np.array([k for k, _ in sweep], dtype=str),
-                  sweep_value=np.array([as_float(v) for _, v in sweep], dtype=np.float64),
+                  sweep_value=np.array(sweep_values, dtype=np.float64),
+                  sweep_label=np.array(sweep_labels, dtype=str),
                   sweep_images=np.stack(sweep_images) if sweep_images
-                  else np.zeros((0, n, 28, 28), np.uint8),
+                  else np.zeros((0, m, 28, 28), np.uint8),
                   sweep_images_per_second=np.array(sweep_rates, dtype=np.float64))
     write_npz(paths.samples(family), arrays)
 

@@ -59,7 +59,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         write_csv(out / "loss.csv", history)
         write_csv(out / "loss_steps.csv", trace)
         summary = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
-                   "epochs": cfg.epochs, "profile": p.profile, "device": device_name(dev),
+                   "epochs": len(history), "profile": p.profile, "device": device_name(dev),
                    **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
                       if k not in ("epoch", "seconds")}}
         write_json(out / "metrics.json", summary)

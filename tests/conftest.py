@@ -26,7 +26,14 @@ TINY = {
     "vae.batch_size": 64,
     **{f"{gan}.{key}": value for gan in ("mlp_gan", "dcgan", "wgan_gp", "cgan")
        for key, value in {"epochs": 1, "width": 8, "latent_dim": 8, "batch_size": 64}.items()},
+    **{f"{name}.{key}": value for name in ("ddpm", "cfg_diffusion")
+       for key, value in {"epochs": 1, "batch_size": 64, "widths": [8, 16], "patch": 2,
+                          "timesteps": 20, "dropout": 0.0}.items()},
     "sample.truncation_sweep": [1.0],
+    "sample.sweep_n": 32,
+    "sample.steps": 2,
+    "sample.steps_sweep": [1, "ddpm"],
+    "sample.guidance_sweep": [0.0],
     "sample.n": 64,
     "sample.batch_size": 32,
     "sample.grid": 16,

@@ -12,7 +12,8 @@ from trilemma.errors import DataError, TrainingDiverged
 from trilemma.train import fit
 
 CPU = torch.device("cpu")
-SMALL = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 8, "latent_dim": 4}
+SMALL = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 8, "latent_dim": 4,
+         "widths": [8, 16], "patch": 2, "timesteps": 20}
 
 
 def tiny_config(name: str, **overrides):

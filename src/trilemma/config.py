@@ -36,6 +36,7 @@ class TrainConfig(Section):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many optimisation steps in all
 
 
 class ClassifierConfig(TrainConfig):
@@ -46,16 +47,32 @@ class ClassifierConfig(TrainConfig):
 
 
 Truncation = Annotated[float, Field(gt=0)]
+Steps = Annotated[int, Field(ge=1)]
+Guidance = Annotated[float, Field(ge=0)]
+SWEEPS = ("truncation", "steps", "guidance")  # the knobs that have a `<knob>_sweep` list
 
 
 class SampleConfig(Section):
     n: int = Field(ge=16)  # images per family
+    sweep_n: int | None = Field(None, ge=16)  # images per sweep setting (None: n)
     batch_size: int = Field(500, ge=1)
     grid: int = Field(64, ge=1, le=400)  # images in the fixed-noise grid
     # tau of the truncation trick for families with a Gaussian latent (VAE, GANs): each latent
     # component is drawn from N(0,1) cut to [-tau, tau]; None: no truncation
     truncation: Truncation | None = None
     truncation_sweep: list[Truncation] = []  # more tau values, sampled and scored for the report
+    # diffusion families: "ddim" (eta below; 0 is deterministic) or "ddpm" (ancestral), each on
+    # `steps` timesteps evenly spaced over the T of training (all T when steps >= T)
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: Steps = 50
+    eta: float = Field(0.0, ge=0, le=1)
+    # more step counts, with the sampler above; "ddpm": the ancestral sampler on all T steps
+    steps_sweep: list[Steps | Literal["ddpm"]] = []
+    guidance: Guidance = 3.0  # classifier-free guidance scale w: 0 unconditional, 1 conditional
+    guidance_sweep: list[Guidance] = []
+
+    def sweep_size(self) -> int:
+        return min(self.sweep_n or self.n, self.n)
 
 
 class EvaluateConfig(Section):

@@ -87,27 +87,100 @@ def class_histograms(hists: dict[str, list[float]]) -> plt.Figure:
     return fig
 
 
-def value_label(value: float) -> str:
-    """A sweep value as shown on axes and in tables: inf (no truncation) reads 'none'."""
-    return "none" if np.isinf(value) else f"{value:g}"
-
-
 def sweep_curves(knob: str, sweeps: dict[str, list[dict]]) -> plt.Figure:
-    """FID and rarest-digit share against one sampling knob, a line per family: the trade-off
-    between quality and mode coverage that the knob buys. Rows as in sweep.csv."""
-    values = sorted({r["value"] for rows in sweeps.values() for r in rows}, reverse=True)
+    """FID, rarest-digit share and (for conditional families) label accuracy against one
+    sampling knob, a line per family: what the knob buys in quality, mode coverage and control.
+    Rows as in <knob>_sweep.csv, in the order the table gives (the knob's natural order)."""
+    labels: dict[float, str] = {}
+    for rows in sweeps.values():
+        for r in rows:
+            labels.setdefault(r["value"], str(r["setting"]))
+    values = sorted(labels, reverse=knob == "truncation")  # loose to tight; few to many
     position = {v: i for i, v in enumerate(values)}
-    fig, (ax_fid, ax_cov) = plt.subplots(1, 2, figsize=(10, 3.6))
+    accuracy = any(not _missing(r["label_accuracy"]) for rows in sweeps.values() for r in rows)
+    panels = 3 if accuracy else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     for name, rows in sweeps.items():
         xs = [position[r["value"]] for r in rows]
-        ax_fid.plot(xs, [r["fid_classifier"] for r in rows], marker="o", label=name)
-        ax_cov.plot(xs, [r["min_class_fraction"] for r in rows], marker="o", label=name)
-    for ax in (ax_fid, ax_cov):
-        ax.set_xticks(range(len(values)), [value_label(v) for v in values])
+        axes[0].plot(xs, [r["fid_classifier"] for r in rows], marker="o", label=name)
+        axes[1].plot(xs, [r["min_class_fraction"] for r in rows], marker="o", label=name)
+        if accuracy and not _missing(rows[0]["label_accuracy"]):
+            axes[2].plot(xs, [r["label_accuracy"] for r in rows], marker="o", label=name)
+    for ax in axes:
+        ax.set_xticks(range(len(values)), [labels[v] for v in values],
+                      rotation=30 if knob == "steps" else 0)
         ax.set_xlabel(knob)
-    ax_fid.set(ylabel="FID (classifier), log scale", yscale="log", title=f"quality vs {knob}")
-    ax_cov.axhline(0.1, color="gray", ls="--", lw=1, label="uniform")
-    ax_cov.set(ylabel="rarest digit share", title=f"mode coverage vs {knob}")
-    ax_cov.legend(fontsize=8)
+    axes[0].set(ylabel="FID (classifier), log scale", yscale="log", title=f"quality vs {knob}")
+    axes[1].axhline(0.1, color="gray", ls="--", lw=1, label="uniform")
+    axes[1].set(ylabel="rarest digit share", title=f"mode coverage vs {knob}")
+    axes[1].legend(fontsize=8)
+    if accuracy:
+        axes[2].set(ylabel="label accuracy", title=f"conditioning vs {knob}", ylim=(0, 1.02))
+    fig.tight_layout()
+    return fig
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def speed_corner(steps: dict[str, list[dict]], others: dict[str, dict]) -> plt.Figure:
+    """FID against sampling speed: a line per diffusion family through its step counts (rows of
+    steps_sweep.csv), and one point per other family (rows with fid_classifier and
+    samples_per_second). The fast-and-good corner is bottom right."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in steps.items():
+        xs, ys = [r["samples_per_second"] for r in rows], [r["fid_classifier"] for r in rows]
+        ax.plot(xs, ys, marker="o", label=name)
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(str(r["setting"]), (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    for name, row in others.items():
+        ax.scatter(row["samples_per_second"], row["fid_classifier"], marker="s", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="images per second (log)",
+           ylabel="FID (classifier, log)", title="the speed corner: quality vs sampling speed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _image_row(ax_row, images: torch.Tensor, label: str) -> None:
+    """One row of uint8 digits (n,1,28,28), labelled at the left."""
+    for ax, image in zip(ax_row, images):
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+
+
+def denoising_figure(frames: list[tuple[int, torch.Tensor]]) -> plt.Figure:
+    """The reverse process: one column per kept step (t, uint8 (n,1,28,28)), x_T left, x_0 right;
+    one row per sample."""
+    n = len(frames[0][1])
+    fig, axes = plt.subplots(n, len(frames), figsize=(1.0 * len(frames), 1.0 * n), squeeze=False)
+    for col, (t, images) in enumerate(frames):
+        for row in range(n):
+            ax = axes[row, col]
+            ax.imshow(images[row, 0].numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, col].set_title("x_0" if t < 0 else f"t={t}", fontsize=8)
+    fig.suptitle("reverse process, noise to digit (DDIM, EMA weights)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_figure(real: torch.Tensor, rows: list[tuple[int, torch.Tensor, torch.Tensor, float]],
+                          timesteps: int) -> plt.Figure:
+    """img2img: real digits (n,1,28,28), then for each (t, noised, denoised, mse) the digits
+    noised to step t and the model's reconstruction from there."""
+    n = len(real)
+    fig, axes = plt.subplots(1 + 2 * len(rows), n, figsize=(0.9 * n + 1.6, 0.9 * (1 + 2 * len(rows))),
+                             squeeze=False)
+    _image_row(axes[0], real, "real")
+    for i, (t, noisy, recon, mse) in enumerate(rows):
+        _image_row(axes[1 + 2 * i], noisy, f"noised to\nt={t}/{timesteps}")
+        _image_row(axes[2 + 2 * i], recon, f"denoised\nMSE {mse:.3f}")
+    fig.suptitle("reconstruction: test digits noised to step t, then denoised", fontsize=9)
     fig.tight_layout()
     return fig

@@ -52,8 +52,9 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Rows as CSV; `columns` fixes the header (and its order), written even with no rows."""
     import pandas as pd
 
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False, float_format="%.6g")

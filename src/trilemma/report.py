@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from trilemma import figures, paths
+from trilemma.config import SWEEPS
 from trilemma.io import atomic_path, read_json, write_csv
 from trilemma.tracking import git_commit
 
@@ -40,14 +41,17 @@ def summary_rows(families: list[str]) -> list[dict]:
 
 
 def sweeps(families: list[str]) -> dict[str, dict[str, list[dict]]]:
-    """{knob: {family: rows of its sweep.csv for that knob}}, values in descending order."""
+    """{knob: {family: rows of its <knob>_sweep.csv}} for the knobs each family honours."""
     by_knob: dict[str, dict[str, list[dict]]] = {}
-    for name in families:
-        table = pd.read_csv(paths.eval_reports(name) / "sweep.csv", keep_default_na=False,
-                            na_values=[""])
-        for knob, rows in table.groupby("knob", sort=True):
-            by_knob.setdefault(knob, {})[name] = rows.sort_values("value", ascending=False) \
-                .to_dict("records")
+    for knob in SWEEPS:
+        for name in families:
+            table = pd.read_csv(paths.eval_reports(name) / f"{knob}_sweep.csv",
+                                keep_default_na=False, na_values=[""])
+            if len(table):
+                numbers = ["fid_classifier", "is_classifier", "min_class_fraction",
+                           "label_accuracy", "samples_per_second"]
+                table[numbers] = table[numbers].astype(float)  # 0 and 1 read back as ints
+                by_knob.setdefault(knob, {})[name] = table.to_dict("records")
     return by_knob
 
 
@@ -68,17 +72,50 @@ def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
     return "\n".join([head, rule, *body])
 
 
+SWEEP_TEXT = {
+    "truncation": "τ draws every latent component from N(0,1) cut to [−τ, τ] (none: no cut). A "
+                  "smaller τ keeps latents near the centre, where digits tend to be cleaner and "
+                  "less varied; FID counts both effects, so it may fall or rise.",
+    "steps": "Denoising steps (network evaluations per image): `ddim k` is DDIM on k timesteps "
+             "spread over the T of training, `ddpm T` the ancestral sampler on all of them. Fewer "
+             "steps buy speed; the figure after the table puts every family on the same "
+             "speed-quality axes.",
+    "guidance": "Classifier-free guidance scale w: 0 is the unconditional model, 1 the "
+                "conditional one, larger w pushes samples toward the requested digit, usually "
+                "at some cost in diversity.",
+}
+
+
 def _sweep_section(knob: str, by_family: dict[str, list[dict]], floor: float) -> str:
-    rows = [{"family": name, "setting": figures.value_label(r["value"]) + (" (main)" if r["main"] else ""),
-             "fid_classifier": r["fid_classifier"],
+    rows = [{"family": name, "setting": str(r["setting"]) + (" (main)" if r["main"] else ""),
+             "n": r["n"], "fid_classifier": r["fid_classifier"],
              "fid_over_floor": round(r["fid_classifier"] / floor, 3),
              "is_classifier": r["is_classifier"], "min_class_fraction": r["min_class_fraction"],
              "label_accuracy": r["label_accuracy"], "samples_per_second": r["samples_per_second"]}
             for name, family_rows in by_family.items() for r in family_rows]
-    table = markdown_table(rows, {"family": "family", "setting": knob,
+    table = markdown_table(rows, {"family": "family", "setting": knob, "n": "n",
                                   **{k: v for k, v in SUMMARY_COLUMNS.items()
                                      if k not in ("family", "train_seconds")}})
-    return f"### {knob}\n\n{table}\n\n![{knob} sweep](figures/sweep_{knob}.png)\n"
+    speed = "\n![speed corner](figures/speed_corner.png)\n" if knob == "steps" else ""
+    return (f"### {knob}\n\n{SWEEP_TEXT[knob]}\n\n{table}\n\n"
+            f"![{knob} sweep](figures/sweep_{knob}.png)\n{speed}")
+
+
+def _family_figures_section(families: list[str], out: Path) -> str:
+    """Figures a family draws of itself in its train stage (all PNGs but the sample grid)."""
+    blocks = []
+    for name in families:
+        folder = paths.train_reports(name)
+        for png in sorted(folder.glob("*.png")):
+            if png.name != "grid.png":
+                rel = Path(os.path.relpath(png, out))
+                blocks.append(f"### {name}: {png.stem}\n\n![{name} {png.stem}]({rel})\n")
+    if not blocks:
+        return ""
+    return ("## Family figures\n\nDrawn by each family's train stage from the test set: the "
+            "diffusion families show the reverse process from noise (DDIM, 50 steps, EMA "
+            "weights) and reconstructions of test digits noised to step t and denoised from "
+            "there (img2img).\n\n" + "\n".join(blocks))
 
 
 def _latent_section(families: list[str], out: Path) -> str:
@@ -131,14 +168,18 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
     for knob, by_family in sweeps(families).items():
         figures.save_figure(figures.sweep_curves(knob, by_family), out / "figures" / f"sweep_{knob}.png")
         sweep_sections.append(_sweep_section(knob, by_family, floor["fid_classifier"]))
+        if knob == "steps":
+            others = {r["family"]: r for r in rows[1:] if r["family"] not in by_family}
+            figures.save_figure(figures.speed_corner(by_family, others),
+                                out / "figures" / "speed_corner.png")
 
     grids = "\n".join(f"| {f} | ![{f} samples]({os.path.relpath(paths.sample_figures(f), out)}"
                       f"/grid.png) |" for f in families)
-    sweep_text = ("## Sampling knobs: quality against diversity\n\nEach family's samples drawn "
-                  "again at other settings of a sampling knob, same seed and number. `truncation` "
-                  "τ draws every latent component from N(0,1) cut to [−τ, τ] (none: no cut). "
-                  "A smaller τ keeps latents near the centre, where digits tend to be cleaner "
-                  "and less varied; FID counts both effects, so it may fall or rise.\n\n"
+    sweep_text = ("## Sampling knobs: quality, diversity, speed\n\nEach family's samples drawn "
+                  "again at other settings of a sampling knob, with the same seed. Every row of a "
+                  "table scores the same number n of samples (the main setting's row uses the "
+                  "first n of its samples), so rows compare within a table; FID grows as n "
+                  "shrinks, so compare with the summary table only at equal n.\n\n"
                   + "\n".join(sweep_sections)) if sweep_sections else ""
     text = f"""# trilemma report
 
@@ -173,6 +214,7 @@ those files.
 {sweep_text}
 {_latent_section(families, out)}
 {_label_accuracy_section(families)}
+{_family_figures_section(families, out)}
 ## Training
 
 ![loss curves](figures/loss_curves.png)

@@ -78,7 +78,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         name: str, device: torch.device, seed: int, checkpoint: Path, fingerprint: str,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         trace: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
-    """Train for cfg.epochs over (x_train (N,28,28) uint8, y_train (N,) int64), resuming from
+    """Train for cfg.epochs (or cfg.max_steps steps, whichever ends first) over (x_train
+    (N,28,28) uint8, y_train (N,) int64), resuming from
     `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
     seconds. If `trace` is a list, TRACE_POINTS rows of mean losses per epoch (step, fractional
     epoch) are appended to it, and kept in the checkpoint. The whole data set moves to `device`
@@ -87,7 +88,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     y = y_train.to(device)  # (N,)
     n = len(x)
     batch = min(cfg.batch_size, n)
-    steps = n // batch  # drop the ragged last batch: BatchNorm and GAN steps want full batches
+    full = n // batch  # drop the ragged last batch: BatchNorm and GAN steps want full batches
+    epochs = cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / full))
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     start = 1
@@ -101,14 +103,16 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         print(f"{name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
 
     show_bar = sys.stderr.isatty()
-    for epoch in range(start, cfg.epochs + 1):
+    for epoch in range(start, epochs + 1):
+        # every epoch is a full pass, except a last one cut short by `max_steps`
+        steps = full if cfg.max_steps is None else min(full, cfg.max_steps - (epoch - 1) * full)
         for net in trainee.nets.values():
             net.train()
         order = torch.randperm(n, generator=shuffle).to(device)
         sums, counts, chunk_sums, chunk_counts = {}, {}, {}, {}
         trace_ends = {math.ceil(k * steps / TRACE_POINTS) for k in range(1, TRACE_POINTS + 1)}
         t0 = time.perf_counter()
-        for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{cfg.epochs}", disable=not show_bar,
+        for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{epochs}", disable=not show_bar,
                       leave=False):
             idx = order[i * batch:(i + 1) * batch]
             xb = x[idx].unsqueeze(1).float().div_(255)  # (B,1,28,28) in [0,1]
@@ -117,8 +121,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             if trace is not None:
                 _add(chunk_sums, chunk_counts, losses)
                 if i + 1 in trace_ends:
-                    trace.append({"step": (epoch - 1) * steps + i + 1,
-                                  "epoch": round(epoch - 1 + (i + 1) / steps, 4),
+                    trace.append({"step": (epoch - 1) * full + i + 1,
+                                  "epoch": round(epoch - 1 + (i + 1) / full, 4),
                                   **_means(chunk_sums, chunk_counts)})
                     chunk_sums, chunk_counts = {}, {}
         means = _means(sums, counts)
@@ -132,7 +136,7 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         row = {"epoch": epoch, **means, "seconds": round(seconds, 2)}
         history.append(row)
         losses = "  ".join(f"{k}={v:.4g}" for k, v in means.items())
-        print(f"{name} epoch {epoch}/{cfg.epochs}  {losses}  ({seconds:.1f} s)", flush=True)
+        print(f"{name} epoch {epoch}/{epochs}  {losses}  ({seconds:.1f} s)", flush=True)
         with atomic_path(checkpoint) as tmp:
             torch.save({"fingerprint": fingerprint, "epoch": epoch, "history": history,
                         "trainee": trainee.state_dict(), "rng": _rng_state(shuffle),

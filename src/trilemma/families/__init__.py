@@ -11,14 +11,14 @@ import torch
 
 from trilemma.config import TrainConfig
 from trilemma.errors import DataError
-from trilemma.families import cgan, dcgan, mlp_gan, vae, wgan_gp
+from trilemma.families import cfg_diffusion, cgan, dcgan, ddpm, mlp_gan, vae, wgan_gp
 from trilemma.io import atomic_path
 from trilemma.train import Trainee
 
 
 class Family(Trainee, Protocol):
     conditional: bool  # True: `sample` draws the digits given in `labels`
-    knobs: tuple[str, ...]  # the `sample` params (e.g. "truncation") that `sample` takes
+    knobs: tuple[str, ...]  # the `sample` params (e.g. "truncation", "steps") that `sample` takes
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None, **knobs) -> torch.Tensor:
@@ -45,6 +45,8 @@ REGISTRY: dict[str, ModuleType] = {
     "dcgan": dcgan,
     "wgan_gp": wgan_gp,
     "cgan": cgan,
+    "ddpm": ddpm,
+    "cfg_diffusion": cfg_diffusion,
 }
 
 
