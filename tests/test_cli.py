@@ -20,7 +20,8 @@ STAGES = [
     ("evaluate", ["evaluate", "vae"]),
     ("report", ["report"]),
 ]
-FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan"]  # params.yaml `families`, in order
+FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "ddpm",  # params.yaml `families`
+            "cfg_diffusion"]
 CHAIN = [["download"], ["train-classifier"],
          *[[stage, family] for family in FAMILIES for stage in ("train", "sample", "evaluate")],
          ["report"]]
@@ -129,9 +130,10 @@ def test_sample_vae_writes_images_sweep_and_latent_figures(chain):
         assert float(npz["images_per_second"]) > 0
         assert "labels" not in npz.files
         assert np.isinf(npz["knob_truncation"])  # the main samples are not truncated
+        assert str(npz["label_truncation"]) == "none"
         assert npz["sweep_knob"].tolist() == ["truncation"] and npz["sweep_value"].tolist() == [1.0]
-        assert npz["sweep_images"].shape == (1, 64, 28, 28)
-        assert not np.array_equal(npz["sweep_images"][0], npz["images"])
+        assert npz["sweep_images"].shape == (1, 32, 28, 28)  # sample.sweep_n
+        assert not np.array_equal(npz["sweep_images"][0], npz["images"][:32])
     for name in ("grid.png", "interpolation.png", "arithmetic.png"):
         assert (root / "reports" / "samples" / "vae" / name).is_file(), name
 
@@ -157,10 +159,15 @@ def test_evaluate_vae_writes_metrics_per_class_and_sweep(chain):
     per_class = pd.read_csv(out / "per_class.csv")
     assert list(per_class.columns) == ["digit", "generated", "fraction"]
     assert per_class["generated"].sum() == 64
-    sweep = pd.read_csv(out / "sweep.csv")
+    sweep = pd.read_csv(out / "truncation_sweep.csv")
     assert sweep["knob"].tolist() == ["truncation", "truncation"]
+    assert sweep["setting"].tolist() == ["none", "1"] and sweep["n"].tolist() == [32, 32]
     assert sweep["value"].tolist() == [float("inf"), 1.0] and sweep["main"].tolist() == [True, False]
-    assert sweep.loc[0, "fid_classifier"] == pytest.approx(metrics["fid_classifier"], abs=1e-5)
+    # the main row scores the first sweep_n main images: not the 64 of metrics.json
+    assert sweep.loc[0, "fid_classifier"] != pytest.approx(metrics["fid_classifier"], abs=1e-5)
+    for knob in ("steps", "guidance"):  # knobs the VAE lacks: the header only
+        empty = pd.read_csv(out / f"{knob}_sweep.csv")
+        assert len(empty) == 0 and list(empty.columns) == list(sweep.columns)
 
 
 def test_evaluate_cgan_scores_label_accuracy_per_requested_digit(chain):
@@ -174,17 +181,58 @@ def test_evaluate_cgan_scores_label_accuracy_per_requested_digit(chain):
     assert np.allclose(per_class["accuracy"], per_class["correct"] / per_class["requested"], atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["ddpm", "cfg_diffusion"])
+def test_train_diffusion_writes_denoising_and_reconstruction_figures(chain, family):
+    root = stage_ok(chain, f"train {family}")
+    out = root / "reports" / "train" / family
+    for name in ("grid.png", "denoising.png", "reconstruction.png"):
+        assert (out / name).is_file(), name
+    assert list(pd.read_csv(out / "loss.csv").columns) == ["epoch", "loss", "seconds"]
+
+
+def test_sample_ddpm_sweeps_step_counts_and_the_full_ancestral_sampler(chain):
+    root = stage_ok(chain, "sample ddpm")
+    with np.load(root / "samples" / "ddpm.npz") as npz:
+        assert npz["images"].shape == (64, 28, 28) and "labels" not in npz.files
+        assert float(npz["knob_steps"]) == 2 and str(npz["label_steps"]) == "ddim 2"
+        assert "knob_truncation" not in npz.files and "knob_guidance" not in npz.files
+        assert npz["sweep_knob"].tolist() == ["steps", "steps"]
+        assert npz["sweep_label"].tolist() == ["ddim 1", "ddpm 20"]  # T = 20 in the tiny params
+        assert npz["sweep_value"].tolist() == [1.0, 20.0]
+        assert npz["sweep_images"].shape == (2, 32, 28, 28)
+
+
+def test_evaluate_cfg_diffusion_writes_steps_and_guidance_sweeps(chain):
+    root = stage_ok(chain, "evaluate cfg_diffusion")
+    out = root / "reports" / "eval" / "cfg_diffusion"
+    metrics = read_json(out / "metrics.json")
+    assert 0 <= metrics["label_accuracy"] <= 1
+    steps = pd.read_csv(out / "steps_sweep.csv")
+    assert steps["setting"].tolist() == ["ddim 1", "ddim 2", "ddpm 20"]  # by network evaluations
+    assert steps["main"].tolist() == [False, True, False]
+    guidance = pd.read_csv(out / "guidance_sweep.csv")
+    assert guidance["value"].tolist() == [0.0, 3.0] and guidance["main"].tolist() == [False, True]
+    assert guidance["label_accuracy"].between(0, 1).all()
+    # both tables score the same main images: their main rows agree
+    main_steps, main_guidance = steps[steps["main"]].iloc[0], guidance[guidance["main"]].iloc[0]
+    assert main_steps["fid_classifier"] == pytest.approx(main_guidance["fid_classifier"])
+    assert len(pd.read_csv(out / "truncation_sweep.csv")) == 0
+
+
 def test_report_writes_readme_summary_and_tracks_in_mlflow(chain):
     root = stage_ok(chain, "report")
     readme = (root / "reports" / "README.md").read_text()
-    for text in ("Test accuracy", "Latent space", "### truncation",
-                 "accuracy per requested digit", "samples/cgan/grid.png"):
+    for text in ("Test accuracy", "Latent space", "### truncation", "### steps", "### guidance",
+                 "accuracy per requested digit", "samples/cgan/grid.png",
+                 "train/ddpm/denoising.png", "train/cfg_diffusion/reconstruction.png"):
         assert text in readme, text
     summary = pd.read_csv(root / "reports" / "summary.csv")
     assert summary["family"].tolist() == ["real data (floor)", *FAMILIES]
     assert summary.loc[0, "fid_over_floor"] == 1.0
-    assert summary["label_accuracy"].notna().tolist() == [False, False, False, False, False, True]
-    for name in ("loss_curves.png", "class_histograms.png", "sweep_truncation.png"):
+    assert summary["label_accuracy"].notna().tolist() == [False, False, False, False, False, True,
+                                                          False, True]
+    for name in ("loss_curves.png", "class_histograms.png", "sweep_truncation.png",
+                 "sweep_steps.png", "sweep_guidance.png", "speed_corner.png"):
         assert (root / "reports" / "figures" / name).is_file(), name
     assert (root / "mlflow.db").is_file()
 

@@ -12,9 +12,15 @@ from trilemma.errors import ConfigError
 
 def test_project_params_file_is_valid():
     p = parse_params(base_params())
-    assert p.families == ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan"]
+    assert p.families == ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "ddpm", "cfg_diffusion"]
     for name in p.families:
         assert p.family(name).epochs >= 1, name
+
+
+def test_full_profile_of_the_project_params_is_valid():
+    p = parse_params({**base_params(), "profile": "full"})
+    assert p.family("ddpm").widths == [64, 128, 128] and p.family("ddpm").max_steps is None
+    assert p.sample.steps_sweep[-1] == "ddpm" and p.sample.sweep_size() == 5000
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -28,9 +34,17 @@ def test_project_params_file_is_valid():
     ({"families": ["vae", "nosuch"]}, "nosuch"),
     ({"profile": "fast"}, "profile"),
     ({"data.train_size": 0}, "data.train_size"),
+    ({"ddpm.widths": [2, 4]}, "ddpm.widths"),
+    ({"ddpm.patch": 3}, "ddpm.patch"),
+    ({"ddpm.max_steps": 0}, "ddpm.max_steps"),
+    ({"cfg_diffusion.label_dropout": 1.5}, "cfg_diffusion.label_dropout"),
+    ({"sample.steps_sweep": [10, "ddim"]}, "sample.steps_sweep.1"),
+    ({"sample.guidance": -1}, "sample.guidance"),
+    ({"sample.sampler": "euler"}, "sample.sampler"),
 ], ids=["unknown-top-level", "unknown-in-classifier", "wrong-type", "negative-lr",
         "negative-family-lr", "zero-batch-size", "zero-eval-batch", "unknown-family",
-        "bad-profile", "train-size-zero"])
+        "bad-profile", "train-size-zero", "tiny-unet-width", "bad-patch", "zero-max-steps",
+        "label-dropout-above-one", "steps-sweep-entry", "negative-guidance", "unknown-sampler"])
 def test_bad_value_raises_config_error_naming_the_key(overrides, key):
     raw = with_overrides(base_params(), overrides)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:

@@ -45,7 +45,7 @@ def first_repro(repo: Path) -> str:
 
 
 def test_dvc_repro_runs_every_stage(first_repro: str):
-    families = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan"]
+    families = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "ddpm", "cfg_diffusion"]
     for stage in ("download", "train-classifier", *[f"{stage}@{family}" for family in families
                   for stage in ("train", "sample", "evaluate")], "report"):
         assert f"Running stage '{stage}'" in first_repro
@@ -60,13 +60,15 @@ def test_second_dvc_repro_is_a_no_op(repo: Path, first_repro: str):
 def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: str):
     summary = pd.read_csv(repo / "reports/summary.csv")
     assert list(summary["family"]) == ["real data (floor)", "vae", "mlp_gan", "dcgan", "wgan_gp",
-                                       "cgan"]
+                                       "cgan", "ddpm", "cfg_diffusion"]
     assert (summary["fid_classifier"] > 0).all()
     readme = (repo / "reports/README.md").read_text()
     assert "| vae |" in readme and "samples/vae/grid.png" in readme
     for name in ("classifier/metrics.json", "classifier/per_class.csv", "classifier/confusion.png",
                  "eval/real/metrics.json", "eval/vae/metrics.json", "eval/vae/per_class.csv",
-                 "eval/cgan/sweep.csv", "train/vae/loss.csv", "train/vae/grid.png",
+                 "eval/cgan/truncation_sweep.csv", "eval/ddpm/steps_sweep.csv",
+                 "eval/cfg_diffusion/guidance_sweep.csv", "train/ddpm/reconstruction.png",
+                 "train/vae/loss.csv", "train/vae/grid.png", "figures/speed_corner.png",
                  "train/vae/latent.png", "samples/vae/grid.png", "samples/dcgan/interpolation.png",
                  "figures/loss_curves.png", "figures/class_histograms.png",
                  "figures/sweep_truncation.png"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import base_params, with_overrides
 
-from pipeline.evaluate import sweep_rows
-from pipeline.sample import as_float, knob_settings
+from pipeline.evaluate import scored_sets, sweep_rows
+from pipeline.sample import as_float, describe, knob_settings
 from trilemma import metrics
 from trilemma.classifier import Judge
 from trilemma.config import SampleConfig, parse_params
@@ -51,41 +51,98 @@ def test_knob_settings_are_empty_for_a_family_without_knobs():
 
 # --- sweep rows ------------------------------------------------------------------------------
 
-def scores(*values: float, accuracy: bool = False) -> list[dict]:
-    return [{"is_classifier": v, "min_class_fraction": v / 100,
+def scores(*values: float, accuracy: bool = False, n: int = 100) -> list[dict]:
+    return [{"is_classifier": v, "min_class_fraction": v / 100, "n": n,
              **({"label_accuracy": v / 10} if accuracy else {})} for v in values]
 
 
-def test_sweep_rows_sort_by_value_descending_with_the_main_row_flagged():
-    blob = {"knob_truncation": np.float64(math.inf), "images_per_second": np.float64(100.0),
+def test_sweep_rows_sort_truncation_loose_to_tight_with_the_main_row_flagged():
+    blob = {"knob_truncation": np.float64(math.inf), "label_truncation": np.str_("none"),
+            "images_per_second": np.float64(100.0),
             "sweep_knob": np.array(["truncation", "truncation"]),
-            "sweep_value": np.array([0.5, 1.5]),
+            "sweep_value": np.array([0.5, 1.5]), "sweep_label": np.array(["0.5", "1.5"]),
             "sweep_images_per_second": np.array([90.0, 80.0])}
     rows = sweep_rows(blob, [10.0, 30.0, 20.0], scores(1, 3, 2))
-    assert [(r["value"], r["main"], r["fid_classifier"]) for r in rows] == [
-        (math.inf, True, 10.0), (1.5, False, 20.0), (0.5, False, 30.0)]
+    assert [(r["setting"], r["main"], r["fid_classifier"]) for r in rows] == [
+        ("none", True, 10.0), ("1.5", False, 20.0), ("0.5", False, 30.0)]
     assert [r["samples_per_second"] for r in rows] == [100.0, 80.0, 90.0]
     assert [r["is_classifier"] for r in rows] == [1, 2, 3]
     assert all(r["knob"] == "truncation" and r["label_accuracy"] is None for r in rows)
 
 
-def test_sweep_rows_give_every_knob_a_main_row_from_the_main_images():
-    blob = {"knob_b": np.float64(math.inf), "knob_a": np.float64(2.0),
+def test_sweep_rows_give_every_knob_a_main_row_and_sort_steps_ascending():
+    blob = {"knob_steps": np.float64(10.0), "label_steps": np.str_("ddim 10"),
+            "knob_guidance": np.float64(3.0), "label_guidance": np.str_("3"),
             "images_per_second": np.float64(50.0),
-            "sweep_knob": np.array(["b", "a"]), "sweep_value": np.array([0.5, 3.0]),
-            "sweep_images_per_second": np.array([40.0, 30.0])}
-    rows = sweep_rows(blob, [1.0, 2.0, 3.0], scores(1, 2, 3, accuracy=True))
-    assert [(r["knob"], r["value"], r["main"], r["fid_classifier"]) for r in rows] == [
-        ("a", 3.0, False, 3.0), ("a", 2.0, True, 1.0), ("b", math.inf, True, 1.0),
-        ("b", 0.5, False, 2.0)]
-    assert [r["label_accuracy"] for r in rows] == [0.3, 0.1, 0.1, 0.2]
+            "sweep_knob": np.array(["steps", "steps", "guidance"]),
+            "sweep_value": np.array([1000.0, 5.0, 0.0]),
+            "sweep_label": np.array(["ddpm 1000", "ddim 5", "0"]),
+            "sweep_images_per_second": np.array([1.0, 100.0, 60.0])}
+    # set 0: main images at n; set 1: their first sweep_n (main_index); sets 2..: the sweeps
+    rows = sweep_rows(blob, [9.0, 1.0, 2.0, 3.0, 4.0], scores(9, 1, 2, 3, 4, accuracy=True), 1)
+    assert [(r["knob"], r["setting"], r["main"], r["fid_classifier"]) for r in rows] == [
+        ("guidance", "0", False, 4.0), ("guidance", "3", True, 1.0),
+        ("steps", "ddim 5", False, 3.0), ("steps", "ddim 10", True, 1.0),
+        ("steps", "ddpm 1000", False, 2.0)]
+    assert [r["label_accuracy"] for r in rows] == [0.4, 0.1, 0.3, 0.1, 0.2]
+    assert [r["samples_per_second"] for r in rows] == [60.0, 50.0, 100.0, 50.0, 1.0]
 
 
 def test_sweep_rows_without_a_sweep_is_the_main_row_alone():
-    blob = {"knob_truncation": np.float64(1.0), "images_per_second": np.float64(12.345)}
+    blob = {"knob_truncation": np.float64(1.0), "label_truncation": np.str_("1"),
+            "images_per_second": np.float64(12.345)}
     rows = sweep_rows(blob, [7.0], scores(4))
     assert len(rows) == 1
     assert rows[0]["main"] and rows[0]["value"] == 1.0 and rows[0]["samples_per_second"] == 12.35
+    assert rows[0]["n"] == 100
+
+
+def test_scored_sets_add_the_first_sweep_n_main_images_when_sweeps_are_smaller():
+    images = np.arange(6 * 28 * 28, dtype=np.uint8).reshape(6, 28, 28)
+    labels = np.arange(6) % 10
+    sweep = np.zeros((2, 4, 28, 28), np.uint8)
+    sets, set_labels, main_index = scored_sets(
+        {"images": images, "labels": labels, "sweep_images": sweep})
+    assert [len(s) for s in sets] == [6, 4, 4, 4] and main_index == 1
+    assert np.array_equal(sets[1], images[:4])
+    assert [None if lab is None else lab.tolist() for lab in set_labels] == [
+        [0, 1, 2, 3, 4, 5], [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_scored_sets_reuse_the_main_images_when_sweeps_have_the_same_n():
+    images = np.zeros((4, 28, 28), np.uint8)
+    sets, set_labels, main_index = scored_sets(
+        {"images": images, "sweep_images": np.ones((1, 4, 28, 28), np.uint8)})
+    assert len(sets) == 2 and main_index == 0 and set_labels == [None, None]
+
+
+class Diffusing(Knobbed):
+    timesteps = 1000
+
+
+def test_describe_names_each_setting_for_tables():
+    model = Diffusing(("sampler", "steps"))
+    assert describe(model, "steps", {"sampler": "ddim", "steps": 25}) == (25.0, "ddim 25")
+    assert describe(model, "steps", {"sampler": "ddpm", "steps": 5000}) == (1000.0, "ddpm 1000")
+    assert describe(model, "steps", {"sampler": "ddim", "steps": "ddpm"}) == (1000.0, "ddpm 1000")
+    assert describe(model, "truncation", {"truncation": None}) == (math.inf, "none")
+    assert describe(model, "truncation", {"truncation": 0.5}) == (0.5, "0.5")
+    assert describe(model, "guidance", {"guidance": 3.0}) == (3.0, "3")
+
+
+def test_knob_settings_pass_every_diffusion_knob_and_sweep_steps_and_guidance():
+    cfg = SampleConfig(n=16, steps=10, steps_sweep=[5, 10, "ddpm"], guidance=3.0,
+                       guidance_sweep=[0.0, 3.0], truncation_sweep=[1.0])
+    main, sweep = knob_settings(Knobbed(("sampler", "steps", "eta", "guidance")), cfg)
+    assert main == {"sampler": "ddim", "steps": 10, "eta": 0.0, "guidance": 3.0}
+    assert sweep == [("steps", 5), ("steps", "ddpm"), ("guidance", 0.0)]
+
+
+def test_steps_sweep_accepts_counts_and_ddpm_only():
+    assert SampleConfig(n=16, steps_sweep=[1, "ddpm"]).steps_sweep == [1, "ddpm"]
+    for bad in ([0], ["ddim"], [2.5]):
+        with pytest.raises(ValueError):
+            SampleConfig(n=16, steps_sweep=bad)
 
 
 # --- FID over several sets -------------------------------------------------------------------

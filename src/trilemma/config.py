@@ -110,7 +110,9 @@ def resolve_profile(value: Any, profile: str) -> Any:
 
 def _first_error(err: ValidationError, prefix: str = "") -> str:
     e = err.errors()[0]
-    key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+    # union members show up in the location as tags like "constrained-int": not keys, dropped
+    parts = [p for p in (prefix, *e["loc"]) if isinstance(p, int) or str(p).isidentifier()]
+    key = ".".join(str(p) for p in parts)
     if e["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if e["type"] == "missing":

@@ -17,9 +17,10 @@ import torch
 
 def linear_betas(timesteps: int) -> torch.Tensor:
     """Ho et al. (2020): beta from 1e-4 to 0.02 over T=1000. For other T both ends scale by 1000/T
-    (as in Nichol & Dhariwal's code), so alpha_bar at the last step stays near zero."""
+    (as in Nichol & Dhariwal's code), so alpha_bar at the last step stays near zero; clipped at
+    0.999 so that T <= 20 still gives a valid process (beta < 1, alpha_bar > 0)."""
     scale = 1000 / timesteps
-    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64).clamp(max=0.999)
 
 
 def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:

@@ -13,11 +13,12 @@ from torch import nn
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps (B,) -> (B,dim), as in the Transformer."""
+    """Sinusoidal embedding of integer timesteps (B,) -> (B,dim), as in the Transformer: cosines,
+    then sines (then one zero column when dim is odd)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
     angles = t.float()[:, None] * freqs[None]  # (B,half)
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
+    return F.pad(torch.cat([angles.cos(), angles.sin()], dim=1), (0, dim % 2))
 
 
 def norm(channels: int) -> nn.GroupNorm:
