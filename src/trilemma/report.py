@@ -96,7 +96,9 @@ def _sweep_section(knob: str, by_family: dict[str, list[dict]], floor: float) ->
     table = markdown_table(rows, {"family": "family", "setting": knob, "n": "n",
                                   **{k: v for k, v in SUMMARY_COLUMNS.items()
                                      if k not in ("family", "train_seconds")}})
-    speed = "\n![speed corner](figures/speed_corner.png)\n" if knob == "steps" else ""
+    speed = ("\n![speed corner](figures/speed_corner.png)\n\nIn the speed corner the lines are "
+             "the rows above (n as in the table); the squares are the other families' main "
+             "samples from the summary table.\n") if knob == "steps" else ""
     return (f"### {knob}\n\n{SWEEP_TEXT[knob]}\n\n{table}\n\n"
             f"![{knob} sweep](figures/sweep_{knob}.png)\n{speed}")
 
