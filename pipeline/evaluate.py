@@ -31,8 +31,8 @@ def load_samples(path: Path) -> dict:
     if images is None or images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         got = "none" if images is None else f"{images.dtype}{list(images.shape)}"
         raise DataError(f"{path}: `images` must be uint8 [N,28,28], got {got}")
-    if "images_per_second" not in blob:
-        raise DataError(f"{path}: no `images_per_second`; run `trilemma sample` again")
+    if any(key not in blob for key in ("images_per_second", "seconds", "device")):
+        raise DataError(f"{path}: no sampling time or device; run `trilemma sample` again")
     labels = blob.get("labels")
     if labels is not None and (labels.shape != (len(images),) or labels.min(initial=0) < 0
                                or labels.max(initial=0) > 9):
@@ -93,7 +93,8 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
              device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
     """Score samples/<family>.npz with the classifier (FID against the test set, Inception-style
     score, class histogram, label accuracy of conditional families) and each sweep value's
-    samples; write reports/eval/<family>/ (metrics.json, per_class.csv, and <knob>_sweep.csv for
+    samples; write reports/eval/<family>/ (metrics.json; timing.json: images/s and the device of
+    the sample stage; per_class.csv; and <knob>_sweep.csv for
     truncation, steps and guidance: a row per setting, only a header where the family lacks
     that knob)."""
     p, dev = setup(params, device)
@@ -103,7 +104,6 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                                "data": p.data.model_dump(), "device": str(dev)})
     from trilemma import data, metrics  # torchmetrics takes seconds to import: only when needed
     from trilemma.classifier import load_judge
-    from trilemma.runtime import device_name
 
     blob = load_samples(paths.samples(family))
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
@@ -119,12 +119,15 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
               "is_classifier_std": round(main["is_classifier_std"], 6),
               "min_class_fraction": round(main["min_class_fraction"], 6),
               "class_histogram": {str(d): round(float(f), 6) for d, f in enumerate(main["histogram"])},
-              "samples_per_second": round(float(blob["images_per_second"]), 2),
-              "n_samples": len(blob["images"]), "profile": p.profile, "device": device_name(dev)}
+              "n_samples": len(blob["images"]), "profile": p.profile}
+    timing = {"samples_per_second": round(float(blob["images_per_second"]), 2),
+              "sample_seconds": round(float(blob["seconds"]), 3),
+              "device": str(blob["device"])}  # where the samples were drawn
     if labels is not None:
         result["label_accuracy"] = round(main["label_accuracy"], 6)
     out = paths.eval_reports(family)
-    write_json(out / "metrics.json", result)
+    write_json(out / "metrics.json", result)  # results only: identical on every rerun
+    write_json(out / "timing.json", timing)
     write_csv(out / "per_class.csv", metrics.generated_per_class(main["predictions"], labels))
     rows = sweep_rows(blob, fids, scores, main_index)
     for knob in SWEEPS:  # one table per knob; only a header where the family lacks the knob
@@ -132,7 +135,7 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                   columns=SWEEP_COLUMNS)
     accuracy = f", label accuracy {result['label_accuracy']:.3f}" if labels is not None else ""
     log(f"{family}: FID {fids[0]:.3f}, IS {main['is_classifier']:.3f} +- "
-        f"{main['is_classifier_std']:.3f}{accuracy}, {result['samples_per_second']:.0f} images/s")
+        f"{main['is_classifier_std']:.3f}{accuracy}, {timing['samples_per_second']:.0f} images/s")
     for row in rows:
         accuracy = "" if row["label_accuracy"] is None else \
             f", label accuracy {row['label_accuracy']:.3f}"
@@ -142,7 +145,7 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     with tracking.stage_run("evaluate", family, p.profile) as run:
         run.log_params(tracking.flatten({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
                                          "data": p.data.model_dump(), "n_samples": len(sets[0])}))
-        run.log_metrics({k: v for k, v in result.items() if k != "class_histogram"})
+        run.log_metrics({k: v for k, v in {**result, **timing}.items() if k != "class_histogram"})
         run.log_metrics({f"class_fraction_{d}": f for d, f in result["class_histogram"].items()})
         run.log_artifact(out / "per_class.csv")
         for knob in SWEEPS:

@@ -41,7 +41,8 @@ def read_json(path):
 
 def write_samples(path, images, **extra):
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=images, images_per_second=np.float64(100.0), **extra)
+    np.savez(path, images=images, images_per_second=np.float64(100.0), seconds=np.float64(1.0),
+             device=np.str_("cpu"), **extra)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,8 @@ def test_train_classifier_writes_model_and_reports(chain):
     assert (root / "models" / "classifier.pt").is_file()
     reports = root / "reports" / "classifier"
     metrics = read_json(reports / "metrics.json")
-    assert {"test_accuracy", "profile", "device"} <= set(metrics)
+    assert {"test_accuracy", "profile"} <= set(metrics)
+    assert {"train_seconds", "device"} == set(read_json(reports / "timing.json"))
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["profile"] == "quick"
     per_class = pd.read_csv(reports / "per_class.csv")
     assert list(per_class.columns) == ["digit", "n", "correct", "accuracy"]
@@ -103,7 +105,8 @@ def test_train_vae_writes_model_and_reports(chain):
     for name in ("grid.png", "latent.png"):  # latent.png: latent_dim is 2
         assert (out / name).is_file(), name
     metrics = read_json(out / "metrics.json")
-    assert {"train_seconds", "final_loss", "profile", "device"} <= set(metrics)
+    assert {"final_loss", "profile", "epochs"} <= set(metrics)
+    assert {"train_seconds", "device"} == set(read_json(out / "timing.json"))
     assert not (root / "checkpoints" / "vae.pt").exists()
 
 
@@ -148,8 +151,10 @@ def test_evaluate_vae_writes_metrics_per_class_and_sweep(chain):
     root = stage_ok(chain, "evaluate vae")
     out = root / "reports" / "eval" / "vae"
     metrics = read_json(out / "metrics.json")
-    assert {"fid_classifier", "is_classifier", "class_histogram", "samples_per_second",
-            "min_class_fraction", "profile", "device"} <= set(metrics)
+    assert {"fid_classifier", "is_classifier", "class_histogram", "min_class_fraction",
+            "profile"} <= set(metrics)
+    timing = read_json(out / "timing.json")
+    assert timing["samples_per_second"] > 0 and timing["device"].startswith("cpu")
     assert "label_accuracy" not in metrics
     histogram = metrics["class_histogram"]
     assert sorted(histogram, key=int) == [str(d) for d in range(10)]

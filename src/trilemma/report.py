@@ -29,13 +29,14 @@ def summary_rows(families: list[str]) -> list[dict]:
              "fid_over_floor": 1.0, "is_classifier": floor["is_classifier"]}]
     for name in families:
         ev = read_json(paths.eval_reports(name) / "metrics.json")
-        tr = read_json(paths.train_reports(name) / "metrics.json")
+        speed = read_json(paths.eval_reports(name) / "timing.json")
+        tr = read_json(paths.train_reports(name) / "timing.json")
         rows.append({"family": name, "fid_classifier": ev["fid_classifier"],
                      "fid_over_floor": round(ev["fid_classifier"] / floor["fid_classifier"], 3),
                      "is_classifier": ev["is_classifier"],
                      "min_class_fraction": ev["min_class_fraction"],
                      "label_accuracy": ev.get("label_accuracy"),
-                     "samples_per_second": ev["samples_per_second"],
+                     "samples_per_second": speed["samples_per_second"],
                      "train_seconds": tr["train_seconds"]})
     return [{k: row.get(k) for k in SUMMARY_COLUMNS} for row in rows]
 
@@ -157,6 +158,7 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
     rows = summary_rows(families)
     write_csv(out / "summary.csv", rows)
     clf = read_json(paths.CLASSIFIER_REPORTS / "metrics.json")
+    clf_timing = read_json(paths.CLASSIFIER_REPORTS / "timing.json")
     per_digit = pd.read_csv(paths.CLASSIFIER_REPORTS / "per_class.csv").to_dict("records")
     floor = read_json(paths.REAL_METRICS)
 
@@ -185,7 +187,7 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
                   + "\n".join(sweep_sections)) if sweep_sections else ""
     text = f"""# trilemma report
 
-Profile **{clf['profile']}** · device **{clf['device']}** · torch {torch.__version__} ·
+Profile **{clf['profile']}** · device **{clf_timing['device']}** · torch {torch.__version__} ·
 Python {platform.python_version()} · git commit `{git_commit()}`.
 Built by `trilemma report` from the metric files under `reports/`; every number below comes from
 those files.

@@ -33,6 +33,10 @@ def device_name(device: torch.device) -> str:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every RNG and ask torch for deterministic kernels (a warning, not an error, for ops
+    that have none: on a GPU, reruns then agree up to those ops' floating-point ordering)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -57,7 +57,30 @@ class Run:
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, however long the underlying error text."""
+    line = " ".join(str(message).split("\n")[0].split())
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+LOCK_WAIT = 2.0  # seconds to wait for a locked SQLite store before running untracked
+
+
+def _check_sqlite_writable(uri: str) -> None:
+    """Fail within LOCK_WAIT seconds if another process holds the SQLite store locked (MLflow
+    itself retries for about 40 s before giving up)."""
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return
+    con = sqlite3.connect(path, timeout=LOCK_WAIT, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")  # takes the write lock, or raises "database is locked"
+        con.execute("ROLLBACK")
+    except sqlite3.OperationalError as err:
+        raise RuntimeError(f"{path}: {err}") from None
+    finally:
+        con.close()
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -83,6 +106,8 @@ def _start(stage: str, family: str | None, profile: str) -> Any:
     root = Path.cwd().resolve()
     default = f"sqlite:///{root / 'mlflow.db'}"
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default
+    if uri.startswith("sqlite:///"):
+        _check_sqlite_writable(uri)
     mlflow.set_tracking_uri(uri)  # every time: the setting is global to the process
     # our embedded store keeps artifacts beside it; another store decides for itself
     if uri == default and mlflow.get_experiment_by_name(EXPERIMENT) is None:

@@ -1,0 +1,505 @@
+"""Bad input to every stage: one `error: ...` line naming the bad key or file, exit code 2, no
+traceback, and whatever an earlier run produced is still there, byte for byte.
+
+Most cases run `pipeline.cli.app` through Typer's CliRunner in a copy of a repo where the
+classifier and the VAE were trained, sampled and evaluated once (tiny settings); three run the
+real `trilemma` executable to show that its stderr carries no traceback either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from conftest import TINY, base_params, make_repo, with_overrides, write_params
+from pipeline.cli import app
+
+# what the stages write; the repo's inputs (params.yaml, data/) and MLflow's store are left out
+OUTPUTS = ("models", "reports", "samples")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file the stages wrote under `root`, by relative path."""
+    files = {}
+    for top in OUTPUTS:
+        for path in sorted((root / top).rglob("*")) if (root / top).is_dir() else []:
+            if path.is_file():
+                files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def check_error(output: str, stderr: str, code: int, *names: str) -> str:
+    """Exit code 2, one `error:` line naming every one of `names`, printed last on stderr (so a
+    message that spans lines fails), and no traceback. Returns the error line."""
+    print(output)  # shown with `pytest -rP`
+    assert code == 2, output
+    assert "Traceback" not in output, output
+    lines = error_lines(output)
+    assert len(lines) == 1, output
+    for name in names:
+        assert name in lines[0], f"{name!r} not named in {lines[0]!r}"
+    assert stderr.rstrip("\n").splitlines()[-1] == lines[0], f"more after the error line:\n{stderr}"
+    return lines[0]
+
+
+def fails(result, *names: str) -> str:
+    """The CliRunner result of a command that must stop on bad input."""
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        err = result.exception
+        raise AssertionError(f"uncaught {err!r}\n{result.output}") from err
+    return check_error(result.output, result.stderr, result.exit_code, *names)
+
+
+def params_raw(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    return with_overrides(base_params(), {**TINY, **(overrides or {})})
+
+
+def write_raw(root: Path, raw: Any) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_npz) -> Path:
+    """A tiny repo after train-classifier, train vae, sample vae and evaluate vae."""
+    root = make_repo(tmp_path_factory.mktemp("trained"), mnist_npz)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TRILEMMA_DEVICE", "cpu")
+        for args in (["train-classifier"], ["train", "vae"], ["sample", "vae"],
+                     ["evaluate", "vae"]):
+            result = invoke(*args)
+            assert result.exit_code == 0, (args, result.output)
+    for path in ("models/classifier.pt", "models/vae.pt", "samples/vae.npz",
+                 "reports/train/vae/metrics.json", "reports/eval/vae/metrics.json"):
+        assert (root / path).is_file(), path
+    return root
+
+
+@pytest.fixture
+def repo(trained, tmp_path, monkeypatch) -> Path:
+    """A fresh copy of the trained repo as the working directory (data/ stays a symlink)."""
+    root = tmp_path / "repo"
+    shutil.copytree(trained, root, symlinks=True)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TRILEMMA_DEVICE", "cpu")
+    return root
+
+
+def unchanged(root: Path, before: dict[str, str]) -> None:
+    after = snapshot(root)
+    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
+                             if before.get(k) != after.get(k)}
+
+
+# ---------------------------------------------------------------------------------------------
+# params.yaml: each problem is caught before anything runs, and nothing is written
+
+
+PARAMS_CASES = [
+    # id, overrides (dotted keys), command, names the error line must hold
+    ("unknown-top-level-key", {"bogus": 1}, ["train", "vae"], ["bogus", "unknown key"]),
+    ("unknown-key-in-family-section", {"vae.bogus": 1}, ["train", "vae"], ["vae.bogus"]),
+    ("unknown-key-in-sample-section", {"sample.bogus": 1}, ["sample", "vae"], ["sample.bogus"]),
+    ("wrong-type-int", {"vae.epochs": "three"}, ["train", "vae"], ["vae.epochs", "three"]),
+    ("wrong-type-bool", {"data.offline": "maybe"}, ["train", "vae"], ["data.offline"]),
+    ("wrong-type-families-not-a-list", {"families": "vae"}, ["train", "vae"], ["families"]),
+    ("negative-lr", {"vae.lr": -0.001}, ["train", "vae"], ["vae.lr", "-0.001"]),
+    ("zero-batch-size", {"vae.batch_size": 0}, ["train", "vae"], ["vae.batch_size"]),
+    ("zero-classifier-batch-size", {"classifier.batch_size": 0}, ["train-classifier"],
+     ["classifier.batch_size"]),
+    ("zero-evaluate-batch-size", {"evaluate.batch_size": 0}, ["evaluate", "vae"],
+     ["evaluate.batch_size"]),
+    ("unknown-family-in-families", {"families": ["vae", "nosuch"]}, ["train", "vae"],
+     ["families", "nosuch"]),
+    ("family-listed-twice", {"families": ["vae", "vae"]}, ["train", "vae"], ["families"]),
+    ("profile-not-quick-or-full", {"profile": "medium"}, ["train", "vae"], ["profile", "medium"]),
+    ("bad-steps-sweep-entry-zero", {"sample.steps_sweep": [1, 0]}, ["sample", "vae"],
+     ["sample.steps_sweep"]),
+    ("bad-steps-sweep-entry-name", {"sample.steps_sweep": ["ddim"]}, ["sample", "vae"],
+     ["sample.steps_sweep"]),
+    ("negative-guidance", {"sample.guidance": -1.0}, ["sample", "vae"], ["sample.guidance"]),
+    ("negative-guidance-sweep-entry", {"sample.guidance_sweep": [0.0, -2.0]}, ["sample", "vae"],
+     ["sample.guidance_sweep"]),
+    ("zero-truncation-sweep-entry", {"sample.truncation_sweep": [1.0, 0.0]}, ["sample", "vae"],
+     ["sample.truncation_sweep"]),
+    ("diffusion-width-below-4", {"ddpm.widths": [2, 8]}, ["train", "ddpm"], ["ddpm.widths"]),
+]
+
+
+@pytest.mark.parametrize("overrides, command, names", [c[1:] for c in PARAMS_CASES],
+                         ids=[c[0] for c in PARAMS_CASES])
+def test_bad_params_value_names_the_key(repo, overrides, command, names):
+    write_params(repo / "params.yaml", overrides)
+    before = snapshot(repo)
+    fails(invoke(*command), "params.yaml", *names)
+    unchanged(repo, before)
+
+
+def _drop_vae_section(raw):
+    del raw["vae"]
+    return raw
+
+
+def _vae_section_a_list(raw):
+    raw["vae"] = [1, 2]
+    return raw
+
+
+def _families_nested_list(raw):
+    raw["families"] = [["vae"]]
+    return raw
+
+
+RAW_CASES = [
+    # the params mapping from the tiny one, names
+    pytest.param(_drop_vae_section, ["families", "vae", "no section"],
+                 id="family-in-families-without-section"),
+    pytest.param(_vae_section_a_list, ["vae"], id="family-section-not-a-mapping",
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "config.parse_params does Config(**section) on a list: TypeError, "
+                     "traceback, exit 1"))),
+    pytest.param(_families_nested_list, ["families"], id="families-entry-not-a-name",
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "config.parse_params tests `name not in REGISTRY` on a list: "
+                     "TypeError (unhashable), traceback, exit 1"))),
+]
+
+
+@pytest.mark.parametrize("edit, names", RAW_CASES)
+def test_bad_params_structure_names_the_key(repo, edit, names):
+    write_raw(repo, edit(params_raw()))
+    before = snapshot(repo)
+    fails(invoke("train", "vae"), "params.yaml", *names)
+    unchanged(repo, before)
+
+
+FILE_CASES = [
+    # params.yaml contents (bytes), names
+    pytest.param(b"profile: quick\nvae: [unclosed\n", ["params.yaml", "not valid YAML"],
+                 id="not-valid-yaml"),
+    pytest.param(b"- vae\n- dcgan\n", ["params.yaml", "list"], id="yaml-list"),
+    pytest.param(b"", ["params.yaml", "mapping"], id="empty-file"),
+    pytest.param(b"profile: \xff\xfe quick\n", ["params.yaml"], id="not-utf8",
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "config.load_params: Path.read_text raises UnicodeDecodeError, which it does "
+                     "not catch: traceback, exit 1"))),
+]
+
+
+@pytest.mark.parametrize("content, names", FILE_CASES)
+def test_unreadable_params_file_names_it(repo, content, names):
+    (repo / "params.yaml").write_bytes(content)
+    before = snapshot(repo)
+    fails(invoke("train", "vae"), *names)
+    unchanged(repo, before)
+
+
+def test_params_file_missing_names_it(repo):
+    before = snapshot(repo)
+    fails(invoke("train", "vae", "--params", "nothere.yaml"), "nothere.yaml", "no such params file")
+    unchanged(repo, before)
+
+
+@pytest.mark.xfail(strict=True, reason="config.load_params: read_text on a directory raises "
+                   "IsADirectoryError, which it does not catch: traceback, exit 1")
+def test_params_path_is_a_directory_names_it(repo):
+    (repo / "conf").mkdir()
+    before = snapshot(repo)
+    fails(invoke("train", "vae", "--params", "conf"), "conf")
+    unchanged(repo, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line and the environment
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+def test_unknown_family_on_the_command_line(repo, command):
+    before = snapshot(repo)
+    fails(invoke(command, "nosuch"), "nosuch", "families")
+    unchanged(repo, before)
+
+
+def test_unknown_device_option(repo):
+    before = snapshot(repo)
+    fails(invoke("train", "vae", "--device", "tpu"), "device", "tpu")
+    unchanged(repo, before)
+
+
+def test_unknown_device_in_environment(repo, monkeypatch):
+    monkeypatch.setenv("TRILEMMA_DEVICE", "gpu0")
+    before = snapshot(repo)
+    fails(invoke("sample", "vae"), "device", "gpu0")
+    unchanged(repo, before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")
+def test_device_cuda_without_a_gpu(repo):
+    before = snapshot(repo)
+    fails(invoke("train", "vae", "--device", "cuda"), "device", "cuda")
+    unchanged(repo, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# data/mnist.npz
+
+
+def _flip_middle(blob: bytes) -> bytes:
+    mid = len(blob) // 2
+    return blob[:mid] + bytes(b ^ 0xFF for b in blob[mid:mid + 64]) + blob[mid + 64:]
+
+
+def _first_half(blob: bytes) -> bytes:
+    return blob[:len(blob) // 2]
+
+
+def _npz_without_x_test(blob: bytes) -> bytes:
+    import io
+
+    with np.load(io.BytesIO(blob)) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "x_test"}
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("damage", [_flip_middle, _first_half, _npz_without_x_test],
+                         ids=["bytes-flipped", "truncated", "array-missing"])
+def test_damaged_data_file_names_it(repo, mnist_npz, damage):
+    data = repo / "data" / "mnist.npz"
+    data.unlink()  # the symlink to the session's copy: never damage that one
+    data.write_bytes(damage(mnist_npz.read_bytes()))
+    before = snapshot(repo)
+    fails(invoke("train", "vae"), "data/mnist.npz")
+    unchanged(repo, before)
+
+
+@pytest.mark.parametrize("command", [["train", "vae"], ["train-classifier"], ["evaluate", "vae"]],
+                         ids=["train", "train-classifier", "evaluate"])
+def test_data_file_missing_says_run_download(repo, command):
+    (repo / "data" / "mnist.npz").unlink()
+    before = snapshot(repo)
+    fails(invoke(*command), "data/mnist.npz", "trilemma download")
+    unchanged(repo, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# model files
+
+
+def test_evaluate_without_classifier(repo):
+    (repo / "models" / "classifier.pt").unlink()
+    before = snapshot(repo)
+    fails(invoke("evaluate", "vae"), "models/classifier.pt", "trilemma train-classifier")
+    unchanged(repo, before)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "classifier.load_judge: torch.load's weights-only error spans several lines and is pasted "
+    "whole into the DataError: five more lines of torch text follow the error line on stderr"))
+def test_classifier_file_corrupted(repo):
+    (repo / "models" / "classifier.pt").write_bytes(b"not a checkpoint at all\n" * 10)
+    before = snapshot(repo)
+    fails(invoke("evaluate", "vae"), "models/classifier.pt")
+    unchanged(repo, before)
+
+
+def test_sample_without_model(repo):
+    (repo / "models" / "vae.pt").unlink()
+    before = snapshot(repo)
+    fails(invoke("sample", "vae"), "models/vae.pt", "trilemma train vae")
+    unchanged(repo, before)
+
+
+def test_model_written_by_other_settings(repo):
+    write_params(repo / "params.yaml", {"vae.lr": 0.005})
+    before = snapshot(repo)
+    fails(invoke("sample", "vae"), "models/vae.pt", "vae", "trilemma train vae")
+    unchanged(repo, before)
+
+
+def _garbage(blob: bytes) -> bytes:
+    return b"not a model file\n" * 20
+
+
+def _list_checkpoint(blob: bytes) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    torch.save([1, 2, 3], out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(_garbage, marks=pytest.mark.xfail(strict=True, reason=(
+        "families.load: torch.load's weights-only error spans several lines and is pasted whole "
+        "into the DataError: five more lines of torch text follow the error line on stderr"))),
+    _first_half,
+    pytest.param(_list_checkpoint, marks=pytest.mark.xfail(strict=True, reason=(
+        "families.load calls blob.get() on whatever torch.load returned: a file holding a list "
+        "gives AttributeError, traceback, exit 1"))),
+], ids=["garbage", "truncated", "holds-a-list"])
+def test_model_file_corrupted(repo, damage):
+    model = repo / "models" / "vae.pt"
+    model.write_bytes(damage(model.read_bytes()))
+    before = snapshot(repo)
+    fails(invoke("sample", "vae"), "models/vae.pt")
+    unchanged(repo, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# samples files
+
+
+def _set(**arrays):
+    return lambda blob: {**blob, **arrays}
+
+
+def _drop(*keys):
+    return lambda blob: {k: v for k, v in blob.items() if k not in keys}
+
+
+def _sweep(images):
+    """One truncation sweep setting whose images are `images`."""
+    return _set(sweep_images=images, sweep_knob=np.array(["truncation"]),
+                sweep_value=np.array([1.0]), sweep_label=np.array(["1"]),
+                sweep_images_per_second=np.array([100.0]))
+
+
+SAMPLES_CASES = [
+    # id, the change to the real samples/vae.npz, the array the error line must name
+    ("wrong-shape", _set(images=np.zeros((64, 784), np.uint8)), "images"),
+    ("wrong-image-size", _set(images=np.zeros((64, 32, 32), np.uint8)), "images"),
+    ("wrong-dtype", _set(images=np.zeros((64, 28, 28), np.float32)), "images"),
+    ("images-missing", _drop("images"), "images"),
+    ("labels-out-of-range", _set(labels=np.full(64, 10, np.int64)), "labels"),
+    ("labels-negative", _set(labels=np.full(64, -1, np.int64)), "labels"),
+    ("labels-wrong-length", _set(labels=np.zeros(63, np.int64)), "labels"),
+    ("sweep-arrays-inconsistent", _sweep(np.zeros((2, 32, 28, 28), np.uint8)), "sweep_images"),
+    ("sweep-larger-than-main", _sweep(np.zeros((1, 65, 28, 28), np.uint8)), "sweep_images"),
+    ("sweep-wrong-dtype", _sweep(np.zeros((1, 32, 28, 28), np.float32)), "sweep_images"),
+    ("sampling-time-missing", _drop("images_per_second"), "trilemma sample"),
+]
+
+
+@pytest.mark.parametrize("edit, key", [c[1:] for c in SAMPLES_CASES],
+                         ids=[c[0] for c in SAMPLES_CASES])
+def test_malformed_samples_file_names_it_and_the_array(repo, edit, key):
+    path = repo / "samples" / "vae.npz"
+    with np.load(path) as npz:
+        blob = edit({k: npz[k] for k in npz.files})
+    with open(path, "wb") as fh:
+        np.savez(fh, **blob)
+    before = snapshot(repo)
+    fails(invoke("evaluate", "vae"), "samples/vae.npz", key)
+    unchanged(repo, before)
+
+
+def test_samples_file_missing_says_run_sample(repo):
+    (repo / "samples" / "vae.npz").unlink()
+    before = snapshot(repo)
+    fails(invoke("evaluate", "vae"), "samples/vae.npz", "trilemma sample vae")
+    unchanged(repo, before)
+
+
+def test_samples_file_truncated(repo):
+    path = repo / "samples" / "vae.npz"
+    path.write_bytes(_first_half(path.read_bytes()))
+    before = snapshot(repo)
+    fails(invoke("evaluate", "vae"), "samples/vae.npz")
+    unchanged(repo, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs that cannot be written: `reports` is a file (root ignores chmod, so no permissions)
+
+
+def _reports_a_file(root: Path) -> dict[str, str]:
+    shutil.rmtree(root / "reports")
+    (root / "reports").write_text("not a directory\n")
+    return snapshot(root)
+
+
+def test_train_with_unwritable_reports(repo):
+    before = _reports_a_file(repo)
+    assert "models/vae.pt" in before
+    fails(invoke("train", "vae"), "reports")
+    unchanged(repo, before)  # models/vae.pt untouched: the stage stopped before saving
+    assert (repo / "reports").read_text() == "not a directory\n"
+
+
+def test_evaluate_with_unwritable_reports(repo):
+    before = _reports_a_file(repo)
+    fails(invoke("evaluate", "vae"), "reports")
+    unchanged(repo, before)
+
+
+def test_sample_with_unwritable_samples_dir(repo):
+    (repo / "samples" / "vae.npz").unlink()
+    (repo / "samples").rmdir()
+    (repo / "samples").write_text("not a directory\n")
+    before = snapshot(repo)
+    fails(invoke("sample", "vae"), "samples")
+    unchanged(repo, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real executable: the error line and nothing like a traceback on the process's stderr
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("trilemma")
+    env = {**os.environ, "TRILEMMA_DEVICE": "cpu"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(exe), *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def proc_fails(proc: subprocess.CompletedProcess, *names: str) -> str:
+    assert proc.stdout.strip() == "", proc.stdout
+    return check_error(proc.stdout + proc.stderr, proc.stderr, proc.returncode, *names)
+
+
+def test_subprocess_unknown_params_key(repo):
+    write_params(repo / "params.yaml", {"vae.bogus": 1})
+    before = snapshot(repo)
+    proc_fails(run_cli(repo, "train", "vae"), "params.yaml", "vae.bogus")
+    unchanged(repo, before)
+
+
+def test_subprocess_truncated_data_file(repo, mnist_npz):
+    data = repo / "data" / "mnist.npz"
+    data.unlink()
+    data.write_bytes(_first_half(mnist_npz.read_bytes()))
+    before = snapshot(repo)
+    proc_fails(run_cli(repo, "train", "vae"), "data/mnist.npz")
+    unchanged(repo, before)
+
+
+def test_subprocess_truncated_model_file(repo):
+    model = repo / "models" / "vae.pt"
+    model.write_bytes(_first_half(model.read_bytes()))
+    before = snapshot(repo)
+    proc_fails(run_cli(repo, "sample", "vae"), "models/vae.pt")
+    unchanged(repo, before)
