@@ -9,7 +9,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from trilemma.errors import TrilemmaError
+from trilemma.errors import TrilemmaError, brief
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="Params file to read.")]
 DeviceOption = Annotated[str, typer.Option(
@@ -27,7 +27,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except TrilemmaError as err:
-            typer.echo(f"error: {err}", err=True)
+            typer.echo(f"error: {brief(err, limit=1000)}", err=True)  # one line, always
             raise typer.Exit(2) from None
 
     return wrapper

@@ -11,7 +11,7 @@ from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsO
                              print_settings, setup, user_errors)
 from trilemma import paths, tracking
 from trilemma.config import SWEEPS
-from trilemma.errors import DataError
+from trilemma.errors import DataError, brief
 from trilemma.io import write_csv, write_json
 
 SWEEP_COLUMNS = ["knob", "setting", "value", "main", "n", "fid_classifier", "is_classifier",
@@ -26,7 +26,7 @@ def load_samples(path: Path) -> dict:
         with np.load(path) as npz:
             blob = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable samples file ({err})") from None
+        raise DataError(f"{path}: not a readable samples file ({brief(err)})") from None
     images = blob.get("images")
     if images is None or images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         got = "none" if images is None else f"{images.dtype}{list(images.shape)}"

@@ -175,14 +175,8 @@ RAW_CASES = [
     # the params mapping from the tiny one, names
     pytest.param(_drop_vae_section, ["families", "vae", "no section"],
                  id="family-in-families-without-section"),
-    pytest.param(_vae_section_a_list, ["vae"], id="family-section-not-a-mapping",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "config.parse_params does Config(**section) on a list: TypeError, "
-                     "traceback, exit 1"))),
-    pytest.param(_families_nested_list, ["families"], id="families-entry-not-a-name",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "config.parse_params tests `name not in REGISTRY` on a list: "
-                     "TypeError (unhashable), traceback, exit 1"))),
+    pytest.param(_vae_section_a_list, ["vae"], id="family-section-not-a-mapping"),
+    pytest.param(_families_nested_list, ["families"], id="families-entry-not-a-name"),
 ]
 
 
@@ -200,10 +194,7 @@ FILE_CASES = [
                  id="not-valid-yaml"),
     pytest.param(b"- vae\n- dcgan\n", ["params.yaml", "list"], id="yaml-list"),
     pytest.param(b"", ["params.yaml", "mapping"], id="empty-file"),
-    pytest.param(b"profile: \xff\xfe quick\n", ["params.yaml"], id="not-utf8",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "config.load_params: Path.read_text raises UnicodeDecodeError, which it does "
-                     "not catch: traceback, exit 1"))),
+    pytest.param(b"profile: \xff\xfe quick\n", ["params.yaml"], id="not-utf8"),
 ]
 
 
@@ -221,8 +212,6 @@ def test_params_file_missing_names_it(repo):
     unchanged(repo, before)
 
 
-@pytest.mark.xfail(strict=True, reason="config.load_params: read_text on a directory raises "
-                   "IsADirectoryError, which it does not catch: traceback, exit 1")
 def test_params_path_is_a_directory_names_it(repo):
     (repo / "conf").mkdir()
     before = snapshot(repo)
@@ -315,9 +304,6 @@ def test_evaluate_without_classifier(repo):
     unchanged(repo, before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "classifier.load_judge: torch.load's weights-only error spans several lines and is pasted "
-    "whole into the DataError: five more lines of torch text follow the error line on stderr"))
 def test_classifier_file_corrupted(repo):
     (repo / "models" / "classifier.pt").write_bytes(b"not a checkpoint at all\n" * 10)
     before = snapshot(repo)
@@ -352,13 +338,9 @@ def _list_checkpoint(blob: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("damage", [
-    pytest.param(_garbage, marks=pytest.mark.xfail(strict=True, reason=(
-        "families.load: torch.load's weights-only error spans several lines and is pasted whole "
-        "into the DataError: five more lines of torch text follow the error line on stderr"))),
+    pytest.param(_garbage),
     _first_half,
-    pytest.param(_list_checkpoint, marks=pytest.mark.xfail(strict=True, reason=(
-        "families.load calls blob.get() on whatever torch.load returned: a file holding a list "
-        "gives AttributeError, traceback, exit 1"))),
+    pytest.param(_list_checkpoint),
 ], ids=["garbage", "truncated", "holds-a-list"])
 def test_model_file_corrupted(repo, damage):
     model = repo / "models" / "vae.pt"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.config import ClassifierConfig
-from trilemma.errors import DataError
+from trilemma.errors import DataError, brief
 from trilemma.io import atomic_path
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -103,5 +103,5 @@ def load_judge(path: str | Path, device: torch.device) -> Judge:
         net = Judge(cfg.width, cfg.features)
         net.load_state_dict(blob["state"])
     except Exception as err:
-        raise DataError(f"{path}: not a trilemma classifier checkpoint ({err})") from None
+        raise DataError(f"{path}: not a trilemma classifier checkpoint ({brief(err)})") from None
     return net.to(device, memory_format=torch.channels_last).eval()

@@ -133,6 +133,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     families = resolved.get("families")
     if isinstance(families, list):
         for name in families:
+            if not isinstance(name, str):
+                raise ConfigError(f"{source}: families: entries must be family names (got {name!r})")
             if name not in REGISTRY:
                 known = ", ".join(sorted(REGISTRY))
                 raise ConfigError(f"{source}: families: unknown family {name!r} (known: {known})")
@@ -141,6 +143,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         if len(set(families)) != len(families):
             raise ConfigError(f"{source}: families: a family is listed twice")
     sections = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
+    for name, section in sections.items():
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{source}: {name}: must be a mapping of settings "
+                              f"(got {type(section).__name__})")
     try:
         params = Params(**resolved)
     except ValidationError as err:
@@ -160,6 +166,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such params file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a params file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

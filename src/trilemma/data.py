@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from trilemma.errors import DataError
+from trilemma.errors import DataError, brief
 from trilemma.io import write_npz
 
 # Digits 0..9, from the official MNIST distribution.
@@ -152,7 +152,7 @@ def load_npz(path: str | Path, train_size: int | None = None,
         with np.load(path) as npz:
             m = Mnist(**{k: npz[k] for k in ARRAY_KEYS})
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable MNIST npz ({err})") from None
+        raise DataError(f"{path}: not a readable MNIST npz ({brief(err)})") from None
     verify(m, str(path))
     return Mnist(m.x_train[:train_size], m.y_train[:train_size],
                  m.x_test[:test_size], m.y_test[:test_size])

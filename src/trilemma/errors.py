@@ -5,6 +5,12 @@ class TrilemmaError(Exception):
     """A problem with the inputs (params, files, data), not a bug."""
 
 
+def brief(err: BaseException, limit: int = 160) -> str:
+    """The first line of a library's error text, shortened: it goes inside a one-line message."""
+    line = " ".join(str(err).strip().split("\n")[0].split()) or type(err).__name__
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
 class ConfigError(TrilemmaError):
     pass
 

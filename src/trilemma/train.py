@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from trilemma.config import TrainConfig
-from trilemma.errors import TrainingDiverged
+from trilemma.errors import TrainingDiverged, brief
 from trilemma.io import atomic_path
 
 
@@ -52,7 +52,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a checkpoint is a cache: a bad one is ignored, never fatal
-        print(f"ignoring unreadable checkpoint {path}: {err}", flush=True)
+        print(f"ignoring unreadable checkpoint {path}: {brief(err)}", flush=True)
         return None
     if state.get("fingerprint") != fingerprint:
         print(f"ignoring checkpoint {path}: written for other settings", flush=True)

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from trilemma.config import TrainConfig
-from trilemma.errors import DataError
+from trilemma.errors import DataError, brief
 from trilemma.families import cfg_diffusion, cgan, dcgan, ddpm, mlp_gan, vae, wgan_gp
 from trilemma.io import atomic_path
 from trilemma.train import Trainee
@@ -68,7 +68,9 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device) ->
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DataError(f"{path}: not a readable model file ({err})") from None
+        raise DataError(f"{path}: not a readable model file ({brief(err)})") from None
+    if not isinstance(blob, dict) or "state" not in blob:
+        raise DataError(f"{path}: not a trilemma model file; run `trilemma train {name}` again")
     if blob.get("family") != name or blob.get("config") != cfg.model_dump():
         raise DataError(f"{path}: trained with other settings than params.yaml `{name}`; "
                         f"run `trilemma train {name}` again")
