@@ -1,10 +1,13 @@
 """Checkpoint/resume of `trilemma train` as a user meets it: a real process killed with SIGKILL
-mid-run and started again must end with the same model, metrics and loss curve as a run that was
+mid-run and started again must end with the same model, metrics and loss curves as a run that was
 never interrupted; a corrupt checkpoint is ignored; checkpoints/ stays outside DVC and git.
 
-Every training run here is a `trilemma train <family>` subprocess in its own tiny repo. The
-uninterrupted reference runs start in the background when the module's first training test
-begins, so they overlap with the kill-and-resume runs (start-up is most of each run's cost)."""
+Every `trilemma train` here is a subprocess in its own tiny repo, on one CPU thread. The
+uninterrupted and corrupt-checkpoint runs start in the background with the first training test, so
+they overlap with the kill-and-resume runs: start-up (imports, a fresh mlflow.db) is most of each
+run's cost. The diffusion family's extra state (EMA, step counter) is checked in-process through
+`fit`, interrupted right after a checkpoint: three more subprocesses would cost about a minute.
+"""
 
 from __future__ import annotations
 
@@ -23,24 +26,27 @@ import torch
 import yaml
 
 from conftest import make_repo, write_params
-from trilemma import paths
+from trilemma import families, paths
+from trilemma.train import TRACE_POINTS, fit
 
 REPO = Path(__file__).resolve().parents[1]
 TRILEMMA = str(Path(sys.executable).parent / "trilemma")
 DEADLINE = 300  # seconds: generous, the CPU is shared with other jobs
 
-# One epoch of about 1-2 s on an idle 2-core CPU; the kill lands after epoch 1 of 3, so at least
-# two epochs of margin separate "checkpoint seen" from "model written".
-SETTINGS: dict[str, dict[str, Any]] = {
-    "vae": {"data.train_size": 2000, "vae.epochs": 3},
-    # diffusion: the U-Net, its EMA, Adam and a step counter all live in the checkpoint
-    "ddpm": {"data.train_size": 1024, "ddpm.epochs": 3, "ddpm.max_steps": None},
-}
+FAMILY = "vae"
+EPOCHS = 3
+# About 1 s an epoch on one idle core: the kill lands within ~20 ms of epoch 1's checkpoint, so two
+# epochs of margin separate "checkpoint seen" from "model written".
+SETTINGS = {"data.train_size": 3000, f"{FAMILY}.epochs": EPOCHS}
+CPU = torch.device("cpu")
 
 
 def env() -> dict[str, str]:
     out = {**os.environ, "TRILEMMA_DEVICE": "cpu",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           # as conftest's one_torch_thread: several tiny runs side by side on 2 busy cores run
+           # 10-30x slower with torch's default thread pool (an epoch of 0.5 s took 18 s)
+           "OMP_NUM_THREADS": "1"}
     out.pop("MLFLOW_TRACKING_URI", None)  # each repo gets its own mlflow.db
     return out
 
@@ -70,9 +76,9 @@ class Run:
             self.proc.wait()
 
 
-def new_repo(root: Path, npz: Path, family: str) -> Path:
+def new_repo(root: Path, npz: Path) -> Path:
     repo = make_repo(root, npz)
-    write_params(repo / "params.yaml", SETTINGS[family])
+    write_params(repo / "params.yaml", SETTINGS)
     return repo
 
 
@@ -90,77 +96,90 @@ def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def assert_same_training(a: Path, b: Path, family: str) -> None:
-    """Same weights (and optimiser/EMA state), same final metrics, same loss curve."""
-    model_a = flat(torch.load(a / paths.model(family), weights_only=True))
-    model_b = flat(torch.load(b / paths.model(family), weights_only=True))
-    assert model_a.keys() == model_b.keys()
-    assert any(isinstance(v, torch.Tensor) for v in model_a.values())
-    differ = [key for key, value in model_a.items()
-              if not (torch.equal(value, model_b[key]) if isinstance(value, torch.Tensor)
-                      else value == model_b[key])]
-    assert not differ, f"{family}: saved model differs in {differ[:5]} ({len(differ)} entries)"
+def assert_same_state(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
+    """Every tensor equal bit for bit (weights, optimiser moments, EMA), every other value equal."""
+    a, b = flat(a), flat(b)
+    assert a.keys() == b.keys()
+    assert sum(isinstance(v, torch.Tensor) for v in a.values()) > 4
+    differ = [key for key, value in a.items()
+              if not (torch.equal(value, b[key]) if isinstance(value, torch.Tensor)
+                      else value == b[key])]
+    assert not differ, f"{what}: differs in {differ[:5]} ({len(differ)} entries)"
 
-    reports_a, reports_b = a / paths.train_reports(family), b / paths.train_reports(family)
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Same saved model, same final metrics, same loss curves (all but the timing column)."""
+    assert_same_state(torch.load(a / paths.model(FAMILY), weights_only=True),
+                      torch.load(b / paths.model(FAMILY), weights_only=True), "models/vae.pt")
+
+    reports_a, reports_b = a / paths.train_reports(FAMILY), b / paths.train_reports(FAMILY)
     metrics_a = json.loads((reports_a / "metrics.json").read_text())
     metrics_b = json.loads((reports_b / "metrics.json").read_text())
     final = sorted(k for k in metrics_a if k.startswith("final_"))
     assert final and final == sorted(k for k in metrics_b if k.startswith("final_"))
     assert {k: metrics_a[k] for k in final} == {k: metrics_b[k] for k in final}
-    assert metrics_a["epochs"] == metrics_b["epochs"] == SETTINGS[family][f"{family}.epochs"]
+    assert metrics_a["epochs"] == metrics_b["epochs"] == EPOCHS
 
     for name in ("loss.csv", "loss_steps.csv"):
         curve_a = pd.read_csv(reports_a / name).drop(columns="seconds", errors="ignore")
         curve_b = pd.read_csv(reports_b / name).drop(columns="seconds", errors="ignore")
+        assert len(curve_a) == EPOCHS * (1 if name == "loss.csv" else TRACE_POINTS), name
         pd.testing.assert_frame_equal(curve_a, curve_b, check_exact=True)
-    assert len(pd.read_csv(reports_a / "loss.csv")) == SETTINGS[family][f"{family}.epochs"]
+
+
+class References:
+    """The runs the interrupted ones are compared with, each in its own fresh repo, started in the
+    background on first demand: `clean` never interrupted, `corrupt` finds garbage where its
+    checkpoint would be."""
+
+    def __init__(self, tmp_path_factory, npz: Path):
+        self.factory, self.npz, self.runs = tmp_path_factory, npz, {}
+
+    def start(self, name: str) -> Run:
+        if name not in self.runs:
+            repo = new_repo(self.factory.mktemp(name), self.npz)
+            if name == "corrupt":
+                ckpt = repo / paths.checkpoint(FAMILY)
+                ckpt.parent.mkdir()
+                # the start of a zip (torch's format) cut short, then junk: truncated and corrupt
+                ckpt.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+            self.runs[name] = Run(repo, FAMILY, name)
+        return self.runs[name]
 
 
 @pytest.fixture(scope="module")
-def reference_runs(tmp_path_factory, mnist_npz):
-    """Started together, in the background: per family an uninterrupted run; for the vae also a
-    run that finds garbage where its checkpoint would be."""
-    runs: dict[str, Run] = {}
+def references(tmp_path_factory, mnist_npz):
+    refs = References(tmp_path_factory, mnist_npz)
     try:
-        for family in SETTINGS:
-            repo = new_repo(tmp_path_factory.mktemp(f"clean_{family}"), mnist_npz, family)
-            runs[family] = Run(repo, family, "clean")
-        repo = new_repo(tmp_path_factory.mktemp("corrupt_vae"), mnist_npz, "vae")
-        ckpt = repo / paths.checkpoint("vae")
-        ckpt.parent.mkdir()
-        # the start of a zip (torch's format) cut short, then junk: a truncated, corrupt file
-        ckpt.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
-        runs["corrupt_vae"] = Run(repo, "vae", "corrupt")
-        yield runs
+        yield refs
     finally:
-        for run in runs.values():
+        for run in refs.runs.values():
             run.stop()
 
 
 def test_checkpoints_are_no_dvc_output_and_are_git_ignored():
     assert paths.CHECKPOINTS == Path("checkpoints")
-    assert paths.checkpoint("vae").parent == paths.CHECKPOINTS
+    assert paths.checkpoint(FAMILY).parent == paths.CHECKPOINTS
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     outs = []
-    for name, stage in stages.items():
+    for stage in stages.values():
         body = stage.get("do", stage)  # foreach stages keep theirs under `do`
         for kind in ("outs", "metrics", "plots"):
-            for entry in body.get(kind, []):
+            for entry in body.get(kind) or []:
                 outs.extend(entry if isinstance(entry, dict) else [entry])
-    assert "models/${item}.pt" in outs  # the parse found the train stage's outputs
+    assert "models/${item}.pt" in outs  # the parse did find the train stage's outputs
     assert not [out for out in outs if str(out).lstrip("./").startswith("checkpoints")]
-    # a checkpoint left by a killed run must not make `git status` dirty or be committed
+    # a checkpoint left by a killed run must neither dirty `git status` nor get committed
     ignored = subprocess.run(["git", "check-ignore", "-q", "checkpoints/x.pt"], cwd=REPO)
     assert ignored.returncode == 0
 
 
-@pytest.mark.parametrize("family", list(SETTINGS))
-def test_killed_run_resumes_to_the_uninterrupted_result(family, reference_runs, tmp_path,
-                                                        mnist_npz):
-    repo = new_repo(tmp_path, mnist_npz, family)
-    ckpt, model = repo / paths.checkpoint(family), repo / paths.model(family)
+def test_killed_run_resumes_to_the_uninterrupted_result(references, tmp_path, mnist_npz):
+    repo = new_repo(tmp_path, mnist_npz)
+    ckpt, model = repo / paths.checkpoint(FAMILY), repo / paths.model(FAMILY)
 
-    first = Run(repo, family, "killed")
+    clean = references.start("clean")  # two runs at a time: one each of the 2 cores
+    first = Run(repo, FAMILY, "killed")
     try:
         deadline = time.monotonic() + DEADLINE
         # atomic_path writes a temporary file and renames it: once the name exists it is complete
@@ -173,30 +192,69 @@ def test_killed_run_resumes_to_the_uninterrupted_result(family, reference_runs, 
     finally:
         first.stop()
     assert not model.exists(), f"finished before it could be killed\n{first.text()}"
-    assert ckpt.exists()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)  # still there, and whole
     epoch = state["epoch"]
-    assert 1 <= epoch < SETTINGS[family][f"{family}.epochs"]
+    assert 1 <= epoch < EPOCHS
     assert [row["epoch"] for row in state["history"]] == list(range(1, epoch + 1))
 
-    out = Run(repo, family, "resumed").wait()
-    assert f"{family}: resuming after epoch {epoch} from" in out, out
-    assert f"{family} epoch 1/" not in out  # the epochs already done were not trained again
+    resumed = Run(repo, FAMILY, "resumed")
+    references.start("corrupt")  # for the next test but one, beside this run
+    out = resumed.wait()
+    assert f"{FAMILY}: resuming after epoch {epoch} from" in out, out
+    assert f"{FAMILY} epoch {epoch}/" not in out  # epochs already done are not trained again
+    assert f"{FAMILY} epoch {EPOCHS}/{EPOCHS}" in out
     assert not ckpt.exists()  # deleted once the model is written
-    assert model.exists()
 
-    clean = reference_runs[family]
-    clean_out = clean.wait()
-    assert "resuming" not in clean_out
-    assert_same_training(repo, clean.repo, family)
+    assert "resuming" not in clean.wait()
+    assert_same_training(repo, clean.repo)
 
 
-def test_corrupt_checkpoint_is_ignored_and_training_starts_over(reference_runs):
-    corrupt, clean = reference_runs["corrupt_vae"], reference_runs["vae"]
+class Interrupted(Exception):
+    pass
+
+
+def without_seconds(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_diffusion_fit_interrupted_after_a_checkpoint_resumes_exactly(mnist, tmp_path):
+    """ddpm keeps an EMA of the U-Net and a step counter besides Adam: all must come back. The
+    stage's `on_epoch` runs right after the checkpoint is written; raising there is a kill."""
+    x, y = torch.from_numpy(mnist.x_train[:128]), torch.from_numpy(mnist.y_train[:128])
+    cfg = families.REGISTRY["ddpm"].Config(epochs=3, batch_size=32, lr=2e-3, widths=[8, 16],
+                                           patch=2, timesteps=20, dropout=0.1, max_steps=None)
+
+    def run(seed: int, checkpoint: Path, on_epoch=None):
+        torch.manual_seed(seed)
+        model, trace = families.build("ddpm", cfg, CPU), []
+        history = fit(model, x, y, cfg, name="ddpm", device=CPU, seed=0, checkpoint=checkpoint,
+                      fingerprint="fp", on_epoch=on_epoch, trace=trace)
+        return model, history, trace
+
+    straight, history, trace = run(0, tmp_path / "straight.pt")
+
+    def stop(row):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(0, tmp_path / "split.pt", on_epoch=stop)
+    saved = torch.load(tmp_path / "split.pt", weights_only=False)
+    assert saved["epoch"] == 1 and saved["trainee"]["steps"] == 4
+    # another initialisation and another global RNG state: only the checkpoint may count
+    resumed, resumed_history, resumed_trace = run(5, tmp_path / "split.pt")
+
+    assert straight.steps == resumed.steps == 12
+    assert_same_state(resumed.state_dict(), straight.state_dict(), "ddpm state")
+    assert without_seconds(resumed_history) == without_seconds(history)
+    assert resumed_trace == trace
+
+
+def test_corrupt_checkpoint_is_ignored_and_training_starts_over(references):
+    corrupt, clean = references.start("corrupt"), references.start("clean")
     out = corrupt.wait()
-    assert "ignoring unreadable checkpoint checkpoints/vae.pt" in out, out
+    assert f"ignoring unreadable checkpoint {paths.checkpoint(FAMILY)}" in out, out
     assert "resuming" not in out
-    assert "vae epoch 1/" in out
-    assert not (corrupt.repo / paths.checkpoint("vae")).exists()
+    assert f"{FAMILY} epoch 1/{EPOCHS}" in out
+    assert not (corrupt.repo / paths.checkpoint(FAMILY)).exists()
     clean.wait()
-    assert_same_training(corrupt.repo, clean.repo, "vae")
+    assert_same_training(corrupt.repo, clean.repo)
