@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import base_params, with_overrides
 
-from pipeline.evaluate import scored_sets, sweep_rows
+from pipeline.evaluate import SCORE_COLUMNS, SWEEP_COLUMNS, metrics_json, scored_sets, sweep_rows
 from pipeline.sample import as_float, describe, knob_settings
 from trilemma import metrics
 from trilemma.classifier import Judge
@@ -51,9 +51,17 @@ def test_knob_settings_are_empty_for_a_family_without_knobs():
 
 # --- sweep rows ------------------------------------------------------------------------------
 
+def score(v: float, accuracy: bool = False, n: int = 100) -> dict:
+    """What `metrics.score_set` says of one set, every score a different function of `v`."""
+    return {"n": n, "fid_classifier": 10 * v, "kid_classifier": v / 1000, "kid_classifier_std": 1.0,
+            "is_classifier": v, "is_classifier_std": 0.5, "precision": v / 10,
+            "recall": 1 - v / 10, "min_class_fraction": v / 100, "class_kl_uniform": v / 7,
+            "histogram": np.full(10, 0.1), "predictions": np.zeros(n, np.int64),
+            **({"label_accuracy": v / 10} if accuracy else {})}
+
+
 def scores(*values: float, accuracy: bool = False, n: int = 100) -> list[dict]:
-    return [{"is_classifier": v, "min_class_fraction": v / 100, "n": n,
-             **({"label_accuracy": v / 10} if accuracy else {})} for v in values]
+    return [score(v, accuracy, n) for v in values]
 
 
 def test_sweep_rows_sort_truncation_loose_to_tight_with_the_main_row_flagged():
@@ -62,12 +70,19 @@ def test_sweep_rows_sort_truncation_loose_to_tight_with_the_main_row_flagged():
             "sweep_knob": np.array(["truncation", "truncation"]),
             "sweep_value": np.array([0.5, 1.5]), "sweep_label": np.array(["0.5", "1.5"]),
             "sweep_images_per_second": np.array([90.0, 80.0])}
-    rows = sweep_rows(blob, [10.0, 30.0, 20.0], scores(1, 3, 2))
+    rows = sweep_rows(blob, scores(1, 3, 2))
     assert [(r["setting"], r["main"], r["fid_classifier"]) for r in rows] == [
         ("none", True, 10.0), ("1.5", False, 20.0), ("0.5", False, 30.0)]
     assert [r["samples_per_second"] for r in rows] == [100.0, 80.0, 90.0]
     assert [r["is_classifier"] for r in rows] == [1, 2, 3]
     assert all(r["knob"] == "truncation" and r["label_accuracy"] is None for r in rows)
+    # every column of the sweep table, each score of its own set, rounded to 6 decimals
+    for row, v in zip(rows, [1, 2, 3]):
+        assert list(row) == SWEEP_COLUMNS
+        expected = score(v)
+        assert {k: row[k] for k in SCORE_COLUMNS if k != "label_accuracy"} == {
+            k: round(expected[k], 6) for k in SCORE_COLUMNS if k != "label_accuracy"}
+    assert rows[1]["class_kl_uniform"] == 0.285714  # 2/7
 
 
 def test_sweep_rows_give_every_knob_a_main_row_and_sort_steps_ascending():
@@ -79,22 +94,40 @@ def test_sweep_rows_give_every_knob_a_main_row_and_sort_steps_ascending():
             "sweep_label": np.array(["ddpm 1000", "ddim 5", "0"]),
             "sweep_images_per_second": np.array([1.0, 100.0, 60.0])}
     # set 0: main images at n; set 1: their first sweep_n (main_index); sets 2..: the sweeps
-    rows = sweep_rows(blob, [9.0, 1.0, 2.0, 3.0, 4.0], scores(9, 1, 2, 3, 4, accuracy=True), 1)
+    rows = sweep_rows(blob, scores(9, 1, 2, 3, 4, accuracy=True), 1)
     assert [(r["knob"], r["setting"], r["main"], r["fid_classifier"]) for r in rows] == [
-        ("guidance", "0", False, 4.0), ("guidance", "3", True, 1.0),
-        ("steps", "ddim 5", False, 3.0), ("steps", "ddim 10", True, 1.0),
-        ("steps", "ddpm 1000", False, 2.0)]
+        ("guidance", "0", False, 40.0), ("guidance", "3", True, 10.0),
+        ("steps", "ddim 5", False, 30.0), ("steps", "ddim 10", True, 10.0),
+        ("steps", "ddpm 1000", False, 20.0)]
     assert [r["label_accuracy"] for r in rows] == [0.4, 0.1, 0.3, 0.1, 0.2]
+    assert [r["recall"] for r in rows] == [0.6, 0.9, 0.7, 0.9, 0.8]
     assert [r["samples_per_second"] for r in rows] == [60.0, 50.0, 100.0, 50.0, 1.0]
 
 
 def test_sweep_rows_without_a_sweep_is_the_main_row_alone():
     blob = {"knob_truncation": np.float64(1.0), "label_truncation": np.str_("1"),
             "images_per_second": np.float64(12.345)}
-    rows = sweep_rows(blob, [7.0], scores(4))
+    rows = sweep_rows(blob, scores(4))
     assert len(rows) == 1
     assert rows[0]["main"] and rows[0]["value"] == 1.0 and rows[0]["samples_per_second"] == 12.35
     assert rows[0]["n"] == 100
+
+
+def test_metrics_json_rounds_every_score_and_adds_bootstrap_histogram_and_inception():
+    main = {**score(1 / 3, accuracy=True), "histogram": np.array([0.2, 0.8] + [0.0] * 8)}
+    inception = {"fid_inception": None, "is_inception": None, "is_inception_std": None,
+                 "inception_note": "no weights file given"}
+    result = metrics_json(main, {"std": 0.1234567, "low": 1.0, "high": 2.0000004}, inception)
+    assert result["fid_classifier"] == 3.333333 and result["class_kl_uniform"] == 0.047619
+    assert result["label_accuracy"] == 0.033333 and result["kid_classifier_std"] == 1.0
+    assert (result["fid_classifier_std"], result["fid_classifier_ci_low"],
+            result["fid_classifier_ci_high"]) == (0.123457, 1.0, 2.0)
+    assert result["class_histogram"] == {"0": 0.2, "1": 0.8, **{str(d): 0.0 for d in range(2, 10)}}
+    assert {k: result[k] for k in inception} == inception
+    assert "predictions" not in result and "histogram" not in result and "n" not in result
+    unconditional = metrics_json(score(2), None, {**inception, "fid_inception": 12.3456789})
+    assert "label_accuracy" not in unconditional and "fid_classifier_std" not in unconditional
+    assert unconditional["fid_inception"] == 12.345679
 
 
 def test_scored_sets_add_the_first_sweep_n_main_images_when_sweeps_are_smaller():
@@ -162,20 +195,28 @@ def uint8_images(n: int, seed: int, low: float = 0, high: float = 255) -> np.nda
 
 
 def test_fids_of_several_sets_equal_separate_fid_calls(judge):
-    real = uint8_images(64, 0)
-    fakes = [uint8_images(64, 1, high=100), uint8_images(64, 2), uint8_images(64, 3, low=150)]
-    together = metrics.fids(judge, real, fakes, CPU, batch_size=24)
-    apart = [metrics.fid(judge, real, fake, CPU, batch_size=24) for fake in fakes]
+    real = metrics.embed(judge, uint8_images(64, 0), CPU, batch_size=24).features
+    fakes = [metrics.embed(judge, images, CPU, batch_size=24).features for images in
+             (uint8_images(64, 1, high=100), uint8_images(64, 2), uint8_images(64, 3, low=150))]
+    together = metrics.fids(real, fakes)
+    apart = [metrics.fid(real, fake) for fake in fakes]
     assert together == pytest.approx(apart, rel=1e-6)
     # not vacuous: the sets get clearly different scores, the one drawn like `real` the lowest
     assert min(together) > 0
     assert together[1] < 0.9 * together[0] < 0.9 * together[2]
 
 
-def test_fid_accepts_images_with_a_channel_axis(judge):
-    real, fake = uint8_images(48, 0), uint8_images(48, 1, high=100)
-    assert metrics.fid(judge, real[:, None], fake[:, None], CPU) == pytest.approx(
-        metrics.fid(judge, real, fake, CPU), rel=1e-6)
+def test_embed_accepts_images_with_a_channel_axis(judge):
+    images = uint8_images(48, 0)
+    flat = metrics.embed(judge, images, CPU, batch_size=20)
+    channel = metrics.embed(judge, images[:, None], CPU, batch_size=20)  # (n,1,28,28)
+    assert flat.features.shape == channel.features.shape == (48, 8)
+    torch.testing.assert_close(channel.features, flat.features, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(channel.logits, flat.logits, rtol=1e-6, atol=1e-9)
+    assert flat.features.std(0).max() > 0  # the images get different features
+    fake = metrics.embed(judge, uint8_images(48, 1, high=100), CPU).features
+    assert metrics.fid(channel.features, fake) == pytest.approx(metrics.fid(flat.features, fake),
+                                                                rel=1e-6)
 
 
 # --- per-class tables ------------------------------------------------------------------------

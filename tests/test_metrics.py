@@ -1,0 +1,496 @@
+"""The sample-quality metrics of `trilemma.metrics` against reference values computed here
+independently: numpy/scipy brute force or closed forms; and the Inception-V3 path with a weights
+file the test writes itself (randomly initialised: nothing is downloaded)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.special
+import scipy.stats
+import torch
+from torch import nn
+
+from trilemma import metrics
+from trilemma.classifier import Judge
+from trilemma.errors import DataError
+
+CPU = torch.device("cpu")
+
+
+def gaussian(n: int, d: int, seed: int, shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """n points of N(shift, scale^2 I) in d dimensions, float64 (n,d)."""
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.normal(shift, scale, (n, d)))
+
+
+# --- FID -------------------------------------------------------------------------------------
+
+def fid_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 sqrtm(S_x S_y)), unbiased (n-1) covariances."""
+    sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = scipy.linalg.sqrtm(sx @ sy).real
+    return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(sx + sy - 2 * covmean))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fid_equals_the_scipy_reference_with_unbiased_covariances(seed):
+    real = gaussian(80, 5, seed)
+    rng = np.random.default_rng(100 + seed)
+    mix = torch.from_numpy(rng.normal(0, 0.6, (5, 5)))  # a correlated, shifted fake set
+    fake = gaussian(60, 5, 200 + seed, shift=0.3) @ mix + 0.5
+    expected = fid_reference(real.numpy(), fake.numpy())
+    assert metrics.fid(real, fake) == pytest.approx(expected, rel=1e-6)
+    # the (n-1) covariance matters at this n: the biased one gives a clearly different value
+    sx, sy = np.cov(real.numpy(), rowvar=False, ddof=0), np.cov(fake.numpy(), rowvar=False, ddof=0)
+    biased = float(((real.numpy().mean(0) - fake.numpy().mean(0)) ** 2).sum()
+                   + np.trace(sx + sy - 2 * scipy.linalg.sqrtm(sx @ sy).real))
+    assert abs(biased - expected) > 1e-4 * expected
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    x = gaussian(100, 6, 0, scale=3.0)
+    assert metrics.fid(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("c, shift", [(1.0, 2.0), (0.5, 0.0), (0.25, 1.5), (2.0, -1.0)])
+def test_fid_of_a_scaled_and_shifted_copy_has_the_closed_form(c, shift):
+    # x centred, y = c x + m: S_y = c^2 S_x, sqrt(S_x S_y) = c S_x, mean_y - mean_x = m,
+    # so FID = ||m||^2 + (1 - c)^2 Tr(S_x)
+    x = gaussian(200, 4, 3) @ torch.tensor([[1.0, 0.3, 0, 0], [0, 1, 0.5, 0], [0, 0, 2, 0],
+                                            [0, 0, 0, 0.5]], dtype=torch.float64)
+    x = x - x.mean(0)
+    m = torch.tensor([shift, 0.0, -shift / 2, 0.0], dtype=torch.float64)
+    expected = float(m @ m) + (1 - c) ** 2 * float(np.trace(np.cov(x.numpy(), rowvar=False)))
+    assert metrics.fid(x, c * x + m) == pytest.approx(expected, rel=1e-6, abs=1e-8)
+
+
+def test_fids_share_the_real_statistics_and_forget_each_fake_set():
+    real, a, b = gaussian(50, 3, 0), gaussian(40, 3, 1, shift=1.0), gaussian(40, 3, 2, scale=2.0)
+    scores = metrics.fids(real, [a, b, a])
+    assert scores[0] == pytest.approx(scores[2], rel=1e-9)  # `b` left nothing behind
+    assert scores == pytest.approx([fid_reference(real.numpy(), f.numpy()) for f in (a, b, a)],
+                                   rel=1e-6)
+
+
+# --- FID bootstrap ---------------------------------------------------------------------------
+
+def test_fid_bootstrap_is_reproducible_for_a_seed_and_differs_for_another():
+    real, fake = gaussian(300, 3, 0), gaussian(100, 3, 1, shift=0.5)
+    first = metrics.fid_bootstrap(real, fake, rounds=20, seed=7)
+    assert first == metrics.fid_bootstrap(real, fake, rounds=20, seed=7)
+    other = metrics.fid_bootstrap(real, fake, rounds=20, seed=8)
+    assert other != first
+    assert first["std"] > 0 and first["low"] < first["high"]
+
+
+def test_fid_bootstrap_with_two_rounds_reports_their_sample_std_and_percentiles():
+    # two scores s1, s2: std (ddof=1) = |s1-s2|/sqrt(2); the 2.5th and 97.5th percentiles
+    # (linear interpolation) are 0.95 |s1-s2| apart
+    real, fake = gaussian(300, 3, 0), gaussian(100, 3, 1, shift=0.5)
+    two = metrics.fid_bootstrap(real, fake, rounds=2, seed=0)
+    assert two["high"] - two["low"] == pytest.approx(0.95 * math.sqrt(2) * two["std"], rel=1e-9)
+    assert two["std"] > 0
+    three = metrics.fid_bootstrap(real, fake, rounds=3, seed=0)  # the relation is not generic
+    assert three["high"] - three["low"] != pytest.approx(0.95 * math.sqrt(2) * three["std"],
+                                                         rel=1e-3)
+
+
+def test_fid_bootstrap_resamples_only_the_fake_set():
+    # every resample of a constant fake set is the same set: no spread if real stays fixed
+    real = gaussian(200, 3, 0)
+    fake = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64).repeat(50, 1)
+    boot = metrics.fid_bootstrap(real, fake, rounds=10, seed=0)
+    assert boot["std"] == 0.0
+    assert boot["low"] == boot["high"] == pytest.approx(metrics.fid(real, fake), rel=1e-9)
+
+
+def test_fid_bootstrap_spread_shrinks_as_the_fake_set_grows():
+    # with distinct distributions the spread of FID goes as 1/sqrt(n): 16x more points, ~1/4
+    real = gaussian(2000, 3, 0)
+    small = metrics.fid_bootstrap(real, gaussian(100, 3, 1, shift=0.7), rounds=40, seed=0)
+    big_fake = gaussian(1600, 3, 2, shift=0.7)
+    big = metrics.fid_bootstrap(real, big_fake, rounds=40, seed=0)
+    assert big["std"] < 0.5 * small["std"]
+    assert big["low"] <= metrics.fid(real, big_fake) <= big["high"]
+
+
+# --- KID -------------------------------------------------------------------------------------
+
+def mmd2_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 of equal-size sets with k(a,b) = (a.b/d + 1)^3, by brute force: the
+    within-set means leave out i == j; the cross mean is over all m^2 pairs (x, y independent)."""
+    m, d = len(x), x.shape[1]
+
+    def k(a, b):
+        return (a @ b / d + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return float(xx + yy - 2 * xy)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kid_equals_brute_force_mmd_when_each_subset_is_the_whole_set(seed):
+    real, fake = gaussian(40, 5, seed), gaussian(40, 5, 10 + seed, shift=0.4, scale=1.3)
+    mean, std = metrics.kid(real, fake, seed=0, subsets=5)  # subset size = 40 = n
+    assert mean == pytest.approx(mmd2_reference(real.numpy(), fake.numpy()), rel=1e-9)
+    assert std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shifted_one():
+    real = gaussian(300, 4, 0)
+    same, _ = metrics.kid(real, gaussian(300, 4, 1), seed=0, subsets=10)
+    shifted, _ = metrics.kid(real, gaussian(300, 4, 2, shift=0.5), seed=0, subsets=10)
+    assert shifted > 0.1
+    assert abs(same) < 0.02 * shifted
+
+
+def test_kid_is_reproducible_for_a_seed_with_random_subsets():
+    real, fake = gaussian(100, 3, 0), gaussian(80, 3, 1, shift=0.3)  # subsets of 80
+    first = metrics.kid(real, fake, seed=3, subsets=20)
+    assert first == metrics.kid(real, fake, seed=3, subsets=20)
+    assert first != metrics.kid(real, fake, seed=4, subsets=20)
+    assert first[1] > 1e-3  # the subsets differ
+
+
+def test_kid_subsets_hold_at_most_1000_points():
+    real, fake = gaussian(1100, 3, 0), gaussian(1100, 3, 1, shift=0.3)
+    mean, std = metrics.kid(real, fake, seed=0, subsets=3)
+    assert std > 1e-3  # subsets of the whole set would all give the same value (std ~1e-16)
+    assert mean == pytest.approx(mmd2_reference_fast(real.numpy(), fake.numpy()), rel=0.2)
+
+
+def mmd2_reference_fast(x: np.ndarray, y: np.ndarray) -> float:
+    """mmd2_reference with matrices, for sets too big for Python loops."""
+    m, d = len(x), x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    return float((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                 - 2 * kxy.sum() / m ** 2)
+
+
+# --- precision / recall ----------------------------------------------------------------------
+
+def precision_recall_reference(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    """Kynkaanniemi et al. 2019 by double loops: a point's radius is the distance to its k-th
+    nearest *other* point of its own set; precision is the share of fake points within some real
+    point's radius of it, recall the share of real points within some fake point's radius."""
+
+    def dist(a, b):
+        return math.sqrt(sum((u - v) ** 2 for u, v in zip(a, b)))
+
+    def radii(points):
+        return [sorted(dist(p, q) for j, q in enumerate(points) if j != i)[k - 1]
+                for i, p in enumerate(points)]
+
+    def share_inside(points, centres, r):
+        return sum(any(dist(p, c) <= rc for c, rc in zip(centres, r)) for p in points) / len(points)
+
+    return share_inside(fake, real, radii(real)), share_inside(real, fake, radii(fake))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_precision_recall_equal_a_brute_force_reference(seed):
+    rng = np.random.default_rng(seed)
+    real = rng.normal(0, 1, (40, 3))
+    fake = rng.normal(1.0, 0.7, (50, 3))  # shifted and narrower: neither score is 0 or 1
+    for k in (1, 3):
+        got = metrics.precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k=k)
+        expected = precision_recall_reference(real.tolist(), fake.tolist(), k)
+        assert got == expected
+        assert 0 < got[0] < 1 and 0 < got[1] < 1
+
+
+def as_points(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64).reshape(-1, 1)  # 1-D points (n,1)
+
+
+def test_precision_recall_of_a_small_1d_example_worked_by_hand():
+    # real 0,1,2,3 with k=1: every radius is 1, so the real manifold is [-1, 4].
+    # fake 0.5,4,11,12: radii 3.5 (0.5 to 4), 3.5, 1, 1; the ball [-3, 4] around 0.5 holds all
+    # real points. Precision: 0.5 and 4 (on the edge of 3's ball: balls are closed) of the fake
+    # points are in [-1, 4] -> 2/4; recall: 4/4.
+    real, fake = as_points([0, 1, 2, 3]), as_points([0.5, 4, 11, 12])
+    assert metrics.precision_recall(real, fake, k=1) == (0.5, 1.0)
+    assert metrics.precision_recall(fake, real, k=1) == (1.0, 0.5)  # the roles swap
+    # k=3 on real 0..4 (radii 3, 2, 2, 2, 3: the manifold is [-3, 7]) and fake 6,7,8,30,31
+    # (radii 24, 23, 22, 23, 24: manifold [-18, 55]): precision 2/5, recall 5/5
+    assert metrics.precision_recall(as_points(range(5)), as_points([6, 7, 8, 30, 31])) == (0.4, 1.0)
+
+
+def test_precision_recall_of_identical_and_of_far_apart_sets():
+    x = as_points([0, 1, 2, 4, 7, 11])
+    assert metrics.precision_recall(x, x) == (1.0, 1.0)
+    assert metrics.precision_recall(x, x + 100) == (0.0, 0.0)
+
+
+def test_mode_collapse_keeps_precision_and_loses_recall():
+    real = gaussian(200, 2, 0)
+    collapsed = real[:1].repeat(200, 1) + gaussian(200, 2, 1, scale=1e-6)  # all near real[0]
+    precision, recall = metrics.precision_recall(real, collapsed)
+    assert precision == 1.0
+    assert recall <= 2 / 200
+    honest = metrics.precision_recall(real, gaussian(200, 2, 2))
+    assert honest[1] > 0.8  # the same real set is well covered by a sample of its distribution
+
+
+def test_precision_recall_need_more_than_k_points_in_each_set():
+    four, three = gaussian(4, 2, 0), gaussian(3, 2, 1)
+    with pytest.raises(ValueError, match="k=3"):
+        metrics.precision_recall(three, four)
+    with pytest.raises(ValueError):
+        metrics.precision_recall(four, three)
+    with pytest.raises(ValueError):
+        metrics.precision_recall(four, four, k=4)
+    p, r = metrics.precision_recall(four, four)  # 4 > 3 points: fine
+    assert (p, r) == (1.0, 1.0)
+
+
+# --- class histogram and its KL to uniform ---------------------------------------------------
+
+def test_class_histogram_has_ten_bins_summing_to_one():
+    h = metrics.class_histogram(np.array([3, 3, 3, 7]))
+    assert h.shape == (10,) and h.sum() == pytest.approx(1.0)
+    assert h[3] == 0.75 and h[7] == 0.25 and h[[0, 1, 2, 4, 5, 6, 8, 9]].sum() == 0
+
+
+def test_kl_to_uniform_is_zero_for_uniform_and_log10_for_one_class():
+    assert metrics.kl_to_uniform(np.full(10, 0.1)) == pytest.approx(0.0, abs=1e-12)
+    one = np.zeros(10)
+    one[4] = 1.0
+    assert metrics.kl_to_uniform(one) == pytest.approx(math.log(10), rel=1e-12)
+
+
+def test_kl_to_uniform_ignores_empty_classes():
+    half = np.array([0.5, 0.5] + [0.0] * 8)  # two classes: log 10 - log 2
+    assert metrics.kl_to_uniform(half) == pytest.approx(math.log(5), rel=1e-12)
+    assert math.isfinite(metrics.kl_to_uniform(half))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kl_to_uniform_equals_scipy_relative_entropy(seed):
+    rng = np.random.default_rng(seed)
+    h = rng.dirichlet(np.full(10, 0.7))
+    h[rng.choice(10, 3, replace=False)] = 0  # some empty classes
+    h /= h.sum()
+    assert metrics.kl_to_uniform(h) == pytest.approx(scipy.stats.entropy(h, np.full(10, 0.1)),
+                                                     rel=1e-10)
+
+
+# --- Inception score (from logits) -----------------------------------------------------------
+
+def inception_score_reference(logits: np.ndarray) -> float:
+    """exp(mean over x of KL(p(y|x) || p(y))), one split."""
+    p = scipy.special.softmax(logits, axis=1)
+    py = p.mean(0)
+    return float(np.exp((p * (np.log(p) - np.log(py))).sum(1).mean()))
+
+
+@pytest.mark.filterwarnings("ignore:std\\(\\)")  # one split: torch warns that its std is nan
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inception_score_with_one_split_equals_the_numpy_reference(seed):
+    logits = np.random.default_rng(seed).normal(0, 3, (60, 10))
+    mean, _ = metrics.inception_score(torch.from_numpy(logits), seed=0, splits=1)
+    assert mean == pytest.approx(inception_score_reference(logits), rel=1e-9)
+    assert 1 < mean < 10
+
+
+@pytest.mark.filterwarnings("ignore:std\\(\\)")
+def test_inception_score_of_confident_balanced_classes_is_the_class_count():
+    logits = 50.0 * torch.eye(10, dtype=torch.float64).repeat(10, 1)  # 10 sure images per class
+    mean, _ = metrics.inception_score(logits, seed=0, splits=1)
+    assert mean == pytest.approx(10.0, rel=1e-9)
+
+
+def test_inception_score_of_identical_predictions_is_one():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]], dtype=torch.float64).repeat(40, 1)
+    mean, std = metrics.inception_score(logits, seed=0, splits=4)
+    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_inception_score_splits_are_reproducible_for_a_seed():
+    logits = torch.from_numpy(np.random.default_rng(0).normal(0, 3, (100, 10)))
+    first = metrics.inception_score(logits, seed=1, splits=5)
+    assert first == metrics.inception_score(logits, seed=1, splits=5)
+    assert first != metrics.inception_score(logits, seed=2, splits=5)
+    assert first[1] > 0
+
+
+# --- score_set -------------------------------------------------------------------------------
+
+def embedded(n: int, seed: int, shift: float = 0.0) -> metrics.Embedded:
+    rng = np.random.default_rng(seed)
+    return metrics.Embedded(torch.from_numpy(rng.normal(shift, 1, (n, 6))),
+                            torch.from_numpy(rng.normal(0, 2, (n, 10))))
+
+
+def test_score_set_reports_every_score_from_its_building_blocks():
+    real = embedded(200, 0)
+    real.features[0] = 50.0  # a far outlier: recall over all 200 real points could be 199/200
+    fake = embedded(50, 1, shift=0.2)
+    scores = metrics.score_set(real, fake, None, seed=0)
+    assert set(scores) == {"n", "fid_classifier", "kid_classifier", "kid_classifier_std",
+                           "is_classifier", "is_classifier_std", "precision", "recall",
+                           "min_class_fraction", "class_kl_uniform", "histogram", "predictions"}
+    assert scores["n"] == 50
+    assert scores["fid_classifier"] == pytest.approx(metrics.fid(real.features, fake.features))
+    assert (scores["kid_classifier"], scores["kid_classifier_std"]) == pytest.approx(
+        metrics.kid(real.features, fake.features, 0))
+    assert (scores["is_classifier"], scores["is_classifier_std"]) == pytest.approx(
+        metrics.inception_score(fake.logits, 0))
+    # precision/recall against 50 real points, not 200: recall is a share of 50 points
+    assert 0 < scores["precision"] <= 1 and 0 < scores["recall"] <= 1
+    assert scores["recall"] * 50 == pytest.approx(round(scores["recall"] * 50), abs=1e-9)
+    assert np.array_equal(scores["predictions"], fake.logits.argmax(1).numpy())
+    h = scores["histogram"]
+    assert h.shape == (10,) and h.sum() == pytest.approx(1.0)
+    assert np.array_equal(h, np.bincount(scores["predictions"], minlength=10) / 50)
+    assert scores["min_class_fraction"] == h.min()
+    assert scores["class_kl_uniform"] == pytest.approx(scipy.stats.entropy(h, np.full(10, 0.1)))
+
+
+def test_score_set_adds_label_accuracy_only_for_requested_labels():
+    real, fake = embedded(100, 0), embedded(50, 1)
+    labels = fake.predictions.copy()
+    labels[:10] = (labels[:10] + 1) % 10  # 40 of 50 as requested
+    assert metrics.score_set(real, fake, labels, seed=0)["label_accuracy"] == pytest.approx(0.8)
+    assert "label_accuracy" not in metrics.score_set(real, fake, None, seed=0)
+
+
+def test_score_set_is_reproducible_for_a_seed():
+    real, fake = embedded(200, 0), embedded(50, 1, shift=0.5)
+    a, b = metrics.score_set(real, fake, None, seed=3), metrics.score_set(real, fake, None, seed=3)
+    assert {k: v for k, v in a.items() if k not in ("histogram", "predictions")} == {
+        k: v for k, v in b.items() if k not in ("histogram", "predictions")}
+
+
+# --- the judge as extractor ------------------------------------------------------------------
+
+def test_embed_gives_the_judge_features_and_logits_whatever_the_batch_size():
+    torch.manual_seed(0)
+    judge = Judge(width=4, features=8).eval()
+    images = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    e = metrics.embed(judge, images, CPU, batch_size=4)  # batches of 4, 4 and 2
+    assert e.features.dtype == e.logits.dtype == torch.float64
+    assert e.features.shape == (10, 8) and e.logits.shape == (10, 10)
+    with torch.no_grad():
+        x = torch.from_numpy(images)[:, None].float() / 255
+        torch.testing.assert_close(e.features, judge.features(x).double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(e.logits, judge(x).double(), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(e.predictions, e.logits.argmax(1).numpy())
+
+
+# --- Inception-V3: a weights file written by the test ----------------------------------------
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """A state dict of torch-fidelity's Inception-V3 architecture, randomly initialised (the real
+    weights are never downloaded): the patches only stop its constructor fetching them."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *args, **kwargs: None)
+        torch.manual_seed(0)
+        template = fe.FeatureExtractorInceptionV3("inception-v3-compat", metrics.INCEPTION_FEATURES)
+    for module in template.modules():  # He init: PyTorch's default fades to ~1e-8 at pool3
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    nn.init.normal_(template.fc.weight, std=2048 ** -0.5)
+    path = tmp_path_factory.mktemp("inception") / "pt_inception.pth"
+    torch.save(template.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inception_net(inception_file):
+    return metrics.inception(inception_file, CPU)
+
+
+def grey_images(n: int, seed: int, low: int = 0, high: int = 256) -> np.ndarray:
+    return np.random.default_rng(seed).integers(low, high, (n, 28, 28), dtype=np.uint8)
+
+
+def test_inception_loads_the_weights_file_and_names_it(inception_net, inception_file):
+    net, note = inception_net
+    assert isinstance(net, nn.Module) and not net.training
+    assert inception_file.name in note
+    saved = torch.load(inception_file, weights_only=True)
+    assert torch.equal(net.state_dict()["fc.weight"], saved["fc.weight"])  # not a fresh init
+
+
+def test_embed_inception_repeats_the_grey_channel(inception_net):
+    net, _ = inception_net
+    grey = grey_images(3, 0)
+    e = metrics.embed_inception(net, grey, CPU, batch_size=2)
+    assert e.features.shape == (3, 2048) and e.logits.shape == (3, 1008)
+    with torch.no_grad():
+        features, logits = net(torch.from_numpy(grey)[:, None].repeat(1, 3, 1, 1))
+    torch.testing.assert_close(e.features, features.double(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(e.logits, logits.double(), rtol=1e-4, atol=1e-6)
+    assert e.features.std(0).max() > 1e-3  # the images get different features
+
+
+@pytest.fixture(scope="module")
+def grey_sets():
+    """Two small grey sets (n,28,28) of different brightness: the net resizes each image to
+    299x299, so a few images already take a second on one CPU thread."""
+    return grey_images(4, 1), grey_images(4, 2, high=100)
+
+
+@pytest.fixture(scope="module")
+def cross_scores(inception_net, grey_sets):
+    net, note = inception_net
+    real, fake = grey_sets
+    return metrics.inception_scores(net, note, real, fake, CPU, seed=0, batch_size=4)
+
+
+def test_inception_scores_of_grey_images_are_finite(inception_net, cross_scores):
+    assert set(cross_scores) == {"fid_inception", "is_inception", "is_inception_std",
+                                 "inception_note"}
+    assert math.isfinite(cross_scores["fid_inception"]) and cross_scores["fid_inception"] > 0
+    assert math.isfinite(cross_scores["is_inception"])  # 4 images in 10 splits: one per split,
+    assert 1 <= cross_scores["is_inception"] <= 1008     # so IS is 1 here; the math is tested above
+    assert cross_scores["inception_note"] == inception_net[1]
+
+
+def test_inception_fid_of_a_set_against_itself_is_zero(inception_net, grey_sets, cross_scores):
+    net, note = inception_net
+    real, _ = grey_sets
+    same = metrics.inception_scores(net, note, real, real, CPU, seed=0)["fid_inception"]
+    assert abs(same) < 1e-4 * cross_scores["fid_inception"]
+
+
+def test_inception_without_a_weights_file_is_none_with_a_note(tmp_path):
+    net, note = metrics.inception(None, CPU)
+    assert net is None and "evaluate.inception_weights" in note
+    missing = tmp_path / "nowhere.pth"
+    net, note = metrics.inception(missing, CPU)
+    assert net is None and "not found" in note and str(missing) in note
+    images = grey_images(4, 0)
+    assert metrics.inception_scores(None, note, images, images, CPU, seed=0) == {
+        "fid_inception": None, "is_inception": None, "is_inception_std": None,
+        "inception_note": note}
+
+
+@pytest.mark.parametrize("case", ["text", "no_inception_keys", "wrong_fc_shape", "missing_keys"])
+def test_a_bad_weights_file_is_a_data_error_naming_it(case, tmp_path, inception_file):
+    path = tmp_path / f"{case}.pth"
+    if case == "text":
+        path.write_text("these are not the weights you are looking for\n")
+    elif case == "no_inception_keys":
+        torch.save({"weight": torch.zeros(3), "bias": torch.ones(1)}, path)
+    else:
+        state = torch.load(inception_file, weights_only=True)
+        if case == "wrong_fc_shape":
+            state["fc.weight"] = torch.zeros(5, 5)
+        else:
+            state = {"fc.weight": state["fc.weight"]}
+        torch.save(state, path)
+    with pytest.raises(DataError) as err:
+        metrics.inception(path, CPU)
+    assert str(path) in str(err.value)
