@@ -1,10 +1,11 @@
 # Thin wrappers: `make repro` runs the pipeline, `make test` runs the tests. Both set up .venv first.
+# `make browser` installs Debian's chromium for the MLflow UI test (which skips without it).
 PYTHON ?= python3.11
 VENV := .venv
 PROFILE ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test mlflow-ui clean-checkpoints
+.PHONY: setup repro test browser mlflow-ui clean-checkpoints
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is needed)"; exit 2; }
@@ -25,6 +26,15 @@ endif
 
 test: setup
 	pytest -q
+
+# Not a prerequisite of `test`: it needs root (or sudo) and Debian's package servers. CI runs it.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then echo "browser: $(CHROMIUM) is installed already"; exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "error: apt-get not found: install chromium at $(CHROMIUM) by hand"; exit 2; }; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	echo "browser: installing Debian's chromium to $(CHROMIUM) for the MLflow UI test ($${sudo:+sudo }apt-get update && apt-get install chromium)"; \
+	$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000

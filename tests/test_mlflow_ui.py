@@ -1,0 +1,305 @@
+"""The MLflow UI in a real browser: a tiny pipeline run (classifier, then train, sample and evaluate
+for two families) fills a store, `mlflow server` serves it on a free loopback port, and headless
+Chromium reads the runs page and the compare view as a user would. Screenshots land in
+test-artifacts/mlflow-ui/.
+
+Skipped only where no browser can be driven: /usr/bin/chromium missing (`make browser` installs
+Debian's) or the `playwright` package not importable (the test extra of pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT, make_repo
+from pipeline.cli import app
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError as err:  # the reason shows in the skip line
+    PLAYWRIGHT_MISSING = f"playwright not importable ({err}); `make setup` installs it"
+else:
+    PLAYWRIGHT_MISSING = ""
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def needs_browser(test):
+    """The only skips: no Chromium binary, or no playwright to drive it."""
+    test = pytest.mark.skipif(
+        not CHROMIUM.is_file(), reason=f"{CHROMIUM} missing: `make browser` installs Debian's "
+        "chromium")(test)
+    return pytest.mark.skipif(bool(PLAYWRIGHT_MISSING), reason=PLAYWRIGHT_MISSING)(test)
+
+
+# Keep the browser off the network: this machine has none beyond the loopback server.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FAMILIES = ("vae", "cgan")  # one unconditional, one conditional
+METRIC = "fid_classifier"
+SHOTS = ROOT / "test-artifacts" / "mlflow-ui"
+WAIT_MS = 60_000  # the SPA's first paint took 30 s on a 2-core machine at load 8
+SERVER_START_S = 60
+VIEWPORT = {"width": 1600, "height": 2400}  # the whole compare view, without scrolling the page
+ROW_PX = 45  # row height of the compare view's metrics table
+
+
+def format_metric(value: float) -> str:
+    """A metric value as the MLflow UI prints it (its Utils.formatMetric: 3 decimals below 10,
+    2 below 100, 1 above; exponent notation with 3 decimals below 1e-3; JavaScript's number
+    printing, so 1 not 1.0 and 3.4e-5 as 3.400e-5)."""
+
+    def js_round(x: float, scale: int) -> str:  # Math.round(x * scale) / scale, then toString()
+        rounded = math.floor(x * scale + 0.5) / scale
+        return str(int(rounded)) if rounded == int(rounded) else repr(rounded)
+
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-3:
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{mantissa}e{int(exponent):+d}"
+    if abs(value) < 10:
+        return js_round(value, 1000)
+    if abs(value) < 100:
+        return js_round(value, 100)
+    return js_round(value, 10)
+
+
+def test_format_metric_matches_the_ui_rules():
+    assert [format_metric(v) for v in (0.0, 0.077405, 2.302585, 1.0, 3.4e-5, -2.5e-4, 12.3456,
+                                       345.67)] == ["0", "0.077", "2.303", "1", "3.400e-5",
+                                                    "-2.500e-4", "12.35", "345.7"]
+
+
+def run_stages(root: Path, stages: list[list[str]]) -> None:
+    """The real stage commands, in the repo, as tests/test_cli.py runs them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TRILEMMA_DEVICE", "cpu")
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        for args in stages:
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, f"trilemma {' '.join(args)}:\n{result.output}"
+
+
+def read_store(uri: str) -> dict:
+    """The experiment id, the run names and, per family, the evaluate run's id and METRIC, as
+    the store holds them (through mlflow's client, not the UI)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("trilemma")
+    assert experiment is not None, f"no experiment 'trilemma' in {uri}"
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    evaluate = {}
+    for family in FAMILIES:
+        run = runs.get(f"evaluate:{family}")
+        assert run is not None, f"no run evaluate:{family} in {uri}: {sorted(runs)}"
+        assert METRIC in run.data.metrics, f"evaluate:{family} lacks {METRIC}: {run.data.metrics}"
+        evaluate[family] = {"run_id": run.info.run_id, METRIC: run.data.metrics[METRIC]}
+    return {"experiment_id": experiment.experiment_id, "run_names": sorted(runs),
+            "evaluate": evaluate}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(uri: str, cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on a free loopback port, in its own process group; it and its base URL.
+    Without its job runner: seven huey consumer processes, each importing mlflow, that the UI's
+    runs and compare views do not use and that a 2-core machine pays for in start-up time."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", uri],
+            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(process: subprocess.Popen, base: str, log: Path) -> None:
+    """Poll /health; fail with the server's output if it exits or never answers."""
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            state = (f"exited with {process.returncode}" if process.poll() is not None
+                     else f"not healthy after {SERVER_START_S} s")
+            pytest.fail(f"mlflow server {state}; its output:\n"
+                        f"{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.25)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """The server, then whatever is left of the process group it leads (its uvicorn worker)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)  # it forwards the signal to uvicorn and waits
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group is gone
+        pass
+    process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, mnist_npz):
+    """A tiny repo after train-classifier and train/sample/evaluate for FAMILIES, its MLflow store
+    filled by the stages themselves, served by `mlflow server`: (base URL, read_store's dict).
+
+    The store's tables are created here first; then the server starts, and comes up (slowly: its
+    imports, ~25 s on a loaded 2-core machine) while the stages run. They add rows; it only reads
+    them, once the browser asks."""
+    from mlflow.tracking import MlflowClient
+
+    root = make_repo(tmp_path_factory.mktemp("ui-repo"), mnist_npz)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # creates the tables: one creator only
+    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
+    process, base = start_server(uri, root, log)
+    try:
+        run_stages(root, [["train-classifier"], *[[stage, f] for f in FAMILIES
+                                                  for stage in ("train", "sample", "evaluate")]])
+        store = read_store(uri)
+        wait_healthy(process, base, log)
+        yield base, store
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    """A headless Chromium page with a viewport tall enough that the compare view fits in it."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport=VIEWPORT)
+            # the assistant side panel opens itself on first load and hides half the page
+            context.add_init_script(
+                "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+                "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
+            context.set_default_timeout(WAIT_MS)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / name
+    path.unlink(missing_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    assert path.is_file() and path.stat().st_size > 1000, path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    print(f"screenshot: {path}")
+    return path
+
+
+@needs_browser
+def test_runs_page_lists_the_runs_of_both_families(page, served):
+    server, store = served
+    page.goto(f"{server}/#/experiments/{store['experiment_id']}/runs")
+    names = ["train-classifier"] + [f"{stage}:{f}" for f in FAMILIES
+                                    for stage in ("train", "sample", "evaluate")]
+    assert sorted(names) == store["run_names"]  # the store holds what the stages logged
+    for name in names:
+        expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(f"{len(names)} matching runs")).to_be_visible(timeout=WAIT_MS)
+    page.set_viewport_size({"width": 1600, "height": 900})  # a short list: no blank page below
+    screenshot(page, "runs.png")
+    page.set_viewport_size(VIEWPORT)
+
+
+def cells(grid) -> list[dict]:
+    """The rendered cells of a (virtualized) grid: text and box in page coordinates."""
+    return grid.evaluate("""g => [...g.querySelectorAll('[role="rowgroup"] > *')].map(c => {
+        const r = c.getBoundingClientRect();
+        return {text: c.innerText.trim(), x: r.x, y: r.y, w: r.width, h: r.height};
+    })""")
+
+
+def next_frames(page) -> None:
+    """Two animation frames: React has rendered what the last event changed."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def scroll_to_row(page, names, values, metric: str) -> dict:
+    """Wheel the metrics table down until `metric`'s row shows whole; its name cell.
+
+    The table is two virtualized grids side by side, names and values; the values grid owns the
+    scroll bar and the names grid follows it. In MLflow 3.17 the names follow one scroll event
+    late (they copy the values grid's scroll position before React has updated it), so each
+    row-high step ends with a 1 px step: the names then lag 1 px, as after a smooth scroll."""
+    values.scroll_into_view_if_needed()
+    values.hover()
+    for _ in range(100):
+        table = names.bounding_box()
+        found = [c for c in cells(names) if c["text"] == metric]
+        if found and table["y"] - 2 <= found[0]["y"] \
+                and found[0]["y"] + found[0]["h"] <= table["y"] + table["height"] + 2:
+            return found[0]
+        for step in (ROW_PX - 1, 1):
+            page.mouse.wheel(0, step)
+            next_frames(page)
+    pytest.fail(f"row {metric} never scrolled into the metrics table; it shows "
+                f"{[c['text'] for c in cells(names)]}")
+
+
+@needs_browser
+def test_compare_view_shows_fid_of_each_family(page, served):
+    server, store = served
+    evaluate = store["evaluate"]
+    run_ids = json.dumps([evaluate[f]["run_id"] for f in FAMILIES], separators=(",", ":"))
+    experiments = json.dumps([store["experiment_id"]])
+    page.goto(f"{server}/#/compare-runs?runs={quote(run_ids)}&experiments={quote(experiments)}")
+    expect(page.get_by_text(f"Comparing {len(FAMILIES)} Runs from 1 Experiment")).to_be_visible(
+        timeout=WAIT_MS)
+    columns = {}  # family -> the left edge of its run's column, from the Run details table
+    for family in FAMILIES:
+        name = page.get_by_text(f"evaluate:{family}", exact=True)
+        expect(name).to_be_visible(timeout=WAIT_MS)
+        columns[family] = name.bounding_box()["x"]
+
+    grids = page.locator('[role="grid"]')  # the metrics table: names, values
+    expect(grids).to_have_count(2, timeout=WAIT_MS)
+    names, values = grids.nth(0), grids.nth(1)
+    label = scroll_to_row(page, names, values, METRIC)
+    shown = {}  # family -> the text in the metric's row, in the run's column
+    for family, x in columns.items():
+        hits = [c["text"] for c in cells(values)
+                if abs(c["y"] - label["y"]) <= 2 and c["x"] <= x + 2 < c["x"] + c["w"]]
+        shown[family] = hits[0] if len(hits) == 1 else hits
+    expected = {f: format_metric(evaluate[f][METRIC]) for f in FAMILIES}
+    path = screenshot(page, "compare.png")
+    assert shown == expected, (f"{METRIC} in the compare view {shown}, in the store {expected} "
+                               f"(screenshot {path})")
