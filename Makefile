@@ -17,12 +17,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# sync-mlflow: stages DVC skipped logged nothing; this puts their current reports in MLflow too
 repro: setup
 ifeq ($(PROFILE),)
 	dvc repro
 else
 	dvc exp run -S profile=$(PROFILE)
 endif
+	trilemma sync-mlflow
 
 test: setup
 	pytest -q

@@ -8,6 +8,7 @@ from pipeline.download import download
 from pipeline.evaluate import evaluate
 from pipeline.report import report
 from pipeline.sample import sample
+from pipeline.sync_mlflow import sync_mlflow
 from pipeline.train import train
 from pipeline.train_classifier import train_classifier
 
@@ -19,3 +20,4 @@ app.command("train")(train)
 app.command("sample")(sample)
 app.command("evaluate")(evaluate)
 app.command("report")(report)
+app.command("sync-mlflow")(sync_mlflow)

@@ -14,8 +14,9 @@ from trilemma.config import SWEEPS
 from trilemma.errors import DataError, brief
 from trilemma.io import write_csv, write_json
 
-SWEEP_COLUMNS = ["knob", "setting", "value", "main", "n", "fid_classifier", "is_classifier",
-                 "min_class_fraction", "label_accuracy", "samples_per_second"]
+SCORE_COLUMNS = ["fid_classifier", "kid_classifier", "is_classifier", "precision", "recall",
+                 "min_class_fraction", "class_kl_uniform", "label_accuracy"]
+SWEEP_COLUMNS = ["knob", "setting", "value", "main", "n", *SCORE_COLUMNS, "samples_per_second"]
 
 
 def load_samples(path: Path) -> dict:
@@ -66,7 +67,7 @@ def scored_sets(blob: dict) -> tuple[list[np.ndarray], list[np.ndarray | None], 
     return sets, set_labels, main_index
 
 
-def sweep_rows(blob: dict, fids: list[float], scores: list[dict], main_index: int = 0) -> list[dict]:
+def sweep_rows(blob: dict, scores: list[dict], main_index: int = 0) -> list[dict]:
     """One row per (knob, setting): the main setting (set `main_index`) and every sweep value
     (the sets after it), truncation from loose to tight, other knobs in ascending order."""
     main = [(k.removeprefix("knob_"), float(v), str(blob[f"label_{k.removeprefix('knob_')}"]),
@@ -79,13 +80,42 @@ def sweep_rows(blob: dict, fids: list[float], scores: list[dict], main_index: in
     rows = []
     for knob, value, label, rate, i in main + sweep:
         rows.append({"knob": knob, "setting": label, "value": value, "main": i == main_index,
-                     "n": scores[i]["n"], "fid_classifier": fids[i],
-                     "is_classifier": scores[i]["is_classifier"],
-                     "min_class_fraction": scores[i]["min_class_fraction"],
-                     "label_accuracy": scores[i].get("label_accuracy"),
+                     "n": scores[i]["n"], **{k: _round(scores[i].get(k)) for k in SCORE_COLUMNS},
                      "samples_per_second": round(rate, 2)})
     return sorted(rows, key=lambda r: (r["knob"], -r["value"] if r["knob"] == "truncation"
                                        else r["value"]))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def metrics_json(scores: dict, bootstrap: dict | None, inception: dict) -> dict:
+    """The metrics.json of one sample set: every score of `metrics.score_set` (rounded), FID's bootstrap
+    spread, the class histogram, and the Inception columns."""
+    result = {k: _round(scores[k]) for k in [*SCORE_COLUMNS, "kid_classifier_std",
+                                               "is_classifier_std"] if k in scores}
+    if bootstrap is not None:
+        result.update(fid_classifier_std=_round(bootstrap["std"]),
+                      fid_classifier_ci_low=_round(bootstrap["low"]),
+                      fid_classifier_ci_high=_round(bootstrap["high"]))
+    result["class_histogram"] = {str(d): round(float(f), 6) for d, f in enumerate(scores["histogram"])}
+    result.update({k: v if isinstance(v, str) else _round(v) for k, v in inception.items()})
+    return result
+
+
+def describe(scores: dict) -> str:
+    """One log line's worth of a metrics.json or sweep row."""
+    spread = f" +- {scores['fid_classifier_std']:.2f}" if scores.get("fid_classifier_std") else ""
+    text = (f"FID {scores['fid_classifier']:.3f}{spread}, KID {scores['kid_classifier']:.4f}, "
+            f"IS {scores['is_classifier']:.3f}, precision {scores['precision']:.3f}, recall "
+            f"{scores['recall']:.3f}, rarest digit {scores['min_class_fraction']:.3f}, KL to "
+            f"uniform {scores['class_kl_uniform']:.3f}")
+    if scores.get("label_accuracy") is not None:
+        text += f", label accuracy {scores['label_accuracy']:.3f}"
+    if scores.get("fid_inception") is not None:
+        text += f", Inception FID {scores['fid_inception']:.3f} IS {scores['is_inception']:.3f}"
+    return text
 
 
 @user_errors
@@ -108,45 +138,38 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     blob = load_samples(paths.samples(family))
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
     judge = load_judge(paths.CLASSIFIER, dev)
-    bs, labels = p.evaluate.batch_size, blob.get("labels")
+    bs, labels, ev = p.evaluate.batch_size, blob.get("labels"), p.evaluate
+    inception_net, note = metrics.inception(ev.inception_weights, dev)  # a bad file fails here
+    real = metrics.embed(judge, mnist.x_test, dev, bs)
     sets, set_labels, main_index = scored_sets(blob)
-    fids = metrics.fids(judge, mnist.x_test, sets, dev, bs)
-    scores = [{**metrics.judge_samples(judge, s, lab, dev, p.seed, bs), "n": len(s)}
-              for s, lab in zip(sets, set_labels)]
+    embedded = [metrics.embed(judge, s, dev, bs) for s in sets]
+    scores = [metrics.score_set(real, e, lab, p.seed) for e, lab in zip(embedded, set_labels)]
     main = scores[0]
-
-    result = {"fid_classifier": round(fids[0], 6), "is_classifier": round(main["is_classifier"], 6),
-              "is_classifier_std": round(main["is_classifier_std"], 6),
-              "min_class_fraction": round(main["min_class_fraction"], 6),
-              "class_histogram": {str(d): round(float(f), 6) for d, f in enumerate(main["histogram"])},
-              "n_samples": len(blob["images"]), "profile": p.profile}
+    bootstrap = metrics.fid_bootstrap(real.features, embedded[0].features, ev.bootstrap, p.seed) \
+        if ev.bootstrap else None
+    inception = metrics.inception_scores(inception_net, note, mnist.x_test, blob["images"], dev,
+                                         p.seed)
+    result = {**metrics_json(main, bootstrap, inception), "n_samples": len(sets[0]),
+              "profile": p.profile}
     timing = {"samples_per_second": round(float(blob["images_per_second"]), 2),
               "sample_seconds": round(float(blob["seconds"]), 3),
               "device": str(blob["device"])}  # where the samples were drawn
-    if labels is not None:
-        result["label_accuracy"] = round(main["label_accuracy"], 6)
     out = paths.eval_reports(family)
     write_json(out / "metrics.json", result)  # results only: identical on every rerun
     write_json(out / "timing.json", timing)
     write_csv(out / "per_class.csv", metrics.generated_per_class(main["predictions"], labels))
-    rows = sweep_rows(blob, fids, scores, main_index)
+    rows = sweep_rows(blob, scores, main_index)
     for knob in SWEEPS:  # one table per knob; only a header where the family lacks the knob
         write_csv(out / f"{knob}_sweep.csv", [r for r in rows if r["knob"] == knob],
                   columns=SWEEP_COLUMNS)
-    accuracy = f", label accuracy {result['label_accuracy']:.3f}" if labels is not None else ""
-    log(f"{family}: FID {fids[0]:.3f}, IS {main['is_classifier']:.3f} +- "
-        f"{main['is_classifier_std']:.3f}{accuracy}, {timing['samples_per_second']:.0f} images/s")
+    log(f"{family}: {describe(result)}, {timing['samples_per_second']:.0f} images/s")
     for row in rows:
-        accuracy = "" if row["label_accuracy"] is None else \
-            f", label accuracy {row['label_accuracy']:.3f}"
-        log(f"  {row['knob']} {row['setting']}{' (main)' if row['main'] else ''}: FID "
-            f"{row['fid_classifier']:.3f}, rarest digit {row['min_class_fraction']:.3f}{accuracy}, "
+        log(f"  {row['knob']} {row['setting']}{' (main)' if row['main'] else ''}: {describe(row)}, "
             f"{row['samples_per_second']:.0f} images/s (n={row['n']})")
     with tracking.stage_run("evaluate", family, p.profile) as run:
         run.log_params(tracking.flatten({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
                                          "data": p.data.model_dump(), "n_samples": len(sets[0])}))
-        run.log_metrics({k: v for k, v in {**result, **timing}.items() if k != "class_histogram"})
-        run.log_metrics({f"class_fraction_{d}": f for d, f in result["class_histogram"].items()})
+        run.log_reports("evaluate", family)
         run.log_artifact(out / "per_class.csv")
         for knob in SWEEPS:
             run.log_artifact(out / f"{knob}_sweep.csv")

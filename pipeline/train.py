@@ -70,6 +70,6 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         for name, fig in model.figures(x_test, torch.from_numpy(mnist.y_test[:5000])).items():
             figures.save_figure(fig, out / f"{name}.png")
             run.log_artifact(out / f"{name}.png")
-        run.log_metrics({**summary, **timing})
+        run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
         log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training")

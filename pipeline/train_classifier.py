@@ -9,6 +9,7 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
+from pipeline.evaluate import describe, metrics_json
 from trilemma import data, figures, paths, tracking
 from trilemma.classifier import ClassifierTrainee, load_judge, save_judge
 from trilemma.config import fingerprint
@@ -25,15 +26,19 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     p, dev = setup(params, device)
     cfg = p.classifier
     settings = {"classifier": cfg.model_dump(), "seed": p.seed, "profile": p.profile,
-                "data": p.data.model_dump(), "floor_n": p.sample.n}
+                "data": p.data.model_dump(), "floor_n": p.sample.n}  # the checkpoint's fingerprint
+    scoring = {"evaluate": p.evaluate.model_dump()}  # the floor's: not the training's
     if dry_run:
-        return print_settings({**settings, "device": str(dev)})
+        return print_settings({**settings, **scoring, "device": str(dev)})
+    from trilemma import metrics  # torchmetrics takes seconds to import: only when needed
+
+    inception = metrics.inception(p.evaluate.inception_weights, dev)  # a bad file fails here
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
     steps = cfg.epochs * (len(mnist.x_train) // min(cfg.batch_size, len(mnist.x_train)))
     trainee = ClassifierTrainee(cfg, dev, total_steps=steps)
     out = paths.CLASSIFIER_REPORTS
     with tracking.stage_run("train-classifier", None, p.profile) as run:
-        run.log_params(tracking.flatten(settings))
+        run.log_params(tracking.flatten({**settings, **scoring}))
         history = fit(trainee, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
                       name="classifier", device=dev, seed=p.seed,
                       checkpoint=paths.checkpoint("classifier"), fingerprint=fingerprint(settings),
@@ -41,10 +46,9 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         save_judge(trainee.net, cfg, paths.CLASSIFIER)
         paths.checkpoint("classifier").unlink(missing_ok=True)
 
-        from trilemma import metrics  # torchmetrics takes seconds to import: only when needed
-
         judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
-        predictions = metrics.predict(judge, mnist.x_test, dev, p.evaluate.batch_size)
+        test = metrics.embed(judge, mnist.x_test, dev, p.evaluate.batch_size)
+        predictions = test.predictions
         per_class = metrics.per_class_accuracy(mnist.y_test, predictions)
         confusion = np.zeros((10, 10), dtype=np.int64)
         np.add.at(confusion, (mnist.y_test, predictions), 1)
@@ -62,24 +66,28 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         log(f"classifier test accuracy {accuracy:.4f} (lowest digit "
             f"{summary['min_class_accuracy']:.4f})")
 
-        floor = real_data_floor(judge, mnist, p.sample.n, p.seed, dev, p.evaluate.batch_size)
+        floor = real_data_floor(judge, test, inception, mnist, p, dev)
         write_json(paths.REAL_METRICS, {**floor, "profile": p.profile})
-        log(f"real-data floor: FID {floor['fid_classifier']:.3f} with {floor['n']} train images "
-            "against the test set")
-        run.log_metrics({**summary, **timing, **{f"floor_{k}": v for k, v in floor.items()}})
+        log(f"real-data floor ({floor['n']} train images against the test set): "
+            f"{describe(floor)}")
+        run.log_reports("train-classifier", None)
         for name in ("per_class.csv", "confusion.png", "history.csv"):
             run.log_artifact(out / name)
 
 
-def real_data_floor(judge, mnist: data.Mnist, n: int, seed: int, dev: torch.device,
-                    batch_size: int) -> dict:
-    """What a perfect generator would score: a random train subset of the samples' size, measured
-    like a family's samples. No model can be told apart from real data by less than this."""
+def real_data_floor(judge, test, inception: tuple, mnist: data.Mnist, p, dev: torch.device) -> dict:
+    """What a perfect generator would score: a random train subset of the samples' size
+    (`sample.n`), measured like a family's samples against the test set (`test`: its judge
+    embedding). No model can be told apart from real data by less than this."""
     from trilemma import metrics
 
-    n = min(n, len(mnist.x_train))
-    pick = torch.randperm(len(mnist.x_train), generator=generator(seed))[:n].numpy()
-    real = mnist.x_train[pick]
-    is_mean, is_std = metrics.inception_score(judge, real, dev, seed, batch_size)
-    return {"fid_classifier": round(metrics.fid(judge, mnist.x_test, real, dev, batch_size), 6),
-            "is_classifier": round(is_mean, 6), "is_classifier_std": round(is_std, 6), "n": n}
+    n = min(p.sample.n, len(mnist.x_train))
+    pick = torch.randperm(len(mnist.x_train), generator=generator(p.seed))[:n].numpy()
+    real = metrics.embed(judge, mnist.x_train[pick], dev, p.evaluate.batch_size)
+    scores = metrics.score_set(test, real, None, p.seed)
+    bootstrap = metrics.fid_bootstrap(test.features, real.features, p.evaluate.bootstrap,
+                                      p.seed) if p.evaluate.bootstrap else None
+    net, note = inception
+    scores_inception = metrics.inception_scores(net, note, mnist.x_test, mnist.x_train[pick], dev,
+                                                p.seed)
+    return {**metrics_json(scores, bootstrap, scores_inception), "n": n}

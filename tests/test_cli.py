@@ -151,8 +151,17 @@ def test_evaluate_vae_writes_metrics_per_class_and_sweep(chain):
     root = stage_ok(chain, "evaluate vae")
     out = root / "reports" / "eval" / "vae"
     metrics = read_json(out / "metrics.json")
-    assert {"fid_classifier", "is_classifier", "class_histogram", "min_class_fraction",
+    assert {"fid_classifier", "fid_classifier_std", "fid_classifier_ci_low",
+            "fid_classifier_ci_high", "kid_classifier", "kid_classifier_std", "is_classifier",
+            "precision", "recall", "class_histogram", "min_class_fraction", "class_kl_uniform",
             "profile"} <= set(metrics)
+    assert metrics["fid_classifier_ci_low"] <= metrics["fid_classifier_ci_high"]
+    assert metrics["fid_classifier_std"] > 0
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert 0 <= metrics["class_kl_uniform"] <= np.log(10) + 1e-6
+    # no weights file in the tiny params: the Inception columns are empty, with the reason
+    assert metrics["fid_inception"] is None and metrics["is_inception"] is None
+    assert "evaluate.inception_weights" in metrics["inception_note"]
     timing = read_json(out / "timing.json")
     assert timing["samples_per_second"] > 0 and timing["device"].startswith("cpu")
     assert "label_accuracy" not in metrics
@@ -168,6 +177,8 @@ def test_evaluate_vae_writes_metrics_per_class_and_sweep(chain):
     assert sweep["knob"].tolist() == ["truncation", "truncation"]
     assert sweep["setting"].tolist() == ["none", "1"] and sweep["n"].tolist() == [32, 32]
     assert sweep["value"].tolist() == [float("inf"), 1.0] and sweep["main"].tolist() == [True, False]
+    for column in ("fid_classifier", "kid_classifier", "precision", "recall", "class_kl_uniform"):
+        assert sweep[column].notna().all(), column
     # the main row scores the first sweep_n main images: not the 64 of metrics.json
     assert sweep.loc[0, "fid_classifier"] != pytest.approx(metrics["fid_classifier"], abs=1e-5)
     for knob in ("steps", "guidance"):  # knobs the VAE lacks: the header only
@@ -236,10 +247,55 @@ def test_report_writes_readme_summary_and_tracks_in_mlflow(chain):
     assert summary.loc[0, "fid_over_floor"] == 1.0
     assert summary["label_accuracy"].notna().tolist() == [False, False, False, False, False, True,
                                                           False, True]
+    for column in ("kid_classifier", "precision", "recall", "class_kl_uniform",
+                   "fid_classifier_std", "samples_per_second", "train_seconds"):
+        assert summary[column].iloc[1:].notna().all(), column
+    assert summary["fid_inception"].isna().all()  # no weights: n/a in the README
+    assert "| n/a |" in readme and "evaluate.inception_weights" in readme
+    assert "figures/trilemma.png" in readme and " ± " in readme
     for name in ("loss_curves.png", "class_histograms.png", "sweep_truncation.png",
-                 "sweep_steps.png", "sweep_guidance.png", "speed_corner.png"):
+                 "sweep_steps.png", "sweep_guidance.png", "speed_corner.png", "trilemma.png"):
         assert (root / "reports" / "figures" / name).is_file(), name
     assert (root / "mlflow.db").is_file()
+
+
+def test_sync_mlflow_logs_only_what_is_missing_and_twice_adds_nothing(chain, monkeypatch):
+    import mlflow
+
+    root = stage_ok(chain, "report")
+    # every stage already logged its reports when it ran: nothing to add
+    result = invoke("sync-mlflow")
+    assert result.exit_code == 0, result.output
+    assert "0 run(s) logged, 15 up to date" in result.output
+    # a store that has never seen these reports, as after `git clone`: one run per stage
+    uri = f"sqlite:///{root / 'fresh.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = invoke("sync-mlflow")
+    assert result.exit_code == 0, result.output
+    assert "15 run(s) logged, 0 up to date" in result.output
+    assert invoke("sync-mlflow").output.endswith("0 run(s) logged, 15 up to date\n")
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["trilemma"], output_format="list")
+    assert len(runs) == 15
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(["train-classifier", *[f"{stage}:{family}" for family in FAMILIES
+                                                  for stage in ("train", "evaluate")]])
+    cgan = next(r for r in runs if r.info.run_name == "evaluate:cgan")
+    metrics = read_json(root / "reports" / "eval" / "cgan" / "metrics.json")
+    for key in ("fid_classifier", "recall", "label_accuracy"):
+        assert cgan.data.metrics[key] == pytest.approx(metrics[key])
+    assert cgan.data.metrics["class_histogram.3"] == pytest.approx(metrics["class_histogram"]["3"])
+    assert {"family": "cgan", "stage": "evaluate", "profile": "quick",
+            "synced": "true"}.items() <= cgan.data.tags.items()
+    clf = next(r for r in runs if r.info.run_name == "train-classifier")
+    assert "floor_fid_classifier" in clf.data.metrics
+
+
+def test_sync_mlflow_skips_stages_not_run_yet(tiny_repo):
+    result = invoke("sync-mlflow")
+    assert result.exit_code == 0, result.output
+    assert "train-classifier: skipped: reports/classifier/metrics.json not found" in result.output
+    assert "0 run(s) logged, 0 up to date" in result.output
 
 
 def test_report_with_mlflow_unreachable_warns_and_succeeds(chain, monkeypatch):

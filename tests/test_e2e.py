@@ -71,7 +71,7 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
                  "train/vae/loss.csv", "train/vae/grid.png", "figures/speed_corner.png",
                  "train/vae/latent.png", "samples/vae/grid.png", "samples/dcgan/interpolation.png",
                  "figures/loss_curves.png", "figures/class_histograms.png",
-                 "figures/sweep_truncation.png"):
+                 "figures/sweep_truncation.png", "figures/trilemma.png"):
         assert (repo / "reports" / name).stat().st_size > 0, name
     metrics = json.loads((repo / "reports/eval/vae/metrics.json").read_text())
     assert {"fid_classifier", "is_classifier", "class_histogram", "profile"} <= metrics.keys()
@@ -83,6 +83,18 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
 def test_dvc_metrics_show_lists_the_families(repo: Path, first_repro: str):
     out = run(["dvc", "metrics", "show", "--json"], repo)
     assert "reports/eval/vae/metrics.json" in out and "reports/classifier/metrics.json" in out
+    shown = json.loads(out)
+    vae = next(v for k, v in shown.items())["data"]["reports/eval/vae/metrics.json"]["data"]
+    for key in ("fid_classifier", "fid_classifier_std", "kid_classifier", "precision", "recall",
+                "class_kl_uniform"):  # the columns `dvc exp show` lines experiments up on
+        assert isinstance(vae[key], float), key
+
+
+def test_dvc_plots_declare_the_summary_and_the_sweeps(repo: Path, first_repro: str):
+    out = run(["dvc", "plots", "show", "--json"], repo)
+    for name in ("reports/summary.csv", "reports/eval/vae/truncation_sweep.csv",
+                 "reports/eval/ddpm/steps_sweep.csv", "reports/figures/trilemma.png"):
+        assert name in out, name
 
 
 def test_typer_command_by_hand_matches_the_dvc_stage(repo: Path, first_repro: str):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trilemma.errors import ConfigError
 
@@ -77,6 +77,18 @@ class SampleConfig(Section):
 
 class EvaluateConfig(Section):
     batch_size: int = Field(1000, ge=1)
+    # FID of this many resamples of each family's samples, for FID's +- (0: none)
+    bootstrap: int = Field(200, ge=0)
+    # Inception-V3 FID/IS as well, with the pt_inception-2015-12-05 weights file at this path
+    # (no package ships it); null or a missing file: those columns read n/a, with the reason
+    inception_weights: Path | None = None
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _enough_rounds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("must be 0 (off) or at least 2")
+        return value
 
 
 class Params(Section):

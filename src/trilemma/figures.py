@@ -144,6 +144,34 @@ def speed_corner(steps: dict[str, list[dict]], others: dict[str, dict]) -> plt.F
     return fig
 
 
+def trilemma(rows: list[dict], floor: dict) -> plt.Figure:
+    """The three corners at once: quality (FID, log, better up) against sampling speed (images/s,
+    log, faster right), marker area = coverage (k-NN recall). One point per family (rows with
+    family, fid_classifier, samples_per_second, recall); the real-data floor as a dashed line."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colours = plt.get_cmap("tab10")
+    for i, row in enumerate(rows):
+        recall = row.get("recall") or 0.0
+        ax.scatter(row["samples_per_second"], row["fid_classifier"], s=30 + 900 * recall,
+                   color=colours(i % 10), alpha=0.75, edgecolors="black", linewidths=0.6, zorder=3)
+        ax.annotate(f"{row['family']}\nrecall {recall:.2f}", (row["samples_per_second"],
+                    row["fid_classifier"]), fontsize=8, xytext=(8, -4), textcoords="offset points")
+    ax.axhline(floor["fid_classifier"], color="grey", linestyle="--", linewidth=1)
+    ax.annotate("real data (floor)", (0.01, floor["fid_classifier"]), xycoords=("axes fraction",
+                "data"), fontsize=8, color="grey", xytext=(0, 3), textcoords="offset points")
+    for recall in (0.25, 0.5, 1.0):  # a size key
+        ax.scatter([], [], s=30 + 900 * recall, color="white", edgecolors="black",
+                   label=f"recall {recall:g}")
+    ax.set(xscale="log", yscale="log", xlabel="sampling speed: images per second (log) →",
+           ylabel="quality: FID (classifier, log; better up)",
+           title="the generative trilemma: quality, speed, coverage (marker area = recall)")
+    ax.invert_yaxis()  # lower FID is better: the good corner is top right
+    ax.margins(x=0.25, y=0.15)
+    ax.legend(loc="lower left", fontsize=8, labelspacing=1.6, borderpad=1.0, title="coverage")
+    fig.tight_layout()
+    return fig
+
+
 def _image_row(ax_row, images: torch.Tensor, label: str) -> None:
     """One row of uint8 digits (n,1,28,28), labelled at the left."""
     for ax, image in zip(ax_row, images):

@@ -1,95 +1,205 @@
-"""Sample-quality metrics measured with the pipeline's own classifier (the judge).
+"""Sample-quality metrics: an extractor turns each image set into features and logits once, and
+every score is computed from those.
 
-FID and the Inception-style score come from torchmetrics with the judge plugged in as the feature
-extractor, so the Frechet distance and the KL math are torchmetrics' own.
+Two extractors: the pipeline's own classifier (the judge; always there) and Inception-V3 (the
+reference network of FID/IS; only when its weights file is given). The Frechet distance, KID and
+the Inception score are torchmetrics' own math, fed with precomputed features; precision/recall
+(k-NN manifolds) and the class-histogram KL are written here and tested against reference values.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
+from typing import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from trilemma.classifier import Judge
+from trilemma.errors import DataError, brief
+
+KID_SUBSET = 1000  # images per KID subset (fewer when a set is smaller); 100 subsets
+PR_K = 3  # neighbours that set the radius of each point's ball in precision/recall
+INCEPTION_FEATURES = ["2048", "logits_unbiased"]  # pool3 features for FID, logits for IS
 
 
-class _JudgeFeatures(nn.Module):
-    """uint8 images (B,1,28,28) -> judge features (B,F): the FID feature space."""
+@dataclass
+class Embedded:
+    """One image set as an extractor sees it: features (n,F) and class logits (n,C)."""
 
-    def __init__(self, judge: Judge):
-        super().__init__()
-        self.judge = judge
-        self.num_features = judge.head[-1].in_features
+    features: torch.Tensor
+    logits: torch.Tensor
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.judge.features(images.float() / 255)
+    @property
+    def predictions(self) -> np.ndarray:
+        """The extractor's class for each image: (n,) int64."""
+        return self.logits.argmax(1).numpy().astype(np.int64)
 
+    def __len__(self) -> int:
+        return len(self.features)
 
-class _JudgeLogits(_JudgeFeatures):
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.judge(images.float() / 255)  # (B,10)
+    def take(self, index: np.ndarray | torch.Tensor | slice) -> "Embedded":
+        return Embedded(self.features[index], self.logits[index])
 
 
 def _batches(images: np.ndarray | torch.Tensor, batch_size: int, device: torch.device):
     images = torch.as_tensor(images)
     for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size].reshape(-1, 1, 28, 28).to(device)
+        yield images[start:start + batch_size].reshape(-1, 1, 28, 28).to(device)  # (B,1,28,28)
 
 
 @torch.no_grad()
-def fids(judge: Judge, real: np.ndarray, fakes: list[np.ndarray], device: torch.device,
-         batch_size: int = 1000) -> list[float]:
-    """Frechet distance between judge features of the uint8 images `real` (n,[1,]28,28) and of
-    each set in `fakes`; the real features are computed once."""
+def embed(judge: Judge, images: np.ndarray, device: torch.device,
+          batch_size: int = 1000) -> Embedded:
+    """The judge's penultimate features (the FID space) and logits of uint8 images (n,[1,]28,28),
+    on the CPU in float64."""
     judge.eval()
-    metric = FrechetInceptionDistance(feature=_JudgeFeatures(judge),
-                                      reset_real_features=False).to(device)
-    for batch in _batches(real, batch_size, device):
-        metric.update(batch, real=True)
+    features, logits = [], []
+    for batch in _batches(images, batch_size, device):
+        f = judge.features(batch.float() / 255)
+        features.append(f.double().cpu())
+        logits.append(judge.head[-1](f).double().cpu())
+    return Embedded(torch.cat(features), torch.cat(logits))
+
+
+def load_inception(path: Path, device: torch.device) -> nn.Module:
+    """Inception-V3 with the FID reference weights (torch-fidelity's / pytorch-fid's
+    pt_inception-2015-12-05 file); DataError naming the file when it does not load."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    try:  # a plain state dict first: weights only, no pickled code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(f"{path}: not a readable Inception-V3 weights file ({brief(err)})") from None
+    if not isinstance(state, dict) or "fc.weight" not in state:
+        raise DataError(f"{path}: not an Inception-V3 state dict (no `fc.weight`); expected the "
+                        "pt_inception-2015-12-05 weights of torch-fidelity / pytorch-fid")
+    try:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", INCEPTION_FEATURES,
+                                          feature_extractor_weights_path=str(path))
+    except RuntimeError as err:  # wrong keys or shapes
+        raise DataError(f"{path}: does not fit Inception-V3 ({brief(err)})") from None
+    return net.to(device).eval()
+
+
+@torch.no_grad()
+def embed_inception(net: nn.Module, images: np.ndarray, device: torch.device,
+                    batch_size: int = 100) -> Embedded:
+    """Inception pool3 features (n,2048) and logits (n,1008) of uint8 grey images: the grey
+    channel repeated three times; the network resizes to 299x299 as the reference does
+    (TensorFlow-1 bilinear, no antialiasing)."""
+    features, logits = [], []
+    for batch in _batches(images, batch_size, device):
+        f, lg = net(batch.expand(-1, 3, -1, -1))  # uint8 (B,3,28,28) -> (B,2048), (B,1008)
+        features.append(f.double().cpu())
+        logits.append(lg.double().cpu())
+    return Embedded(torch.cat(features), torch.cat(logits))
+
+
+class _Given(nn.Module):
+    """Features computed already: the 'extractor' torchmetrics runs is the identity."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def fids(real: torch.Tensor, fakes: Iterable[torch.Tensor]) -> list[float]:
+    """Frechet distance between the features `real` (n,F) and each feature set in `fakes`;
+    the real statistics are computed once."""
+    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), reset_real_features=False)
+    metric.update(real, real=True)
     scores = []
     for fake in fakes:
         metric.reset()  # forgets the previous fake set only
-        for batch in _batches(fake, batch_size, device):
-            metric.update(batch, real=False)
+        metric.update(fake, real=False)
         scores.append(float(metric.compute()))
     return scores
 
 
-def fid(judge: Judge, real: np.ndarray, fake: np.ndarray, device: torch.device,
-        batch_size: int = 1000) -> float:
-    """Frechet distance between judge features of two uint8 image sets (n,[1,]28,28)."""
-    return fids(judge, real, [fake], device, batch_size)[0]
+def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    return fids(real, [fake])[0]
 
 
-@torch.no_grad()
-def inception_score(judge: Judge, images: np.ndarray, device: torch.device, seed: int,
-                    batch_size: int = 1000, splits: int = 10) -> tuple[float, float]:
-    """exp(E KL(p(y|x) || p(y))) with the judge's softmax: mean and std over `splits` splits.
-    10 means confident, evenly spread digits; 1 means one class or no confidence."""
-    judge.eval()
-    with warnings.catch_warnings():  # its note on buffering every feature: ours are 10 numbers
+def fid_bootstrap(real: torch.Tensor, fake: torch.Tensor, rounds: int, seed: int) -> dict:
+    """How much FID moves with the generated sample: FID of `rounds` resamples (with
+    replacement) of the fake features against the fixed real set. Returns the std and the 2.5 /
+    97.5 percentiles."""
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.randint(len(fake), (len(fake),), generator=g) for _ in range(rounds)]
+    scores = np.array(fids(real, (fake[p] for p in picks)))  # one resample in memory at a time
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return {"std": float(scores.std(ddof=1)), "low": float(low), "high": float(high)}
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -> tuple[float, float]:
+    """Kernel distance (cubic polynomial kernel MMD^2, unbiased) averaged over `subsets` random
+    subsets of min(KID_SUBSET, n) images: mean and std over subsets."""
+    size = min(KID_SUBSET, len(real), len(fake))
+    with warnings.catch_warnings():  # its note on buffering every feature: ours are small
         warnings.simplefilter("ignore", UserWarning)
-        metric = InceptionScore(feature=_JudgeLogits(judge), splits=splits).to(device)
-    for batch in _batches(images, batch_size, device):
-        metric.update(batch)
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)  # torchmetrics shuffles before splitting: make that repeatable
-    mean, std = metric.compute()
-    torch.set_rng_state(state)
+        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets,
+                                         subset_size=size)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
     return float(mean), float(std)
 
 
-@torch.no_grad()
-def predict(judge: Judge, images: np.ndarray, device: torch.device,
-            batch_size: int = 1000) -> np.ndarray:
-    """The judge's digit for each uint8 image: (n,) int64."""
-    judge.eval()
-    preds = [judge(b.float() / 255).argmax(1).cpu() for b in _batches(images, batch_size, device)]
-    return torch.cat(preds).numpy().astype(np.int64)
+def inception_score(logits: torch.Tensor, seed: int, splits: int = 10) -> tuple[float, float]:
+    """exp(E KL(p(y|x) || p(y))) from class logits (n,C): mean and std over `splits` splits.
+    With the judge, 10 means confident, evenly spread digits; 1 one class or no confidence."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+    metric.update(logits)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # torchmetrics shuffles before splitting
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def _kth_neighbour_distance(x: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row: (n,)."""
+    out = []
+    for start in range(0, len(x), chunk):
+        d = torch.cdist(x[start:start + chunk], x)  # (c,n), the point itself at distance 0
+        out.append(d.kthvalue(k + 1, dim=1).values)
+    return torch.cat(out)
+
+
+def _inside_any_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
+                     chunk: int = 1024) -> torch.Tensor:
+    """For each point, whether it lies within radii[j] of some centre j: (n,) bool."""
+    out = []
+    for start in range(0, len(points), chunk):
+        d = torch.cdist(points[start:start + chunk], centres)  # (c,m)
+        out.append((d <= radii[None, :]).any(dim=1))
+    return torch.cat(out)
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union
+    of balls reaching every point's k-th nearest neighbour in its own set. Precision: share of fake
+    points inside the real manifold (fidelity); recall: share of real points inside the fake
+    manifold (coverage). Compare sets of equal size: the balls shrink as a set grows."""
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall needs more than k={k} points in each set")
+    precision = _inside_any_ball(fake, real, _kth_neighbour_distance(real, k)).double().mean()
+    recall = _inside_any_ball(real, fake, _kth_neighbour_distance(fake, k)).double().mean()
+    return float(precision), float(recall)
 
 
 def class_histogram(predictions: np.ndarray) -> np.ndarray:
@@ -97,16 +207,33 @@ def class_histogram(predictions: np.ndarray) -> np.ndarray:
     return np.bincount(predictions, minlength=10) / max(len(predictions), 1)
 
 
-def judge_samples(judge: Judge, images: np.ndarray, labels: np.ndarray | None,
-                  device: torch.device, seed: int, batch_size: int = 1000) -> dict:
-    """Everything the judge says about one sample set except FID: IS, the class histogram, the
-    rarest digit's share and, when the digits were requested (`labels`), the label accuracy."""
-    predictions = predict(judge, images, device, batch_size)
-    is_mean, is_std = inception_score(judge, images, device, seed, batch_size)
+def kl_to_uniform(histogram: np.ndarray) -> float:
+    """KL(h || uniform) in nats = log C - H(h): 0 for evenly covered classes, log 10 = 2.303 when
+    every image is one digit."""
+    h = np.asarray(histogram, dtype=np.float64)
+    nonzero = h[h > 0]
+    return float(math.log(len(h)) + (nonzero * np.log(nonzero)).sum())
+
+
+def score_set(real: Embedded, fake: Embedded, labels: np.ndarray | None, seed: int) -> dict:
+    """Everything the judge says about one sample set `fake` against the real (test) set: FID,
+    KID, IS, precision/recall against an equally large random real subset, the class histogram,
+    the rarest digit's share, its KL to uniform and, when the digits were requested (`labels`),
+    the label accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    same_size = real.take(torch.randperm(len(real), generator=g)[:len(fake)])
+    kid_mean, kid_std = kid(real.features, fake.features, seed)
+    is_mean, is_std = inception_score(fake.logits, seed)
+    precision, recall = precision_recall(same_size.features, fake.features)
+    predictions = fake.predictions
     histogram = class_histogram(predictions)
-    scores = {"is_classifier": is_mean, "is_classifier_std": is_std,
-              "min_class_fraction": float(histogram.min()), "histogram": histogram,
-              "predictions": predictions}
+    scores = {"n": len(fake), "fid_classifier": fid(real.features, fake.features),
+              "kid_classifier": kid_mean, "kid_classifier_std": kid_std,
+              "is_classifier": is_mean, "is_classifier_std": is_std,
+              "precision": precision, "recall": recall,
+              "min_class_fraction": float(histogram.min()),
+              "class_kl_uniform": kl_to_uniform(histogram),
+              "histogram": histogram, "predictions": predictions}
     if labels is not None:
         scores["label_accuracy"] = float((predictions == labels).mean())
     return scores
@@ -133,3 +260,29 @@ def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> list[dict
         rows.append({"digit": digit, "n": n, "correct": correct,
                      "accuracy": round(correct / n, 6) if n else float("nan")})
     return rows
+
+
+def inception(weights: Path | None, device: torch.device) -> tuple[nn.Module | None, str]:
+    """The Inception network and a note on it, or None and the reason it is not there: no package
+    ships its weights, so their absence is never a failure. A file that is there but is not the
+    weights is bad input (DataError): call this before long work."""
+    if weights is None:
+        return None, "no weights file given (evaluate.inception_weights is null)"
+    if not Path(weights).exists():
+        return None, f"weights file {weights} not found"
+    return load_inception(Path(weights), device), f"weights {Path(weights).name}"
+
+
+def inception_scores(net: nn.Module | None, note: str, real_images: np.ndarray,
+                     fake_images: np.ndarray, device: torch.device, seed: int,
+                     batch_size: int = 100) -> dict:
+    """Inception-V3 FID of `fake_images` against `real_images` and IS of `fake_images` (uint8
+    grey); None for each when there is no network. `inception_note` says which."""
+    if net is None:
+        return {"fid_inception": None, "is_inception": None, "is_inception_std": None,
+                "inception_note": note}
+    real = embed_inception(net, real_images, device, batch_size)
+    fake = embed_inception(net, fake_images, device, batch_size)
+    is_mean, is_std = inception_score(fake.logits, seed)
+    return {"fid_inception": fid(real.features, fake.features), "is_inception": is_mean,
+            "is_inception_std": is_std, "inception_note": note}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -15,30 +16,58 @@ from trilemma.config import SWEEPS
 from trilemma.io import atomic_path, read_json, write_csv
 from trilemma.tracking import git_commit
 
-SUMMARY_COLUMNS = {"family": "family", "fid_classifier": "FID (classifier) ↓",
-                   "fid_over_floor": "× floor ↓", "is_classifier": "IS (classifier) ↑",
-                   "min_class_fraction": "rarest digit share ↑",
+SUMMARY_COLUMNS = {"family": "family", "fid_classifier": "FID ↓", "fid_over_floor": "× floor ↓",
+                   "kid_classifier": "KID ↓", "is_classifier": "IS ↑",
+                   "fid_inception": "Inception FID ↓", "is_inception": "Inception IS ↑",
+                   "precision": "precision ↑", "recall": "recall ↑",
+                   "min_class_fraction": "rarest digit ↑", "class_kl_uniform": "KL to uniform ↓",
                    "label_accuracy": "label accuracy ↑", "samples_per_second": "images/s ↑",
                    "train_seconds": "train s"}
+# summary.csv also keeps the spreads; the README shows them as ±
+CSV_COLUMNS = [*SUMMARY_COLUMNS, "fid_classifier_std", "fid_classifier_ci_low",
+               "fid_classifier_ci_high", "kid_classifier_std", "is_inception_std", "sample_device",
+               "train_device", "n"]
+METRIC_KEYS = ["fid_classifier", "fid_classifier_std", "fid_classifier_ci_low",
+               "fid_classifier_ci_high", "kid_classifier", "kid_classifier_std", "is_classifier",
+               "fid_inception", "is_inception", "is_inception_std", "precision", "recall",
+               "min_class_fraction", "class_kl_uniform", "label_accuracy"]
 
 
 def summary_rows(families: list[str]) -> list[dict]:
-    """One row per family plus the real-data floor: quality, diversity, speed."""
+    """One row per family plus the real-data floor: quality, coverage, speed, conditional
+    accuracy, each straight from the metric files."""
     floor = read_json(paths.REAL_METRICS)
-    rows = [{"family": "real data (floor)", "fid_classifier": floor["fid_classifier"],
-             "fid_over_floor": 1.0, "is_classifier": floor["is_classifier"]}]
+    rows = [{"family": "real data (floor)", **{k: floor.get(k) for k in METRIC_KEYS},
+             "fid_over_floor": 1.0, "n": floor["n"]}]
     for name in families:
         ev = read_json(paths.eval_reports(name) / "metrics.json")
         speed = read_json(paths.eval_reports(name) / "timing.json")
         tr = read_json(paths.train_reports(name) / "timing.json")
-        rows.append({"family": name, "fid_classifier": ev["fid_classifier"],
+        rows.append({"family": name, **{k: ev.get(k) for k in METRIC_KEYS},
                      "fid_over_floor": round(ev["fid_classifier"] / floor["fid_classifier"], 3),
-                     "is_classifier": ev["is_classifier"],
-                     "min_class_fraction": ev["min_class_fraction"],
-                     "label_accuracy": ev.get("label_accuracy"),
                      "samples_per_second": speed["samples_per_second"],
-                     "train_seconds": tr["train_seconds"]})
-    return [{k: row.get(k) for k in SUMMARY_COLUMNS} for row in rows]
+                     "sample_device": speed["device"], "train_seconds": tr["train_seconds"],
+                     "train_device": tr["device"], "n": ev["n_samples"]})
+    return [{k: row.get(k) for k in CSV_COLUMNS} for row in rows]
+
+
+def inception_notes(families: list[str]) -> list[str]:
+    """Why the Inception columns hold what they hold, each reason once."""
+    files = [paths.REAL_METRICS] + [paths.eval_reports(f) / "metrics.json" for f in families]
+    return list(dict.fromkeys(read_json(f).get("inception_note", "") for f in files))
+
+
+def _display(row: dict) -> dict:
+    """A summary row for the README: FID and KID with their ± (bootstrap std; std over KID
+    subsets), n/a where Inception did not run."""
+    shown = dict(row)
+    for key in ("fid_classifier", "kid_classifier"):
+        if row.get(key) is not None and row.get(f"{key}_std") is not None:
+            shown[key] = _plus_minus(row[key], row[f"{key}_std"])
+    for key in ("fid_inception", "is_inception"):
+        if row.get(key) is None:
+            shown[key] = "n/a"
+    return shown
 
 
 def sweeps(families: list[str]) -> dict[str, dict[str, list[dict]]]:
@@ -49,8 +78,9 @@ def sweeps(families: list[str]) -> dict[str, dict[str, list[dict]]]:
             table = pd.read_csv(paths.eval_reports(name) / f"{knob}_sweep.csv",
                                 keep_default_na=False, na_values=[""])
             if len(table):
-                numbers = ["fid_classifier", "is_classifier", "min_class_fraction",
-                           "label_accuracy", "samples_per_second"]
+                numbers = ["fid_classifier", "kid_classifier", "is_classifier", "precision",
+                           "recall", "min_class_fraction", "class_kl_uniform", "label_accuracy",
+                           "samples_per_second"]
                 table[numbers] = table[numbers].astype(float)  # 0 and 1 read back as ints
                 by_knob.setdefault(knob, {})[name] = table.to_dict("records")
     return by_knob
@@ -64,6 +94,12 @@ def _fmt(value, digits: int = 3) -> str:
             return f"{value:,.0f}"
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.{digits}f}"
     return str(value)
+
+
+def _plus_minus(value: float, spread: float) -> str:
+    """'251.6 ± 3.7': the spread to the value's decimals."""
+    decimals = 0 if abs(value) >= 1000 else 1 if abs(value) >= 10 else 3
+    return f"{value:,.{decimals}f} ± {spread:,.{decimals}f}"
 
 
 def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
@@ -88,15 +124,15 @@ SWEEP_TEXT = {
 
 
 def _sweep_section(knob: str, by_family: dict[str, list[dict]], floor: float) -> str:
+    columns = ["fid_classifier", "kid_classifier", "is_classifier", "precision", "recall",
+               "min_class_fraction", "class_kl_uniform", "label_accuracy", "samples_per_second"]
     rows = [{"family": name, "setting": str(r["setting"]) + (" (main)" if r["main"] else ""),
-             "n": r["n"], "fid_classifier": r["fid_classifier"],
-             "fid_over_floor": round(r["fid_classifier"] / floor, 3),
-             "is_classifier": r["is_classifier"], "min_class_fraction": r["min_class_fraction"],
-             "label_accuracy": r["label_accuracy"], "samples_per_second": r["samples_per_second"]}
+             "n": r["n"], **{k: r[k] for k in columns},
+             "fid_over_floor": round(r["fid_classifier"] / floor, 3)}
             for name, family_rows in by_family.items() for r in family_rows]
     table = markdown_table(rows, {"family": "family", "setting": knob, "n": "n",
-                                  **{k: v for k, v in SUMMARY_COLUMNS.items()
-                                     if k not in ("family", "train_seconds")}})
+                                  **{k: SUMMARY_COLUMNS[k] for k in
+                                     ["fid_classifier", "fid_over_floor", *columns]}})
     speed = ("\n![speed corner](figures/speed_corner.png)\n\nIn the speed corner the lines are "
              "the rows above (n as in the table); the squares are the other families' main "
              "samples from the summary table.\n") if knob == "steps" else ""
@@ -176,6 +212,12 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
             others = {r["family"]: r for r in rows[1:] if r["family"] not in by_family}
             figures.save_figure(figures.speed_corner(by_family, others),
                                 out / "figures" / "speed_corner.png")
+    figures.save_figure(figures.trilemma(rows[1:], floor), out / "figures" / "trilemma.png")
+    devices = sorted({clf_timing["device"]} | {r[k] for r in rows[1:]
+                                               for k in ("sample_device", "train_device")})
+    notes = inception_notes(families)
+    inception = ("; ".join(n for n in notes if n) if any(r["fid_inception"] is not None for r in rows)
+                 else "n/a: " + "; ".join(notes))
 
     grids = "\n".join(f"| {f} | ![{f} samples]({os.path.relpath(paths.sample_figures(f), out)}"
                       f"/grid.png) |" for f in families)
@@ -187,23 +229,40 @@ def build(families: list[str], out: Path = paths.REPORTS) -> str:
                   + "\n".join(sweep_sections)) if sweep_sections else ""
     text = f"""# trilemma report
 
-Profile **{clf['profile']}** · device **{clf_timing['device']}** · torch {torch.__version__} ·
-Python {platform.python_version()} · git commit `{git_commit()}`.
+Profile **{clf['profile']}** · device **{', '.join(devices)}** · git commit `{git_commit()}` ·
+built {datetime.now(timezone.utc):%Y-%m-%d} · torch {torch.__version__} · Python {platform.python_version()}.
 Built by `trilemma report` from the metric files under `reports/`; every number below comes from
 those files.
 
-## Quality, diversity, speed
+## Quality, coverage, speed
 
-{markdown_table(rows, SUMMARY_COLUMNS)}
+{markdown_table([_display(r) for r in rows], SUMMARY_COLUMNS)}
 
-- **FID (classifier)**: Fréchet distance between the judge classifier's penultimate features of
-  {floor['n']} samples and of the MNIST test set. The floor row scores {floor['n']} real training
-  images the same way: no generator can be expected to go below it.
-- **IS (classifier)**: exp E[KL(p(y|x) ‖ p(y))] with the judge's softmax; 10 is the maximum.
-- **rarest digit share**: fraction of samples the judge assigns to the least frequent digit
-  (0.1 means every digit is equally covered; near 0 means a missing mode).
-- **label accuracy** (conditional families): share of samples the judge reads as the digit that
-  was asked for; the requested digits are balanced.
+Every family is scored on {rows[1]['n'] if len(rows) > 1 else floor['n']} samples against the
+MNIST test set; the floor row scores {floor['n']} real training images the same way, which no
+generator can be expected to beat.
+
+- **Quality.** **FID**: Fréchet distance between the judge classifier's penultimate features
+  of the samples and of the test set, ± the standard deviation over bootstrap resamples of the
+  samples. **KID**: kernel (cubic polynomial) MMD² in the same features, ± the std over 100 random
+  subsets of up to 1000; unbiased, so it can dip below 0 for real data. Its scale follows the
+  feature space: these judge-feature values are not comparable with published Inception KIDs. **IS**: exp E[KL(p(y|x) ‖ p(y))] with the
+  judge's softmax; 10 is the maximum. **Inception FID / IS**: the same with Inception-V3, the
+  reference network ({inception}).
+- **Fidelity and coverage.** **precision**: share of samples inside the real data's k-NN
+  manifold (k = 3, judge features, an equally large random test subset); **recall**: share of
+  real images inside the samples' manifold. **rarest digit**: share of samples the judge assigns
+  to the least frequent digit (0.1 is even; near 0 is a missing mode); **KL to uniform**: of the
+  judge's digit histogram, 0 when even, log 10 = 2.30 when every sample is one digit.
+- **Conditional accuracy.** **label accuracy**: share of samples the judge reads as the digit
+  that was asked for (balanced requests; conditional families only).
+- **Speed.** images per second when sampling (after a warm-up batch) and training wall time,
+  on the device(s) above.
+
+![the trilemma](figures/trilemma.png)
+
+The trilemma in one picture: up is better quality, right is faster sampling, a bigger marker
+covers more of the data (recall).
 
 ## Samples
 

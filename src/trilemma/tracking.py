@@ -55,6 +55,13 @@ class Run:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", str(path), artifact_path=artifact_path)
 
+    def log_reports(self, stage: str, family: str | None) -> None:
+        """The stage's metric files as metrics, tagged with their digest: what `sync` compares
+        to tell that these reports are in MLflow already. Call it after the files are written."""
+        files = report_files(stage, family)
+        self.log_metrics(file_metrics(files))
+        self._call("set_tag", "reports_digest", reports_digest(files))
+
 
 def warn(message: str) -> None:
     """One line on stderr, however long the underlying error text."""
@@ -95,7 +102,44 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _start(stage: str, family: str | None, profile: str) -> Any:
+SYNCED_STAGES = ("train-classifier", "train", "evaluate")  # the stages that write metric files
+
+
+def report_files(stage: str, family: str | None) -> dict[Path, str]:
+    """The JSON metric files a stage writes under reports/, each with the prefix its metric names
+    get in MLflow."""
+    from trilemma import paths
+
+    if stage == "train-classifier":
+        folder = paths.CLASSIFIER_REPORTS
+        return {folder / "metrics.json": "", folder / "timing.json": "",
+                paths.REAL_METRICS: "floor_"}
+    folder = {"train": paths.train_reports, "evaluate": paths.eval_reports}[stage](family)
+    return {folder / "metrics.json": "", folder / "timing.json": ""}
+
+
+def file_metrics(files: dict[Path, str]) -> dict[str, float]:
+    """The numbers in JSON metric files, nested keys joined by dots (class_histogram.3)."""
+    import json
+
+    found: dict[str, Any] = {}
+    for path, prefix in files.items():
+        found.update({prefix + k: v for k, v in flatten(json.loads(path.read_text())).items()})
+    return {k: float(v) for k, v in found.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def reports_digest(files: dict[Path, str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _connect() -> Any:
+    """mlflow, pointed at the store and the experiment."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import logging
 
@@ -113,8 +157,13 @@ def _start(stage: str, family: str | None, profile: str) -> Any:
     if uri == default and mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
     mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+def _start(stage: str, family: str | None, profile: str, tags: dict[str, str] | None = None) -> Any:
+    mlflow = _connect()
     tags = {"stage": stage, "family": family or "-", "profile": profile, "git_commit": git_commit(),
-            "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace")}
+            "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace"), **(tags or {})}
     name = f"{stage}:{family}" if family else stage
     mlflow.start_run(run_name=name, tags=tags)
     return mlflow
@@ -136,3 +185,34 @@ def stage_run(stage: str, family: str | None, profile: str) -> Iterator[Run]:
     finally:
         if run.active:
             run._call("end_run", status=status)
+
+
+def sync(families: list[str], profile: str) -> list[tuple[str, str]]:
+    """Log the metric files under reports/ of every stage whose current files are not in MLflow
+    yet (DVC skipped it, or it ran with tracking off): one run each, tagged `synced`. Running it
+    again adds nothing. Returns (run name, what happened) per stage."""
+    mlflow = _connect()
+    done = []
+    for stage, family in [("train-classifier", None)] + [(s, f) for s in SYNCED_STAGES[1:]
+                                                         for f in families]:
+        name = f"{stage}:{family}" if family else stage
+        files = report_files(stage, family)
+        missing = [str(p) for p in files if not p.exists()]
+        if missing:
+            done.append((name, f"skipped: {missing[0]} not found (stage not run yet)"))
+            continue
+        digest = reports_digest(files)
+        if mlflow.search_runs(
+                experiment_names=[EXPERIMENT], max_results=1, output_format="list",
+                filter_string=f"tags.reports_digest = '{digest}' and attributes.status = 'FINISHED'"):
+            done.append((name, "up to date"))
+            continue
+        _start(stage, family, profile, {"synced": "true", "reports_digest": digest})
+        run = Run(mlflow)
+        run.log_metrics(file_metrics(files))
+        for path in sorted(next(iter(files)).parent.glob("*")):
+            if path.is_file():
+                run.log_artifact(path)
+        mlflow.end_run()
+        done.append((name, "logged"))
+    return done

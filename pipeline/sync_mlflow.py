@@ -1,0 +1,32 @@
+"""Command `sync-mlflow`: put the current reports/ into MLflow, for stages that DVC skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.common import ParamsOption, log, user_errors
+from trilemma.config import load_params
+from trilemma.errors import TrilemmaError, brief
+
+
+class TrackingError(TrilemmaError):
+    pass
+
+
+@user_errors
+def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
+    """Log the metric files of the classifier and of every family's train and evaluate stages to
+    MLflow, one run each, unless a finished run with the same files is there already (a stage run
+    by `dvc repro`, or an earlier sync): running it twice adds nothing. Uses $MLFLOW_TRACKING_URI,
+    else sqlite:///mlflow.db in this directory."""
+    p = load_params(params)
+    from trilemma import tracking
+
+    try:
+        done = tracking.sync(p.families, p.profile)
+    except Exception as err:  # here MLflow is the whole job: its failure is the command's
+        raise TrackingError(f"MLflow: {brief(err)}") from None
+    for name, what in done:
+        log(f"{name}: {what}")
+    logged = sum(what == "logged" for _, what in done)
+    log(f"{logged} run(s) logged, {sum(what == 'up to date' for _, what in done)} up to date")
