@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import typer
+import yaml
 
 from trilemma.errors import TrilemmaError, brief
 
@@ -20,17 +24,64 @@ FamilyArgument = Annotated[str, typer.Argument(help="Family name, as listed in p
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A TrilemmaError becomes one line on stderr and exit code 2, with no traceback."""
+    """A TrilemmaError becomes one line on stderr and exit code 2, with no traceback. Every run
+    that is not a dry run appends its timing to the stage log (`record_stage`)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        body_started, status = time.time(), "error"
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            status = "ok"
+            return result
         except TrilemmaError as err:
             typer.echo(f"error: {brief(err, limit=1000)}", err=True)  # one line, always
             raise typer.Exit(2) from None
+        finally:
+            if not kwargs.get("dry_run"):
+                record_stage(command.__name__.replace("_", "-"), kwargs, status, body_started)
 
     return wrapper
+
+
+STAGE_LOG = Path("logs/stages.jsonl")  # git-ignored; `python -m benchmarks.stages` tabulates it
+_previous_end: float | None = None
+
+
+def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: float) -> None:
+    """Append one JSON line: stage, family, profile, device, status, start time, wall seconds
+    (process start to end) and start-up seconds (process start to the command's first line:
+    interpreter and imports). A log that cannot be written is skipped: it is never worth failing
+    a stage for."""
+    import torch
+
+    from pipeline import STARTED
+    from trilemma.runtime import peak_memory
+
+    global _previous_end
+    ended = time.time()
+    # several commands in one process (tests): only the first one paid for the imports
+    started = STARTED if _previous_end is None else body_started
+    _previous_end = ended
+    params = kwargs.get("params")
+    try:
+        profile = yaml.safe_load(Path(params).read_text()).get("profile", "quick") if params else None
+    except Exception:  # a bad params file was reported by the stage itself
+        profile = None
+    gpu = kwargs.get("device") != "cpu" and torch.cuda.is_available()
+    entry = {"stage": stage, "family": kwargs.get("family"), "profile": profile,
+             "device": torch.cuda.get_device_name() if gpu else
+             f"cpu ({torch.get_num_threads()} threads)",
+             "status": status, "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+             "wall_seconds": round(ended - started, 2),
+             "startup_seconds": round(body_started - started, 2),
+             **peak_memory(torch.device("cuda" if gpu else "cpu"))}
+    try:
+        STAGE_LOG.parent.mkdir(parents=True, exist_ok=True)
+        with STAGE_LOG.open("a") as log_file:
+            log_file.write(json.dumps(entry) + "\n")
+    except OSError as err:
+        print(f"warning: stage log {STAGE_LOG} not written: {err}", file=sys.stderr, flush=True)
 
 
 def print_settings(settings: dict[str, Any]) -> None:
@@ -48,5 +99,5 @@ def setup(params_path: Path, device_choice: str | None):
 
     p = load_params(params_path)
     device = resolve_device(device_choice)
-    seed_everything(p.seed)
+    seed_everything(p.seed, device)
     return p, device

@@ -140,33 +140,36 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     judge = load_judge(paths.CLASSIFIER, dev)
     bs, labels, ev = p.evaluate.batch_size, blob.get("labels"), p.evaluate
     inception_net, note = metrics.inception(ev.inception_weights, dev)  # a bad file fails here
-    real = metrics.embed(judge, mnist.x_test, dev, bs)
-    sets, set_labels, main_index = scored_sets(blob)
-    embedded = [metrics.embed(judge, s, dev, bs) for s in sets]
-    scores = [metrics.score_set(real, e, lab, p.seed) for e, lab in zip(embedded, set_labels)]
-    main = scores[0]
-    bootstrap = metrics.fid_bootstrap(real.features, embedded[0].features, ev.bootstrap, p.seed) \
-        if ev.bootstrap else None
-    inception = metrics.inception_scores(inception_net, note, mnist.x_test, blob["images"], dev,
-                                         p.seed)
-    result = {**metrics_json(main, bootstrap, inception), "n_samples": len(sets[0]),
-              "profile": p.profile}
-    timing = {"samples_per_second": round(float(blob["images_per_second"]), 2),
-              "sample_seconds": round(float(blob["seconds"]), 3),
-              "device": str(blob["device"])}  # where the samples were drawn
-    out = paths.eval_reports(family)
-    write_json(out / "metrics.json", result)  # results only: identical on every rerun
-    write_json(out / "timing.json", timing)
-    write_csv(out / "per_class.csv", metrics.generated_per_class(main["predictions"], labels))
-    rows = sweep_rows(blob, scores, main_index)
-    for knob in SWEEPS:  # one table per knob; only a header where the family lacks the knob
-        write_csv(out / f"{knob}_sweep.csv", [r for r in rows if r["knob"] == knob],
-                  columns=SWEEP_COLUMNS)
-    log(f"{family}: {describe(result)}, {timing['samples_per_second']:.0f} images/s")
-    for row in rows:
-        log(f"  {row['knob']} {row['setting']}{' (main)' if row['main'] else ''}: {describe(row)}, "
-            f"{row['samples_per_second']:.0f} images/s (n={row['n']})")
+    # inputs are checked: the run starts now, and MLflow's start-up overlaps the scoring
     with tracking.stage_run("evaluate", family, p.profile) as run:
+        real = metrics.embed(judge, mnist.x_test, dev, bs)
+        sets, set_labels, main_index = scored_sets(blob)
+        embedded = [metrics.embed(judge, s, dev, bs) for s in sets]
+        scores = [metrics.score_set(real, e, lab, p.seed) for e, lab in zip(embedded, set_labels)]
+        main = scores[0]
+        bootstrap = metrics.fid_bootstrap(real.features, embedded[0].features, ev.bootstrap,
+                                          p.seed) if ev.bootstrap else None
+        inception = metrics.inception_scores(inception_net, note, mnist.x_test, blob["images"],
+                                             dev, p.seed)
+        result = {**metrics_json(main, bootstrap, inception), "n_samples": len(sets[0]),
+                  "profile": p.profile}
+        timing = {"samples_per_second": round(float(blob["images_per_second"]), 2),
+                  "sample_seconds": round(float(blob["seconds"]), 3),
+                  "device": str(blob["device"])}  # where the samples were drawn
+        if "peak_gpu_memory_gib" in blob:
+            timing["sample_peak_gpu_memory_gib"] = round(float(blob["peak_gpu_memory_gib"]), 3)
+        out = paths.eval_reports(family)
+        write_json(out / "metrics.json", result)  # results only: identical on every rerun
+        write_json(out / "timing.json", timing)
+        write_csv(out / "per_class.csv", metrics.generated_per_class(main["predictions"], labels))
+        rows = sweep_rows(blob, scores, main_index)
+        for knob in SWEEPS:  # one table per knob; only a header where the family lacks the knob
+            write_csv(out / f"{knob}_sweep.csv", [r for r in rows if r["knob"] == knob],
+                      columns=SWEEP_COLUMNS)
+        log(f"{family}: {describe(result)}, {timing['samples_per_second']:.0f} images/s")
+        for row in rows:
+            log(f"  {row['knob']} {row['setting']}{' (main)' if row['main'] else ''}: "
+                f"{describe(row)}, {row['samples_per_second']:.0f} images/s (n={row['n']})")
         run.log_params(tracking.flatten({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
                                          "data": p.data.model_dump(), "n_samples": len(sets[0])}))
         run.log_reports("evaluate", family)

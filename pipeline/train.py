@@ -11,7 +11,7 @@ from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsO
 from trilemma import data, families, figures, paths, tracking
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
-from trilemma.runtime import device_name, generator
+from trilemma.runtime import device_name, generator, peak_memory
 from trilemma.train import fit
 
 
@@ -63,7 +63,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                    **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
                       if k not in ("epoch", "seconds")}}
         timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
-                  "device": device_name(dev)}
+                  "device": device_name(dev), **peak_memory(dev)}
         write_json(out / "metrics.json", summary)  # results only: identical on every rerun
         write_json(out / "timing.json", timing)
         x_test = torch.from_numpy(mnist.x_test[:5000]).unsqueeze(1).float() / 255

@@ -14,7 +14,7 @@ from trilemma import data, figures, paths, tracking
 from trilemma.classifier import ClassifierTrainee, load_judge, save_judge
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
-from trilemma.runtime import device_name, generator
+from trilemma.runtime import device_name, generator, peak_memory
 from trilemma.train import fit
 
 
@@ -57,7 +57,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
                    "min_class_accuracy": min(r["accuracy"] for r in per_class),
                    "epochs": cfg.epochs, "profile": p.profile}
         timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
-                  "device": device_name(dev)}
+                  "device": device_name(dev), **peak_memory(dev)}
         write_json(out / "metrics.json", summary)  # results only: identical on every rerun
         write_json(out / "timing.json", timing)
         write_csv(out / "per_class.csv", per_class)

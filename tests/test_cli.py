@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import write_params
 from pipeline.cli import app
+from pipeline.common import STAGE_LOG
 
 STAGES = [
     ("download", ["download"]),
@@ -84,7 +85,8 @@ def test_train_classifier_writes_model_and_reports(chain):
     reports = root / "reports" / "classifier"
     metrics = read_json(reports / "metrics.json")
     assert {"test_accuracy", "profile"} <= set(metrics)
-    assert {"train_seconds", "device"} == set(read_json(reports / "timing.json"))
+    assert {"train_seconds", "device", "peak_gpu_memory_gib", "peak_rss_gib"} == set(
+        read_json(reports / "timing.json"))
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["profile"] == "quick"
     per_class = pd.read_csv(reports / "per_class.csv")
     assert list(per_class.columns) == ["digit", "n", "correct", "accuracy"]
@@ -106,7 +108,8 @@ def test_train_vae_writes_model_and_reports(chain):
         assert (out / name).is_file(), name
     metrics = read_json(out / "metrics.json")
     assert {"final_loss", "profile", "epochs"} <= set(metrics)
-    assert {"train_seconds", "device"} == set(read_json(out / "timing.json"))
+    assert {"train_seconds", "device", "peak_gpu_memory_gib", "peak_rss_gib"} == set(
+        read_json(out / "timing.json"))
     assert not (root / "checkpoints" / "vae.pt").exists()
 
 
@@ -310,6 +313,21 @@ def test_report_with_mlflow_unreachable_warns_and_succeeds(chain, monkeypatch):
     assert (root / "reports" / "README.md").is_file()
 
 
+def test_every_stage_appends_its_timing_to_the_stage_log(chain):
+    root, results = chain
+    assert len(results) == len(CHAIN)
+    lines = (root / STAGE_LOG).read_text().splitlines()
+    entries = [json.loads(line) for line in lines][:len(CHAIN)]  # later tests append more
+    assert [(e["stage"], e["family"]) for e in entries] == [
+        (args[0], args[1] if len(args) > 1 else None) for args in CHAIN]
+    for e in entries:
+        assert e["status"] == "ok" and e["profile"] == "quick" and e["device"].startswith("cpu")
+        assert e["wall_seconds"] > e["startup_seconds"] >= 0
+        assert e["peak_gpu_memory_gib"] is None and e["peak_rss_gib"] > 0
+    train = read_json(root / "reports" / "train" / "vae" / "timing.json")
+    assert train["peak_gpu_memory_gib"] is None and train["peak_rss_gib"] > 0
+
+
 def test_help_of_app_and_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
@@ -341,6 +359,8 @@ def test_evaluate_without_classifier_exits_2_naming_it(tiny_repo):
     assert result.exit_code == 2
     assert len(error_lines(result)) == 1 and "models/classifier.pt" in error_lines(result)[0]
     assert "Traceback" not in result.output
+    (logged,) = [json.loads(line) for line in (tiny_repo / STAGE_LOG).read_text().splitlines()]
+    assert (logged["stage"], logged["family"], logged["status"]) == ("evaluate", "vae", "error")
 
 
 @pytest.mark.parametrize("images", [np.zeros((64, 28, 28), np.float32),

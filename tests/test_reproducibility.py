@@ -97,6 +97,15 @@ def test_time_and_device_are_in_timing_files_not_in_results(two_runs):
         assert speed["device"].startswith("cpu")
 
 
-def test_stages_ask_torch_for_deterministic_algorithms(two_runs):
-    assert torch.are_deterministic_algorithms_enabled()
-    assert torch.is_deterministic_algorithms_warn_only_enabled()
+def test_deterministic_kernels_are_asked_for_on_a_gpu_only(two_runs):
+    """The CPU runs above agree byte for byte without torch's deterministic switch (whose import
+    costs each stage 2 s); on a GPU, where kernels differ, seeding turns it on (warn only)."""
+    from trilemma.runtime import seed_everything
+
+    assert not torch.are_deterministic_algorithms_enabled()  # the stages ran on the CPU
+    try:
+        seed_everything(0, torch.device("cuda"))  # only sets flags: no GPU needed
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -12,6 +12,7 @@ from torch import nn
 from trilemma.config import ClassifierConfig
 from trilemma.errors import DataError, brief
 from trilemma.io import atomic_path
+from trilemma.train import adam
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -63,7 +64,7 @@ class ClassifierTrainee:
         self.cfg = cfg
         self.net = Judge(cfg.width, cfg.features).to(device, memory_format=torch.channels_last)
         self.nets = {"judge": self.net}
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = adam(self.net.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.opt, cfg.lr, total_steps=total_steps)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

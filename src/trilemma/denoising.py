@@ -15,6 +15,7 @@ from torch import nn
 
 from trilemma import diffusion
 from trilemma.config import TrainConfig
+from trilemma.train import adam
 
 
 class DiffusionConfig(TrainConfig):
@@ -53,8 +54,10 @@ class Diffusion:
         # channels_last: convolutions run markedly faster on CPU (oneDNN) and on tensor cores
         self.net = net.to(device, memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        if cfg.compile:  # sampling calls the EMA net `steps` times per batch: compiling pays
+            self.ema.compile()
         self.nets = {"unet": self.net}
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.opt = adam(self.net.parameters(), cfg.lr)
         self.steps = 0
 
     def _null(self, like: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from trilemma import latent
 from trilemma.config import TrainConfig
+from trilemma.train import adam
 
 
 class GANConfig(TrainConfig):
@@ -43,11 +44,14 @@ class GAN:
         self.cfg, self.device, self.conditional = cfg, device, conditional
         self.latent_dim = cfg.latent_dim
         self.game, self.n_critic, self.gp_weight = game, n_critic, gp_weight
-        self.g, self.d = generator.to(device), discriminator.to(device)
+        # channels_last: DCGAN's convolutions train 1.2-1.7x faster on a CPU (oneDNN), and it is
+        # the tensor-core layout on a GPU
+        self.g = generator.to(device, memory_format=torch.channels_last)
+        self.d = discriminator.to(device, memory_format=torch.channels_last)
         self.nets = {"generator": self.g, "discriminator": self.d}
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_g = adam(self.g.parameters(), cfg.lr, betas)
+        self.opt_d = adam(self.d.parameters(), cfg.lr, betas)
         self.steps = 0  # discriminator steps taken; the generator steps every n_critic-th
 
     def _g_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

@@ -22,11 +22,12 @@ SUMMARY_COLUMNS = {"family": "family", "fid_classifier": "FID ↓", "fid_over_fl
                    "precision": "precision ↑", "recall": "recall ↑",
                    "min_class_fraction": "rarest digit ↑", "class_kl_uniform": "KL to uniform ↓",
                    "label_accuracy": "label accuracy ↑", "samples_per_second": "images/s ↑",
-                   "train_seconds": "train s"}
-# summary.csv also keeps the spreads; the README shows them as ±
-CSV_COLUMNS = [*SUMMARY_COLUMNS, "fid_classifier_std", "fid_classifier_ci_low",
+                   "train_seconds": "train s", "train_peak_memory_gib": "train peak GiB"}
+# summary.csv also keeps the spreads (the README shows them as ±) and both peak memories (the
+# README shows the GPU's, else the process's RAM)
+CSV_COLUMNS = [*list(SUMMARY_COLUMNS)[:-1], "fid_classifier_std", "fid_classifier_ci_low",
                "fid_classifier_ci_high", "kid_classifier_std", "is_inception_std", "sample_device",
-               "train_device", "n"]
+               "train_device", "train_peak_gpu_memory_gib", "train_peak_rss_gib", "n"]
 METRIC_KEYS = ["fid_classifier", "fid_classifier_std", "fid_classifier_ci_low",
                "fid_classifier_ci_high", "kid_classifier", "kid_classifier_std", "is_classifier",
                "fid_inception", "is_inception", "is_inception_std", "precision", "recall",
@@ -47,7 +48,9 @@ def summary_rows(families: list[str]) -> list[dict]:
                      "fid_over_floor": round(ev["fid_classifier"] / floor["fid_classifier"], 3),
                      "samples_per_second": speed["samples_per_second"],
                      "sample_device": speed["device"], "train_seconds": tr["train_seconds"],
-                     "train_device": tr["device"], "n": ev["n_samples"]})
+                     "train_device": tr["device"], "n": ev["n_samples"],
+                     "train_peak_gpu_memory_gib": tr.get("peak_gpu_memory_gib"),
+                     "train_peak_rss_gib": tr.get("peak_rss_gib")})
     return [{k: row.get(k) for k in CSV_COLUMNS} for row in rows]
 
 
@@ -67,6 +70,9 @@ def _display(row: dict) -> dict:
     for key in ("fid_inception", "is_inception"):
         if row.get(key) is None:
             shown[key] = "n/a"
+    gpu, rss = row.get("train_peak_gpu_memory_gib"), row.get("train_peak_rss_gib")
+    shown["train_peak_memory_gib"] = (f"{gpu:.2f} GPU" if gpu is not None else
+                                      f"{rss:.2f} RAM" if rss is not None else None)
     return shown
 
 
@@ -257,7 +263,8 @@ generator can be expected to beat.
 - **Conditional accuracy.** **label accuracy**: share of samples the judge reads as the digit
   that was asked for (balanced requests; conditional families only).
 - **Speed.** images per second when sampling (after a warm-up batch) and training wall time,
-  on the device(s) above.
+  on the device(s) above. **train peak GiB**: the train stage's peak memory, on the GPU (torch's
+  allocated memory) when it trained there, else the whole process's resident memory (RAM).
 
 ![the trilemma](figures/trilemma.png)
 

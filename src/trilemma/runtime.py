@@ -32,14 +32,50 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every RNG and ask torch for deterministic kernels (a warning, not an error, for ops
-    that have none: on a GPU, reruns then agree up to those ops' floating-point ordering)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    torch.use_deterministic_algorithms(True, warn_only=True)
+def seed_everything(seed: int, device: torch.device | None = None) -> None:
+    """Seed every RNG. On a GPU, also ask torch for deterministic kernels (a warning, not an
+    error, for ops that have none: reruns then agree up to those ops' floating-point ordering).
+    The CPU kernels used here are deterministic already, and the switch would cost every CPU stage
+    2 s of compiler imports plus a NaN fill of every new tensor."""
+    if device is not None and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def set_precision(precision: str) -> None:
+    """fp32: strict float32. tf32: float32 matmuls and convolutions on TensorFloat-32 tensor
+    cores (CUDA only: a no-op elsewhere). bf16: tf32 plus bfloat16 autocast (`autocast`)."""
+    mode = "ieee" if precision == "fp32" else "tf32"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast for `bf16`; a disabled context otherwise. bf16 needs no loss scaling."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, float | None]:
+    """Peak memory so far, in GiB: the GPU's allocated memory (None off the GPU), and the whole
+    process's resident set (the CPU side, models and data included)."""
+    import resource
+
+    gib = 2 ** 30
+    gpu = torch.cuda.max_memory_allocated(device) / gib if device.type == "cuda" else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gib  # Linux: KiB
+    return {"peak_gpu_memory_gib": None if gpu is None else round(gpu, 3),
+            "peak_rss_gib": round(rss, 3)}
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -18,6 +18,15 @@ from tqdm import tqdm
 from trilemma.config import TrainConfig
 from trilemma.errors import TrainingDiverged, brief
 from trilemma.io import atomic_path
+from trilemma.runtime import autocast, reset_peak_memory, set_precision
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+         weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """Every optimiser here: AdamW (Adam itself when weight_decay is 0) with its fused kernel, one
+    launch for all parameters: optimiser steps run about 4x faster than the default on a CPU and
+    need no per-tensor launches on a GPU."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
 
 
 class Trainee(Protocol):
@@ -83,7 +92,13 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
     seconds. If `trace` is a list, TRACE_POINTS rows of mean losses per epoch (step, fractional
     epoch) are appended to it, and kept in the checkpoint. The whole data set moves to `device`
-    once: batches are index lookups, no loader."""
+    once, as uint8: batches are index lookups, no loader. cfg.precision and cfg.compile apply
+    here, so every trainee gets them without a line of its own."""
+    set_precision(cfg.precision)
+    if cfg.compile:
+        for net in trainee.nets.values():
+            net.compile()  # in place: state_dict keys stay those of the plain module
+    reset_peak_memory(device)
     x = x_train.to(device)  # (N,28,28) uint8
     y = y_train.to(device)  # (N,)
     n = len(x)
@@ -116,7 +131,11 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
                       leave=False):
             idx = order[i * batch:(i + 1) * batch]
             xb = x[idx].unsqueeze(1).float().div_(255)  # (B,1,28,28) in [0,1]
-            losses = trainee.train_step(xb, y[idx])
+            # channels_last: with 1 channel only the strides change, but they pick oneDNN's fast
+            # convolutions for the nets kept in that layout (1.2-1.7x on a CPU)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(cfg.precision, device):
+                losses = trainee.train_step(xb, y[idx])
             _add(sums, counts, losses)
             if trace is not None:
                 _add(chunk_sums, chunk_counts, losses)

@@ -1,0 +1,111 @@
+"""Per-stage wall times of the pipeline, from the stage log every `trilemma` command appends to.
+
+    python -m benchmarks.stages [--log logs/stages.jsonl] [--out benchmarks/results]
+
+For each profile in the log, the latest successful run of every (stage, family) is taken: after a
+`dvc repro` (or `dvc repro -f`) that is the pipeline as it last ran. Prints one table per profile
+and writes it to <out>/stages-<profile>-<device>.md. Wall time runs from the command's start (its
+imports included) to its end; DVC's own work between stages is in the span, not in any stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pipeline.common import STAGE_LOG
+
+PER_FAMILY = ("train", "sample", "evaluate")
+SINGLE = ("download", "train-classifier", "report", "sync-mlflow")
+
+
+def latest_runs(entries: list[dict]) -> dict[str, dict[tuple[str, str | None], dict]]:
+    """profile -> (stage, family) -> the latest successful entry."""
+    latest: dict[str, dict[tuple[str, str | None], dict]] = {}
+    for entry in entries:
+        if entry.get("status") == "ok" and entry.get("profile"):
+            key = (entry["stage"], entry.get("family"))
+            kept = latest.setdefault(entry["profile"], {}).get(key)
+            if kept is None or entry["started"] >= kept["started"]:
+                latest[entry["profile"]][key] = entry
+    return latest
+
+
+def _end(entry: dict) -> datetime:
+    return datetime.fromisoformat(entry["started"]) + timedelta(seconds=entry["wall_seconds"])
+
+
+def table(profile: str, runs: dict[tuple[str, str | None], dict]) -> str:
+    """A markdown table: a row per single stage and per family (train, sample, evaluate)."""
+    families = sorted({f for (s, f) in runs if s in PER_FAMILY and f},
+                      key=lambda f: min(runs[(s, f)]["started"] for s in PER_FAMILY
+                                        if (s, f) in runs))
+    lines = ["| stage | train s | sample s | evaluate s | total s | start-up s | peak GPU GiB |",
+             "|---|---|---|---|---|---|---|"]
+
+    def row(name: str, chosen: list[dict], cells: list[str]) -> None:
+        total = sum(e["wall_seconds"] for e in chosen)
+        startup = sum(e["startup_seconds"] for e in chosen)
+        peaks = [e["peak_gpu_memory_gib"] for e in chosen if e.get("peak_gpu_memory_gib")]
+        peak = f"{max(peaks):.2f}" if peaks else "–"
+        lines.append(f"| {name} | {' | '.join(cells)} | {total:.1f} | {startup:.1f} | {peak} |")
+
+    order = [s for s in SINGLE[:2] if (s, None) in runs]
+    for stage in order:
+        row(stage, [runs[(stage, None)]], ["–"] * 3)
+    for family in families:
+        chosen = [runs[(s, family)] for s in PER_FAMILY if (s, family) in runs]
+        cells = [f"{runs[(s, family)]['wall_seconds']:.1f}" if (s, family) in runs else "–"
+                 for s in PER_FAMILY]
+        row(family, chosen, cells)
+    for stage in SINGLE[2:]:
+        if (stage, None) in runs:
+            row(stage, [runs[(stage, None)]], ["–"] * 3)
+    every = list(runs.values())
+    row("**all stages**", every, ["–"] * 3)
+    first = min(datetime.fromisoformat(e["started"]) for e in every)
+    span = (max(_end(e) for e in every) - first).total_seconds()
+    devices = ", ".join(sorted({e["device"] for e in every}))
+    return "\n".join([
+        f"## Profile `{profile}`: {len(every)} stages on {devices}", "",
+        f"First stage started {first:%Y-%m-%d %H:%M} UTC; first start to last end: "
+        f"**{span / 60:.1f} min** ({span:.0f} s, DVC's own work between stages included); "
+        f"stage wall times sum to {sum(e['wall_seconds'] for e in every):.0f} s, of which "
+        f"{sum(e['startup_seconds'] for e in every):.0f} s is start-up (interpreter and imports).",
+        "", *lines, ""])
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log", type=Path, default=STAGE_LOG, help="the stage log to read")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="folder for stages-<profile>-<device>.md")
+    args = parser.parse_args(argv)
+    if not args.log.exists():
+        print(f"error: {args.log}: not found; run the pipeline first (`dvc repro`)")
+        return 2
+    entries = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
+    latest = latest_runs(entries)
+    if not latest:
+        print(f"error: {args.log}: no successful stage runs in it")
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for profile, runs in sorted(latest.items()):
+        text = table(profile, runs)
+        device = sorted({e["device"] for e in runs.values()})[0]
+        path = args.out / f"stages-{profile}-{slug(device)}.md"
+        path.write_text(f"# Pipeline stage times\n\n{text}")
+        print(text)
+        print(f"wrote {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
