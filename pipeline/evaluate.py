@@ -132,8 +132,10 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     if dry_run:
         return print_settings({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
                                "data": p.data.model_dump(), "device": str(dev)})
-    from trilemma import data, metrics  # torchmetrics takes seconds to import: only when needed
+    from trilemma import data, metrics
     from trilemma.classifier import load_judge
+
+    metrics.preload()  # torchmetrics loads while the images are embedded
 
     blob = load_samples(paths.samples(family))
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)

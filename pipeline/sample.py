@@ -86,13 +86,14 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         return print_settings({"sample": p.sample.model_dump(), family: cfg.model_dump(),
                                "seed": p.seed, "device": str(dev)})
     model = families.load(family, cfg, paths.model(family), dev)
-    # the model is good: the run starts now, and MLflow's start-up overlaps the sampling
+    # the model is good: the run starts now (its start-up overlaps nothing that is timed)
     with tracking.stage_run("sample", family, p.profile) as run:
         run.log_params(tracking.flatten({"sample": p.sample.model_dump(), "seed": p.seed}))
         main, sweep = knob_settings(model, p.sample)
         n, bs, m = p.sample.n, p.sample.batch_size, p.sample.sweep_size()
         set_precision(cfg.precision)
         reset_peak_memory(dev)
+        run.wait_started()  # MLflow's start-up must not share the CPU with timed sampling
         with autocast(cfg.precision, dev):
             images, labels, seconds = draw(model, n, bs, p.seed, dev, warmup=True, **main)
         arrays = {"images": images, "seconds": np.float64(seconds),

@@ -51,6 +51,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
             figures.save_grid(images, out / "grid.png")
             run.log_artifact(out / "grid.png", f"grids/epoch_{row['epoch']:03d}")
 
+        run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         history = fit(model, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
                       name=family, device=dev, seed=p.seed, checkpoint=paths.checkpoint(family),
                       fingerprint=fingerprint(settings), on_epoch=after_epoch, trace=trace)

@@ -30,7 +30,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     scoring = {"evaluate": p.evaluate.model_dump()}  # the floor's: not the training's
     if dry_run:
         return print_settings({**settings, **scoring, "device": str(dev)})
-    from trilemma import metrics  # torchmetrics takes seconds to import: only when needed
+    from trilemma import metrics
 
     inception = metrics.inception(p.evaluate.inception_weights, dev)  # a bad file fails here
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
@@ -39,6 +39,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     out = paths.CLASSIFIER_REPORTS
     with tracking.stage_run("train-classifier", None, p.profile) as run:
         run.log_params(tracking.flatten({**settings, **scoring}))
+        run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         history = fit(trainee, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
                       name="classifier", device=dev, seed=p.seed,
                       checkpoint=paths.checkpoint("classifier"), fingerprint=fingerprint(settings),
@@ -47,6 +48,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         paths.checkpoint("classifier").unlink(missing_ok=True)
 
         judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
+        metrics.preload()  # now that training is timed: it loads while the test set is embedded
         test = metrics.embed(judge, mnist.x_test, dev, p.evaluate.batch_size)
         predictions = test.predictions
         per_class = metrics.per_class_accuracy(mnist.y_test, predictions)

@@ -37,6 +37,9 @@ class DiffusionConfig(TrainConfig):
         return widths
 
 
+FIGURE_STEPS = 20  # DDIM steps of the train stage's figures: 9 frames need no more, and it is fast
+
+
 def _images(x: torch.Tensor) -> torch.Tensor:
     """[-1,1] floats -> uint8 (n,1,28,28) on the CPU."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
@@ -152,7 +155,8 @@ class Diffusion:
         gen = torch.Generator().manual_seed(0)
         labels = y[:8] if self.conditional else None
         x_T = torch.randn(8, 1, 28, 28, generator=gen)
-        _, kept = self.denoise(x_T, self.timesteps - 1, labels, gen, steps=50, guidance=1.0, keep=9)
+        _, kept = self.denoise(x_T, self.timesteps - 1, labels, gen, steps=FIGURE_STEPS,
+                               guidance=1.0, keep=9)
         frames = [(self.timesteps - 1, _images(x_T)), *kept]  # x_T ... x_0
 
         real = x[:8].to(self.device) * 2 - 1  # (8,1,28,28) in [-1,1]
@@ -162,7 +166,7 @@ class Diffusion:
             t = int(fraction * (self.timesteps - 1))
             noisy = diffusion.q_sample(real, torch.full((8,), t, device=self.device), noise,
                                        self.alpha_bar)
-            recon, _ = self.denoise(noisy, t, labels, gen, steps=50, guidance=1.0)
+            recon, _ = self.denoise(noisy, t, labels, gen, steps=FIGURE_STEPS, guidance=1.0)
             mse = (recon.clamp(-1, 1) - real).square().mean().item() / 4  # on the [0,1] scale
             rows.append((t, _images(noisy), _images(recon), mse))
         return {"denoising": denoising_figure(frames),

@@ -9,7 +9,9 @@ the Inception score are torchmetrics' own math, fed with precomputed features; p
 
 from __future__ import annotations
 
+import importlib
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -18,9 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
-from torchmetrics.image.kid import KernelInceptionDistance
 
 from trilemma.classifier import Judge
 from trilemma.errors import DataError, brief
@@ -114,9 +113,18 @@ class _Given(nn.Module):
         return features
 
 
+def preload() -> None:
+    """Import torchmetrics (4-5 s on a CPU: it loads its whole package) on a background thread,
+    so that it loads while the caller embeds images; the scores below import it when needed."""
+    threading.Thread(target=importlib.import_module, args=("torchmetrics.image.fid",),
+                     name="import-torchmetrics", daemon=True).start()
+
+
 def fids(real: torch.Tensor, fakes: Iterable[torch.Tensor]) -> list[float]:
     """Frechet distance between the features `real` (n,F) and each feature set in `fakes`;
     the real statistics are computed once."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), reset_real_features=False)
     metric.update(real, real=True)
     scores = []
@@ -145,6 +153,8 @@ def fid_bootstrap(real: torch.Tensor, fake: torch.Tensor, rounds: int, seed: int
 def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -> tuple[float, float]:
     """Kernel distance (cubic polynomial kernel MMD^2, unbiased) averaged over `subsets` random
     subsets of min(KID_SUBSET, n) images: mean and std over subsets."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
     size = min(KID_SUBSET, len(real), len(fake))
     with warnings.catch_warnings():  # its note on buffering every feature: ours are small
         warnings.simplefilter("ignore", UserWarning)
@@ -161,6 +171,8 @@ def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -
 def inception_score(logits: torch.Tensor, seed: int, splits: int = 10) -> tuple[float, float]:
     """exp(E KL(p(y|x) || p(y))) from class logits (n,C): mean and std over `splits` splits.
     With the judge, 10 means confident, evenly spread digits; 1 one class or no confidence."""
+    from torchmetrics.image.inception import InceptionScore
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)

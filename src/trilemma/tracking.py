@@ -37,6 +37,7 @@ class Run:
 
     def __init__(self, start: Callable[[], Any] | None):
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(start,), name="mlflow", daemon=True)
         self._thread.start()
 
@@ -47,6 +48,7 @@ class Run:
                 mlflow = start()
             except Exception as err:
                 warn(f"MLflow unavailable, this stage runs untracked: {err}")
+        self._started.set()
         while (call := self._calls.get()) is not None:
             method, args, kwargs, cleanup = call
             try:
@@ -62,6 +64,11 @@ class Run:
     def _call(self, method: str, *args: Any, cleanup: Callable[[], None] | None = None,
               **kwargs: Any) -> None:
         self._calls.put((method, args, kwargs, cleanup))
+
+    def wait_started(self) -> None:
+        """Block until MLflow's start-up is over: call it before timing anything, so that the
+        start-up does not compete with the timed work for the CPU."""
+        self._started.wait()
 
     def close(self, status: str) -> None:
         self._call("end_run", status=status)
