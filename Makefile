@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "setting up $(VENV): pinned dependencies, PyTorch included (several GB the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -135,16 +135,16 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     from trilemma import data, metrics
     from trilemma.classifier import load_judge
 
-    metrics.preload()  # torchmetrics loads while the images are embedded
+    metrics.preload()  # torchmetrics loads while the inputs are read and the samples embedded
 
     blob = load_samples(paths.samples(family))
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
     judge = load_judge(paths.CLASSIFIER, dev)
+    real = metrics.load_embedded(paths.TEST_EMBEDDING, len(mnist.x_test))  # by train-classifier
     bs, labels, ev = p.evaluate.batch_size, blob.get("labels"), p.evaluate
     inception_net, note = metrics.inception(ev.inception_weights, dev)  # a bad file fails here
     # inputs are checked: the run starts now, and MLflow's start-up overlaps the scoring
     with tracking.stage_run("evaluate", family, p.profile) as run:
-        real = metrics.embed(judge, mnist.x_test, dev, bs)
         sets, set_labels, main_index = scored_sets(blob)
         embedded = [metrics.embed(judge, s, dev, bs) for s in sets]
         scores = [metrics.score_set(real, e, lab, p.seed) for e, lab in zip(embedded, set_labels)]

@@ -86,46 +86,45 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         return print_settings({"sample": p.sample.model_dump(), family: cfg.model_dump(),
                                "seed": p.seed, "device": str(dev)})
     model = families.load(family, cfg, paths.model(family), dev)
-    # the model is good: the run starts now (its start-up overlaps nothing that is timed)
+    main, sweep = knob_settings(model, p.sample)
+    n, bs, m = p.sample.n, p.sample.batch_size, p.sample.sweep_size()
+    set_precision(cfg.precision)
+    reset_peak_memory(dev)
+    with autocast(cfg.precision, dev):
+        images, labels, seconds = draw(model, n, bs, p.seed, dev, warmup=True, **main)
+    arrays = {"images": images, "seconds": np.float64(seconds),
+              "images_per_second": np.float64(n / seconds), "device": np.str_(device_name(dev))}
+    if dev.type == "cuda":
+        arrays["peak_gpu_memory_gib"] = np.float64(peak_memory(dev)["peak_gpu_memory_gib"])
+    for knob in SWEEPS:
+        if knob in main:  # the main setting, for the first row of each sweep table
+            value, label = describe(model, knob, main)
+            arrays.update({f"knob_{knob}": np.float64(value), f"label_{knob}": np.str_(label)})
+    if labels is not None:
+        arrays["labels"] = labels
+    shown = ", ".join(f"{k}={v}" for k, v in main.items())
+    log(f"{family}: {n} samples in {seconds:.2f} s ({n / seconds:.0f} images/s on "
+        f"{device_name(dev)}){f' at {shown}' if shown else ''}")
+    sweep_images, sweep_rates, sweep_values, sweep_labels = [], [], [], []
+    for knob, value in sweep:
+        settings = {**main, knob: value}
+        with autocast(cfg.precision, dev):
+            imgs, _, secs = draw(model, m, bs, p.seed, dev, **settings)
+        number, label = describe(model, knob, settings)
+        sweep_images.append(imgs)
+        sweep_rates.append(m / secs)
+        sweep_values.append(number)
+        sweep_labels.append(label)
+        log(f"{family}: {m} samples at {knob} {label} in {secs:.2f} s ({m / secs:.0f} images/s)")
+    arrays.update(sweep_knob=np.array([k for k, _ in sweep], dtype=str),
+                  sweep_value=np.array(sweep_values, dtype=np.float64),
+                  sweep_label=np.array(sweep_labels, dtype=str),
+                  sweep_images=np.stack(sweep_images) if sweep_images
+                  else np.zeros((0, m, 28, 28), np.uint8),
+                  sweep_images_per_second=np.array(sweep_rates, dtype=np.float64))
+    # timing is over: MLflow's start-up now overlaps writing the files and figures
     with tracking.stage_run("sample", family, p.profile) as run:
         run.log_params(tracking.flatten({"sample": p.sample.model_dump(), "seed": p.seed}))
-        main, sweep = knob_settings(model, p.sample)
-        n, bs, m = p.sample.n, p.sample.batch_size, p.sample.sweep_size()
-        set_precision(cfg.precision)
-        reset_peak_memory(dev)
-        run.wait_started()  # MLflow's start-up must not share the CPU with timed sampling
-        with autocast(cfg.precision, dev):
-            images, labels, seconds = draw(model, n, bs, p.seed, dev, warmup=True, **main)
-        arrays = {"images": images, "seconds": np.float64(seconds),
-                  "images_per_second": np.float64(n / seconds), "device": np.str_(device_name(dev))}
-        if dev.type == "cuda":
-            arrays["peak_gpu_memory_gib"] = np.float64(peak_memory(dev)["peak_gpu_memory_gib"])
-        for knob in SWEEPS:
-            if knob in main:  # the main setting, for the first row of each sweep table
-                value, label = describe(model, knob, main)
-                arrays.update({f"knob_{knob}": np.float64(value), f"label_{knob}": np.str_(label)})
-        if labels is not None:
-            arrays["labels"] = labels
-        shown = ", ".join(f"{k}={v}" for k, v in main.items())
-        log(f"{family}: {n} samples in {seconds:.2f} s ({n / seconds:.0f} images/s on "
-            f"{device_name(dev)}){f' at {shown}' if shown else ''}")
-        sweep_images, sweep_rates, sweep_values, sweep_labels = [], [], [], []
-        for knob, value in sweep:
-            settings = {**main, knob: value}
-            with autocast(cfg.precision, dev):
-                imgs, _, secs = draw(model, m, bs, p.seed, dev, **settings)
-            number, label = describe(model, knob, settings)
-            sweep_images.append(imgs)
-            sweep_rates.append(m / secs)
-            sweep_values.append(number)
-            sweep_labels.append(label)
-            log(f"{family}: {m} samples at {knob} {label} in {secs:.2f} s ({m / secs:.0f} images/s)")
-        arrays.update(sweep_knob=np.array([k for k, _ in sweep], dtype=str),
-                      sweep_value=np.array(sweep_values, dtype=np.float64),
-                      sweep_label=np.array(sweep_labels, dtype=str),
-                      sweep_images=np.stack(sweep_images) if sweep_images
-                      else np.zeros((0, m, 28, 28), np.uint8),
-                      sweep_images_per_second=np.array(sweep_rates, dtype=np.float64))
         write_npz(paths.samples(family), arrays)
 
         out = paths.sample_figures(family)

@@ -50,6 +50,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
         metrics.preload()  # now that training is timed: it loads while the test set is embedded
         test = metrics.embed(judge, mnist.x_test, dev, p.evaluate.batch_size)
+        metrics.save_embedded(test, paths.TEST_EMBEDDING)  # every evaluate stage reads it
         predictions = test.predictions
         per_class = metrics.per_class_accuracy(mnist.y_test, predictions)
         confusion = np.zeros((10, 10), dtype=np.int64)

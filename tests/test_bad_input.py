@@ -311,6 +311,26 @@ def test_classifier_file_corrupted(repo):
     unchanged(repo, before)
 
 
+def test_evaluate_without_test_embedding_says_run_train_classifier(repo):
+    (repo / "models" / "test_embedding.pt").unlink()
+    before = snapshot(repo)
+    fails(invoke("evaluate", "vae"), "models/test_embedding.pt", "trilemma train-classifier")
+    unchanged(repo, before)
+
+
+def test_test_embedding_corrupted_or_for_another_test_set(repo):
+    path = repo / "models" / "test_embedding.pt"
+    good = path.read_bytes()
+    path.write_bytes(b"\x00" * 100)
+    before = snapshot(repo)
+    fails(invoke("evaluate", "vae"), "models/test_embedding.pt", "not a readable embedding")
+    unchanged(repo, before)
+    path.write_bytes(good)
+    write_params(repo / "params.yaml", {"data.test_size": 150})  # the embedding holds 200
+    fails(invoke("evaluate", "vae"), "models/test_embedding.pt", "the test set has 150")
+    unchanged(repo, before)
+
+
 def test_sample_without_model(repo):
     (repo / "models" / "vae.pt").unlink()
     before = snapshot(repo)

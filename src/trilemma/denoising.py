@@ -37,7 +37,9 @@ class DiffusionConfig(TrainConfig):
         return widths
 
 
-FIGURE_STEPS = 20  # DDIM steps of the train stage's figures: 9 frames need no more, and it is fast
+# DDIM steps of the train stage's previews (the grid after each epoch, the figures): they need no
+# more; the sample stage passes its own `sample.steps`
+PREVIEW_STEPS = 20
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +140,8 @@ class Diffusion:
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None, sampler: str = "ddim",
-               steps: int | str = 50, eta: float = 0.0, guidance: float = 3.0) -> torch.Tensor:
+               steps: int | str = PREVIEW_STEPS, eta: float = 0.0,
+               guidance: float = 3.0) -> torch.Tensor:
         """n images from pure noise. steps="ddpm" means the ancestral sampler on all T steps."""
         if steps == "ddpm":
             sampler, steps = "ddpm", self.timesteps
@@ -155,7 +158,7 @@ class Diffusion:
         gen = torch.Generator().manual_seed(0)
         labels = y[:8] if self.conditional else None
         x_T = torch.randn(8, 1, 28, 28, generator=gen)
-        _, kept = self.denoise(x_T, self.timesteps - 1, labels, gen, steps=FIGURE_STEPS,
+        _, kept = self.denoise(x_T, self.timesteps - 1, labels, gen, steps=PREVIEW_STEPS,
                                guidance=1.0, keep=9)
         frames = [(self.timesteps - 1, _images(x_T)), *kept]  # x_T ... x_0
 
@@ -166,7 +169,7 @@ class Diffusion:
             t = int(fraction * (self.timesteps - 1))
             noisy = diffusion.q_sample(real, torch.full((8,), t, device=self.device), noise,
                                        self.alpha_bar)
-            recon, _ = self.denoise(noisy, t, labels, gen, steps=FIGURE_STEPS, guidance=1.0)
+            recon, _ = self.denoise(noisy, t, labels, gen, steps=PREVIEW_STEPS, guidance=1.0)
             mse = (recon.clamp(-1, 1) - real).square().mean().item() / 4  # on the [0,1] scale
             rows.append((t, _images(noisy), _images(recon), mse))
         return {"denoising": denoising_figure(frames),

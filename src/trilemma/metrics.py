@@ -23,6 +23,7 @@ from torch import nn
 
 from trilemma.classifier import Judge
 from trilemma.errors import DataError, brief
+from trilemma.io import atomic_path
 
 KID_SUBSET = 1000  # images per KID subset (fewer when a set is smaller); 100 subsets
 PR_K = 3  # neighbours that set the radius of each point's ball in precision/recall
@@ -66,6 +67,28 @@ def embed(judge: Judge, images: np.ndarray, device: torch.device,
         features.append(f.double().cpu())
         logits.append(judge.head[-1](f).double().cpu())
     return Embedded(torch.cat(features), torch.cat(logits))
+
+
+def save_embedded(embedded: Embedded, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"features": embedded.features, "logits": embedded.logits}, tmp)
+
+
+def load_embedded(path: Path, n: int) -> Embedded:
+    """An embedding written by `save_embedded` (the classifier stage's of the test set), checked
+    to hold n images; DataError naming the file otherwise."""
+    again = "run `trilemma train-classifier` again"
+    if not path.exists():
+        raise DataError(f"{path}: not found; run `trilemma train-classifier` first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        embedded = Embedded(blob["features"], blob["logits"])
+    except Exception as err:
+        raise DataError(f"{path}: not a readable embedding ({brief(err)}); {again}") from None
+    if not (len(embedded.features) == len(embedded.logits) == n):
+        raise DataError(f"{path}: embeds {len(embedded.features)} images, the test set has {n}; "
+                        f"{again}")
+    return embedded
 
 
 def load_inception(path: Path, device: torch.device) -> nn.Module:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 DATA = Path("data/mnist.npz")
 CLASSIFIER = Path("models/classifier.pt")
+TEST_EMBEDDING = Path("models/test_embedding.pt")  # the judge's view of the test set, once
 CLASSIFIER_REPORTS = Path("reports/classifier")
 REAL_METRICS = Path("reports/eval/real/metrics.json")  # the real-data floor
 CHECKPOINTS = Path("checkpoints")  # resumable training state; outside DVC outputs
