@@ -11,7 +11,7 @@ from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsO
 from trilemma import data, families, figures, paths, tracking
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
-from trilemma.runtime import device_name, generator, peak_memory
+from trilemma.runtime import BusySampler, device_name, generator, peak_memory
 from trilemma.train import fit
 
 
@@ -52,9 +52,11 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
             run.log_artifact(out / "grid.png", f"grids/epoch_{row['epoch']:03d}")
 
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
-        history = fit(model, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
-                      name=family, device=dev, seed=p.seed, checkpoint=paths.checkpoint(family),
-                      fingerprint=fingerprint(settings), on_epoch=after_epoch, trace=trace)
+        with BusySampler(dev) as busy:
+            history = fit(model, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train),
+                          cfg, name=family, device=dev, seed=p.seed,
+                          checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
+                          on_epoch=after_epoch, trace=trace)
         families.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
 
@@ -64,7 +66,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                    **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
                       if k not in ("epoch", "seconds")}}
         timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
-                  "device": device_name(dev), **peak_memory(dev)}
+                  "device": device_name(dev), **peak_memory(dev), **busy.summary()}
         write_json(out / "metrics.json", summary)  # results only: identical on every rerun
         write_json(out / "timing.json", timing)
         x_test = torch.from_numpy(mnist.x_test[:5000]).unsqueeze(1).float() / 255

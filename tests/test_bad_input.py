@@ -327,6 +327,7 @@ def test_test_embedding_corrupted_or_for_another_test_set(repo):
     unchanged(repo, before)
     path.write_bytes(good)
     write_params(repo / "params.yaml", {"data.test_size": 150})  # the embedding holds 200
+    before = snapshot(repo)
     fails(invoke("evaluate", "vae"), "models/test_embedding.pt", "the test set has 150")
     unchanged(repo, before)
 

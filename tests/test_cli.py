@@ -108,8 +108,10 @@ def test_train_vae_writes_model_and_reports(chain):
         assert (out / name).is_file(), name
     metrics = read_json(out / "metrics.json")
     assert {"final_loss", "profile", "epochs"} <= set(metrics)
-    assert {"train_seconds", "device", "peak_gpu_memory_gib", "peak_rss_gib"} == set(
-        read_json(out / "timing.json"))
+    timing = read_json(out / "timing.json")
+    assert {"train_seconds", "device", "peak_gpu_memory_gib", "peak_rss_gib", "gpu_busy_percent",
+            "gpu_busy_samples"} == set(timing)
+    assert timing["gpu_busy_percent"] is None and timing["gpu_busy_samples"] == 0  # no GPU
     assert not (root / "checkpoints" / "vae.pt").exists()
 
 

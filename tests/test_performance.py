@@ -14,7 +14,7 @@ from torch import nn
 from benchmarks import stages as stage_table
 from trilemma import families, tracking
 from trilemma.config import TrainConfig, load_params
-from trilemma.runtime import autocast, peak_memory, set_precision
+from trilemma.runtime import BusySampler, autocast, peak_memory, set_precision
 from trilemma.train import adam, fit
 
 CPU = torch.device("cpu")
@@ -150,6 +150,35 @@ def test_peak_memory_reports_process_rss_and_no_gpu_figure_on_cpu():
     assert before["peak_gpu_memory_gib"] is None and after["peak_gpu_memory_gib"] is None
     assert after["peak_rss_gib"] >= before["peak_rss_gib"] > 0.01
     del block
+
+
+def test_busy_sampler_averages_readings_while_the_block_runs():
+    import time
+
+    readings = iter([90.0, 70.0, 80.0] + [80.0] * 1000)
+    with BusySampler(torch.device("cuda"), period=0.01, read=lambda: next(readings)) as busy:
+        time.sleep(0.2)
+    n = len(busy.samples)
+    assert n >= 3 and busy.samples[:3] == [90.0, 70.0, 80.0]
+    summary = busy.summary()
+    assert summary["gpu_busy_samples"] == n
+    assert summary["gpu_busy_percent"] == pytest.approx(sum(busy.samples) / n, abs=0.05)
+    assert len(busy.samples) == n  # stopped with the block
+
+
+def test_busy_sampler_records_nothing_off_the_gpu_or_without_nvml():
+    import time
+
+    with BusySampler(CPU, period=0.01) as cpu:
+        time.sleep(0.05)
+    assert cpu.summary() == {"gpu_busy_percent": None, "gpu_busy_samples": 0}
+
+    def broken():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    with BusySampler(torch.device("cuda"), period=0.01, read=broken) as no_nvml:
+        time.sleep(0.05)
+    assert no_nvml.summary() == {"gpu_busy_percent": None, "gpu_busy_samples": 0}
 
 
 def test_mlflow_artifacts_are_logged_as_they_were_when_logged(tiny_repo):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+from typing import Callable
 
 import numpy as np
 import torch
@@ -80,3 +82,39 @@ def peak_memory(device: torch.device) -> dict[str, float | None]:
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
+
+
+class BusySampler:
+    """The GPU's busy share while a block runs: every `period` seconds a thread reads the share
+    of the last sample interval in which a kernel was running (NVML, via torch.cuda.utilization).
+    Off the GPU, or when NVML cannot be read, it records nothing. `read` replaces the reading."""
+
+    def __init__(self, device: torch.device, period: float = 0.5,
+                 read: Callable[[], float] | None = None):
+        self.period, self.samples = period, []
+        self.read = read or ((lambda: torch.cuda.utilization(device)) if device.type == "cuda"
+                             else None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="gpu-busy", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.samples.append(float(self.read()))
+            except Exception:  # no NVML (driver, container): nothing to report, never a failure
+                return
+
+    def __enter__(self) -> "BusySampler":
+        if self.read is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> dict[str, float | int | None]:
+        mean = sum(self.samples) / len(self.samples) if self.samples else None
+        return {"gpu_busy_percent": None if mean is None else round(mean, 1),
+                "gpu_busy_samples": len(self.samples)}

@@ -1,0 +1,98 @@
+"""The diffusers benchmark on tiny settings: it compares like with like (parameter count, schedule,
+DDIM timesteps) and writes what it measured. Its speed numbers are the benchmark's business, not a
+test's."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import diffusion as bench
+from conftest import write_params
+from trilemma import diffusion, families
+from trilemma.config import load_params
+
+CPU = torch.device("cpu")
+TINY = {"ddpm.widths": [8, 16], "ddpm.timesteps": 20, "ddpm.patch": 2, "ddpm.dropout": 0.0}
+
+
+def theirs_for(cfg) -> bench.Theirs:
+    ours = bench.parameters(families.build("ddpm", cfg, CPU).net)
+    return bench.Theirs(cfg, bench.diffusers_unet(cfg, ours)[0], CPU)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    return load_params(write_params(tmp_path / "params.yaml", TINY)).family("ddpm")
+
+
+@pytest.mark.parametrize("profile_cfg", ["tiny", "quick"])
+def test_diffusers_unet_is_sized_to_ours_within_ten_percent(tmp_path, tiny_cfg, profile_cfg):
+    from pathlib import Path
+
+    cfg = tiny_cfg if profile_cfg == "tiny" else \
+        load_params(Path(__file__).resolve().parents[1] / "params.yaml").family("ddpm")
+    ours = bench.parameters(families.build("ddpm", cfg, CPU).net)
+    net, config = bench.diffusers_unet(cfg, ours)
+    assert abs(bench.parameters(net) - ours) <= 0.1 * ours
+    assert len(config["block_out_channels"]) == len(cfg.widths)
+    assert config["in_channels"] == cfg.patch ** 2 and config["sample_size"] == 28 // cfg.patch
+    x = torch.randn(2, 1, 28, 28)
+    assert net(x, torch.tensor([0, 5])).shape == x.shape  # 28x28x1 in and out, like ours
+
+
+@pytest.mark.parametrize("timesteps", [20, 1000])
+def test_diffusers_schedule_and_ddim_timesteps_are_ours(tiny_cfg, timesteps):
+    cfg = tiny_cfg.model_copy(update={"timesteps": timesteps})
+    theirs = theirs_for(cfg)
+    ours = diffusion.alpha_bars(diffusion.linear_betas(timesteps))
+    # atol: at T = 20 the last beta is 1.0 there, 0.999 here (alpha_bar 0 against 3.5e-8)
+    np.testing.assert_allclose(theirs.train_scheduler.alphas_cumprod.double(), ours, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(theirs.sampler.alphas_cumprod.double(), ours, rtol=1e-5, atol=1e-6)
+    steps = min(bench.DDIM_STEPS, timesteps)
+    theirs.sampler.set_timesteps(steps)
+    assert theirs.sampler.timesteps.tolist() == diffusion.timesteps(timesteps, steps)
+
+
+def test_run_measures_both_sides_and_their_ratio(tiny_cfg):
+    result = bench.run(tiny_cfg, CPU, train_steps=1, warmup=1, sample_batch=2, repeats=2,
+                       batch=4, log=lambda line: None)
+    for side in ("ours", "diffusers"):
+        for kind in ("train", "sample"):
+            rates = result["rounds"][side][kind]
+            assert len(rates) == 2 and all(math.isfinite(r) and r > 0 for r in rates)
+            assert result["median"][side][kind] == pytest.approx(float(np.median(rates)))
+    for kind in ("train", "sample"):
+        assert result["ratio"][kind] == pytest.approx(
+            result["median"]["ours"][kind] / result["median"]["diffusers"][kind])
+    assert abs(result["params"]["diffusers"] - result["params"]["ours"]) <= \
+        0.1 * result["params"]["ours"]
+    assert result["ddim_steps"] == 20  # DDIM-50 needs T >= 50: the tiny T of 20 caps it
+
+
+def test_diffusers_sampling_loop_gives_finite_images_in_range(tiny_cfg):
+    theirs = theirs_for(tiny_cfg)
+    images = theirs.sample(3, torch.Generator().manual_seed(0), steps=5)
+    assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all()
+    assert images.abs().max() <= 1 + 1e-5  # x0 clipped to the data range, as ours
+
+
+def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml", TINY)
+    out = tmp_path / "results"
+    assert bench.main(["--params", str(params), "--device", "cpu", "--train-steps", "1",
+                       "--warmup", "1", "--sample-batch", "2", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    (json_file,) = out.glob("diffusion-cpu-*-quick.json")
+    result = json.loads(json_file.read_text())
+    assert result["device"].startswith("cpu") and result["profile"] == "quick"
+    assert result["diffusers"] and result["torch"] == torch.__version__
+    text = json_file.with_suffix(".md").read_text()
+    assert "ratio ours / diffusers" in text and result["device"] in text
+    assert f"{result['ratio']['train']:.2f}x" in text
+    assert "wrote" in capsys.readouterr().out
