@@ -239,3 +239,19 @@ def test_stage_table_takes_the_latest_successful_run_of_each_stage(tmp_path):
 def test_stage_table_without_a_log_exits_2(tmp_path, capsys):
     assert stage_table.main(["--log", str(tmp_path / "absent.jsonl")]) == 2
     assert "not found" in capsys.readouterr().out
+
+
+def test_scoring_right_after_preload_waits_for_the_background_import():
+    """Two threads importing torchmetrics at once deadlock (Python raises in one of them): a fresh
+    process scores straight after `preload` and must print nothing but the score."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from trilemma import metrics; metrics.preload(); "
+            "g = torch.Generator().manual_seed(0); "
+            "print(metrics.fid(torch.randn(64, 4, generator=g, dtype=torch.float64), "
+            "torch.randn(64, 4, generator=g, dtype=torch.float64)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Exception in thread" not in done.stderr and "Traceback" not in done.stderr
+    assert float(done.stdout.strip().splitlines()[-1]) >= 0

@@ -136,16 +136,28 @@ class _Given(nn.Module):
         return features
 
 
+_preloading: list[threading.Thread] = []
+
+
 def preload() -> None:
     """Import torchmetrics (4-5 s on a CPU: it loads its whole package) on a background thread,
-    so that it loads while the caller embeds images; the scores below import it when needed."""
-    threading.Thread(target=importlib.import_module, args=("torchmetrics.image.fid",),
-                     name="import-torchmetrics", daemon=True).start()
+    so that it loads while the caller reads and embeds images. The scores below wait for that
+    import before importing from it: two threads importing one package can deadlock."""
+    thread = threading.Thread(target=importlib.import_module, args=("torchmetrics",),
+                              name="import-torchmetrics", daemon=True)
+    thread.start()
+    _preloading.append(thread)
+
+
+def _torchmetrics_loaded() -> None:
+    while _preloading:
+        _preloading.pop().join()
 
 
 def fids(real: torch.Tensor, fakes: Iterable[torch.Tensor]) -> list[float]:
     """Frechet distance between the features `real` (n,F) and each feature set in `fakes`;
     the real statistics are computed once."""
+    _torchmetrics_loaded()
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), reset_real_features=False)
@@ -176,6 +188,7 @@ def fid_bootstrap(real: torch.Tensor, fake: torch.Tensor, rounds: int, seed: int
 def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -> tuple[float, float]:
     """Kernel distance (cubic polynomial kernel MMD^2, unbiased) averaged over `subsets` random
     subsets of min(KID_SUBSET, n) images: mean and std over subsets."""
+    _torchmetrics_loaded()
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(KID_SUBSET, len(real), len(fake))
@@ -194,6 +207,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -
 def inception_score(logits: torch.Tensor, seed: int, splits: int = 10) -> tuple[float, float]:
     """exp(E KL(p(y|x) || p(y))) from class logits (n,C): mean and std over `splits` splits.
     With the judge, 10 means confident, evenly spread digits; 1 one class or no confidence."""
+    _torchmetrics_loaded()
     from torchmetrics.image.inception import InceptionScore
 
     with warnings.catch_warnings():
