@@ -31,6 +31,8 @@ def main() -> None:
     ordinary shutdown spends about 2 s per command unloading torch's libraries (24 commands in a
     `dvc repro`); every output is written and closed, and the MLflow run ended, by then. An
     unexpected exception still leaves the ordinary way, with its traceback."""
+    from trilemma import distributed
+
     try:
         app()
         code = 0
@@ -38,6 +40,8 @@ def main() -> None:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         if isinstance(done.code, str):
             print(done.code, file=sys.stderr)
+    if code == 0:  # under torchrun: wait for every rank (after a failure torchrun stops them)
+        distributed.stop()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

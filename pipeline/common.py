@@ -56,8 +56,11 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
     import torch
 
     from pipeline import STARTED
+    from trilemma import distributed
     from trilemma.runtime import peak_memory
 
+    if not distributed.is_main():  # one line per command, from rank 0
+        return
     global _previous_end
     ended = time.time()
     # several commands in one process (tests): only the first one paid for the imports
@@ -89,15 +92,31 @@ def print_settings(settings: dict[str, Any]) -> None:
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    """A progress line; under torchrun from rank 0 only."""
+    from trilemma import distributed
+
+    if distributed.is_main():
+        print(message, flush=True)
 
 
 def setup(params_path: Path, device_choice: str | None):
-    """Validated params, the device, and every RNG seeded: the start of each compute stage."""
+    """Validated params, the device, and every RNG seeded: the start of each compute stage.
+    Under torchrun this process joins the process group, and the device is its own GPU."""
+    from trilemma import distributed
     from trilemma.config import load_params
     from trilemma.runtime import resolve_device, seed_everything
 
     p = load_params(params_path)
-    device = resolve_device(device_choice)
-    seed_everything(p.seed, device)
+    device = distributed.start(resolve_device(device_choice))
+    seed_everything(p.seed, device)  # the same seed on every rank: see `distributed`
     return p, device
+
+
+def single_process(stage: str) -> None:
+    """Stages with nothing to share out refuse torchrun rather than run N times over one file."""
+    from trilemma import distributed
+    from trilemma.errors import ConfigError
+
+    if distributed.launched():
+        raise ConfigError(f"{stage} runs as one process; start it without torchrun "
+                          "(train, train-classifier, sample and evaluate take torchrun)")

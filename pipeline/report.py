@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import DryRunOption, ParamsOption, log, print_settings, user_errors
+from pipeline.common import (DryRunOption, ParamsOption, log, print_settings, single_process,
+                             user_errors)
 from trilemma import paths, tracking
 from trilemma.config import load_params
 
@@ -12,6 +13,7 @@ from trilemma.config import load_params
 @user_errors
 def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = False) -> None:
     """Build reports/README.md and reports/summary.csv for the families in params.yaml."""
+    single_process("report")
     p = load_params(params)
     if dry_run:
         return print_settings({"families": p.families, "output": str(paths.REPORTS / "README.md")})

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import families, figures, latent, paths, tracking
+from trilemma import distributed, families, figures, latent, paths, tracking
 from trilemma.config import SWEEPS, SampleConfig
 from trilemma.io import write_npz
 from trilemma.runtime import (autocast, device_name, generator, peak_memory,
@@ -22,26 +22,41 @@ from trilemma.runtime import (autocast, device_name, generator, peak_memory,
 WARMUP = 64  # images drawn untimed before the first timed run: lazy initialisation, kernels
 
 
+def batch_generator(seed: int, batch: int) -> torch.Generator:
+    """The noise of batch number `batch`: its own stream, so that a batch is the same whichever
+    process draws it (torchrun shares the batches out) and whatever was drawn before it."""
+    return generator(int(np.random.SeedSequence([seed, batch]).generate_state(1)[0]))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    distributed.barrier()
+
+
 def draw(model: families.Family, n: int, batch_size: int, seed: int, device: torch.device,
          warmup: bool = False, **knobs) -> tuple[np.ndarray, np.ndarray | None, float]:
     """n images (n,28,28) uint8, the requested labels (balanced digits) for a conditional family,
-    and the sampling time in seconds (after an untimed warm-up batch if `warmup`)."""
+    and the sampling time in seconds (after an untimed warm-up batch if `warmup`). Under torchrun
+    rank r draws batches r, r+N, ... and every rank gets all n images: the same n images as one
+    process, and the time is the wall time of all of them."""
     labels = torch.arange(n) % 10 if model.conditional else None
     if warmup:
         size = min(batch_size, n, WARMUP)
         model.sample(size, None if labels is None else labels[:size], generator(seed), **knobs)
-    gen = generator(seed)
-    chunks = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    starts = range(0, n, batch_size)
+    _sync(device)
     t0 = time.perf_counter()
-    for start in range(0, n, batch_size):
+    mine = {}
+    for k in range(distributed.rank(), len(starts), distributed.world_size()):
+        start = starts[k]
         batch_labels = None if labels is None else labels[start:start + batch_size]
-        chunks.append(model.sample(min(batch_size, n - start), batch_labels, gen, **knobs).cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        mine[k] = model.sample(min(batch_size, n - start), batch_labels, batch_generator(seed, k),
+                               **knobs).cpu()
+    chunks = distributed.gather_dict(mine)
+    _sync(device)
     seconds = time.perf_counter() - t0
-    images = torch.cat(chunks)[:, 0].numpy()  # (n,28,28)
+    images = torch.cat([chunks[k] for k in range(len(starts))])[:, 0].numpy()  # (n,28,28)
     return images, None if labels is None else labels.numpy(), seconds
 
 
@@ -79,7 +94,7 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     each value of the sweeps the family honours (`sample.truncation_sweep`, `steps_sweep`,
     `guidance_sweep`), and figures to reports/samples/<family>/:
     grid.png (the first `sample.grid` images) and, for latent families, interpolation.png and
-    arithmetic.png."""
+    arithmetic.png. Under torchrun the processes share the batches out; rank 0 writes."""
     p, dev = setup(params, device)
     cfg = p.family(family)
     if dry_run:
@@ -93,7 +108,8 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     with autocast(cfg.precision, dev):
         images, labels, seconds = draw(model, n, bs, p.seed, dev, warmup=True, **main)
     arrays = {"images": images, "seconds": np.float64(seconds),
-              "images_per_second": np.float64(n / seconds), "device": np.str_(device_name(dev))}
+              "images_per_second": np.float64(n / seconds), "device": np.str_(device_name(dev)),
+              "processes": np.int64(distributed.world_size())}
     if dev.type == "cuda":
         arrays["peak_gpu_memory_gib"] = np.float64(peak_memory(dev)["peak_gpu_memory_gib"])
     for knob in SWEEPS:
@@ -116,6 +132,8 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         sweep_values.append(number)
         sweep_labels.append(label)
         log(f"{family}: {m} samples at {knob} {label} in {secs:.2f} s ({m / secs:.0f} images/s)")
+    if not distributed.is_main():  # the other torchrun ranks only draw their batches
+        return
     arrays.update(sweep_knob=np.array([k for k, _ in sweep], dtype=str),
                   sweep_value=np.array(sweep_values, dtype=np.float64),
                   sweep_label=np.array(sweep_labels, dtype=str),

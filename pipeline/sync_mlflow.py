@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import ParamsOption, log, user_errors
+from pipeline.common import ParamsOption, log, single_process, user_errors
 from trilemma.config import load_params
 from trilemma.errors import TrilemmaError, brief
 
@@ -19,6 +19,7 @@ def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
     MLflow, one run each, unless a finished run with the same files is there already (a stage run
     by `dvc repro`, or an earlier sync): running it twice adds nothing. Uses $MLFLOW_TRACKING_URI,
     else sqlite:///mlflow.db in this directory."""
+    single_process("sync-mlflow")
     p = load_params(params)
     from trilemma import tracking
 

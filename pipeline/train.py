@@ -8,7 +8,7 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import data, families, figures, paths, tracking
+from trilemma import data, distributed, families, figures, paths, tracking
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
 from trilemma.runtime import BusySampler, device_name, generator, peak_memory
@@ -21,7 +21,8 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     """Train one family; write models/<family>.pt and reports/train/<family>/ (loss.csv per
     epoch, loss_steps.csv ten points per epoch, metrics.json with the final losses, timing.json
     with the training time and device, grid.png of fixed noise after the last epoch, family
-    figures)."""
+    figures). Under `torchrun --nproc-per-node N --no-python trilemma train <family>` the N
+    processes train data-parallel (the batch size is the global batch); rank 0 writes."""
     p, dev = setup(params, device)
     cfg = p.family(family)
     settings = {family: cfg.model_dump(), "seed": p.seed, "profile": p.profile,
@@ -30,13 +31,24 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         return print_settings({**settings, "device": str(dev)})
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
     model = families.build(family, cfg, dev)
+    x_train, y_train = torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train)
+
+    trace: list[dict] = []  # TRACE_POINTS rows of mean losses per epoch (every rank: collective)
+
+    def train_loop(on_epoch=None) -> list[dict]:
+        return fit(model, x_train, y_train, cfg, name=family, device=dev, seed=p.seed,
+                   checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
+                   on_epoch=on_epoch, trace=trace)
+
+    if not distributed.is_main():  # the other torchrun ranks train their share; rank 0 writes
+        train_loop()
+        return
     out = paths.train_reports(family)
     grid_labels = torch.arange(p.sample.grid) % 10 if model.conditional else None
 
     with tracking.stage_run("train", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))
 
-        trace: list[dict] = []  # TRACE_POINTS rows of mean losses per epoch
         logged = 0
 
         def after_epoch(row: dict) -> None:
@@ -53,10 +65,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
 
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         with BusySampler(dev) as busy:
-            history = fit(model, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train),
-                          cfg, name=family, device=dev, seed=p.seed,
-                          checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
-                          on_epoch=after_epoch, trace=trace)
+            history = train_loop(after_epoch)
         families.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
 
@@ -66,7 +75,8 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                    **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
                       if k not in ("epoch", "seconds")}}
         timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
-                  "device": device_name(dev), **peak_memory(dev), **busy.summary()}
+                  "device": device_name(dev), "processes": distributed.world_size(),
+                  **peak_memory(dev), **busy.summary()}
         write_json(out / "metrics.json", summary)  # results only: identical on every rerun
         write_json(out / "timing.json", timing)
         x_test = torch.from_numpy(mnist.x_test[:5000]).unsqueeze(1).float() / 255

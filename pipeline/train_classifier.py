@@ -10,7 +10,7 @@ import torch
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
 from pipeline.evaluate import describe, metrics_json
-from trilemma import data, figures, paths, tracking
+from trilemma import data, distributed, figures, paths, tracking
 from trilemma.classifier import ClassifierTrainee, load_judge, save_judge
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
@@ -36,14 +36,21 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
     steps = cfg.epochs * (len(mnist.x_train) // min(cfg.batch_size, len(mnist.x_train)))
     trainee = ClassifierTrainee(cfg, dev, total_steps=steps)
+    x_train, y_train = torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train)
+
+    def train_loop(on_epoch=None) -> list[dict]:
+        return fit(trainee, x_train, y_train, cfg, name="classifier", device=dev, seed=p.seed,
+                   checkpoint=paths.checkpoint("classifier"), fingerprint=fingerprint(settings),
+                   on_epoch=on_epoch)
+
+    if not distributed.is_main():  # the other torchrun ranks train their share; rank 0 writes
+        train_loop()
+        return
     out = paths.CLASSIFIER_REPORTS
     with tracking.stage_run("train-classifier", None, p.profile) as run:
         run.log_params(tracking.flatten({**settings, **scoring}))
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
-        history = fit(trainee, torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train), cfg,
-                      name="classifier", device=dev, seed=p.seed,
-                      checkpoint=paths.checkpoint("classifier"), fingerprint=fingerprint(settings),
-                      on_epoch=lambda row: run.log_metrics(row, step=row["epoch"]))
+        history = train_loop(lambda row: run.log_metrics(row, step=row["epoch"]))
         save_judge(trainee.net, cfg, paths.CLASSIFIER)
         paths.checkpoint("classifier").unlink(missing_ok=True)
 

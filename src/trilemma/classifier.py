@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trilemma import distributed
 from trilemma.config import ClassifierConfig
 from trilemma.errors import DataError, brief
 from trilemma.io import atomic_path
@@ -48,7 +49,7 @@ class Judge(nn.Module):
 def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     """Translate each image by up to `max_shift` pixels (zero fill): x (B,1,28,28)."""
     b, _, h, w = x.shape
-    shift = torch.randint(-max_shift, max_shift + 1, (b, 2), device=x.device).float()
+    shift = distributed.randint(-max_shift, max_shift + 1, b, 2, device=x.device).float()
     theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     theta[:, 0, 2] = -2 * shift[:, 0] / w
@@ -70,7 +71,7 @@ class ClassifierTrainee:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.cfg.augment:
             x = random_shift(x)
-        logits = self.net(x)
+        logits = self.nets["judge"](x)
         loss = F.cross_entropy(logits, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

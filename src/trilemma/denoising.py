@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from trilemma import diffusion
+from trilemma import diffusion, distributed
 from trilemma.config import TrainConfig
 from trilemma.train import adam
 
@@ -70,13 +70,13 @@ class Diffusion:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x0 = (x * 2 - 1).contiguous(memory_format=torch.channels_last)  # (B,1,28,28) in [-1,1]
-        t = torch.randint(0, self.timesteps, (len(x),), device=x.device)
-        noise = torch.randn_like(x0)
+        t = distributed.randint(0, self.timesteps, len(x), device=x.device)
+        noise = distributed.randn_like(x0)
         labels = None
         if self.conditional:  # drop labels so that one net also learns the unconditional model
-            drop = torch.rand(len(y), device=y.device) < self.label_dropout
+            drop = distributed.rand(len(y), device=y.device) < self.label_dropout
             labels = torch.where(drop, self._null(y), y)
-        eps = self.net(diffusion.q_sample(x0, t, noise, self.alpha_bar), t, labels)
+        eps = self.nets["unet"](diffusion.q_sample(x0, t, noise, self.alpha_bar), t, labels)
         loss = F.mse_loss(eps, noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

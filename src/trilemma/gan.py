@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from trilemma import latent
+from trilemma import distributed, latent
 from trilemma.config import TrainConfig
 from trilemma.train import adam
 
@@ -29,7 +29,7 @@ class GANConfig(TrainConfig):
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """E[(||grad critic(x_hat)||_2 - 1)^2] at random points x_hat between real and fake samples:
     keeps the critic near 1-Lipschitz, as the Wasserstein distance's dual form requires."""
-    eps = torch.rand(len(real), 1, 1, 1, device=real.device)  # (B,1,1,1)
+    eps = distributed.rand(len(real), 1, 1, 1, device=real.device)  # (B,1,1,1)
     mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
@@ -68,18 +68,19 @@ class GAN:
         return torch.cat([x, maps], dim=1)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        g, d = self.nets["generator"], self.nets["discriminator"]  # DDP-wrapped under torchrun
         real = x * 2 - 1  # (B,1,28,28) in [-1,1], the generator's tanh range
-        z = torch.randn(len(x), self.latent_dim, device=x.device)
-        fake = self.g(self._g_input(z, y))  # fakes get the batch's labels: same label distribution
+        z = distributed.randn(len(x), self.latent_dim, device=x.device)
+        fake = g(self._g_input(z, y))  # fakes get the batch's labels: same label distribution
         real_in, fake_in = self._d_input(real, y), self._d_input(fake, y)
 
-        d_real, d_fake = self.d(real_in), self.d(fake_in.detach())  # (B,) each
+        d_real, d_fake = d(real_in), d(fake_in.detach())  # (B,) each
         if self.game == "bce":
             d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                       + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
             logs = {"d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
         else:
-            penalty = gradient_penalty(self.d, real_in, fake_in.detach())
+            penalty = gradient_penalty(d, real_in, fake_in.detach())
             d_loss = d_fake.mean() - d_real.mean() + self.gp_weight * penalty
             logs = {"wasserstein": d_real.mean() - d_fake.mean(), "gradient_penalty": penalty}
         self.opt_d.zero_grad(set_to_none=True)
@@ -88,11 +89,13 @@ class GAN:
         logs["d_loss"] = d_loss
 
         if self.steps % self.n_critic == 0:
-            score = self.d(fake_in)
-            g_loss = (F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
-                      if self.game == "bce" else -score.mean())  # non-saturating / critic score
-            self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()  # also leaves gradients in D; its next zero_grad clears them
+            # D's gradients from this backward are discarded (its next zero_grad): not synced
+            with distributed.no_sync(d):
+                score = d(fake_in)
+                g_loss = (F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
+                          if self.game == "bce" else -score.mean())  # non-saturating / critic
+                self.opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
             self.opt_g.step()
             logs["g_loss"] = g_loss
         self.steps += 1

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trilemma import distributed
 from trilemma.classifier import Judge
 from trilemma.errors import DataError, brief
 from trilemma.io import atomic_path
@@ -57,9 +58,13 @@ def _batches(images: np.ndarray | torch.Tensor, batch_size: int, device: torch.d
 
 @torch.no_grad()
 def embed(judge: Judge, images: np.ndarray, device: torch.device,
-          batch_size: int = 1000) -> Embedded:
+          batch_size: int = 1000, shard: bool = False) -> Embedded:
     """The judge's penultimate features (the FID space) and logits of uint8 images (n,[1,]28,28),
-    on the CPU in float64."""
+    on the CPU in float64. shard=True (every torchrun rank must call it): each rank embeds a
+    contiguous share and all of them get the whole."""
+    if shard and distributed.active():
+        part = embed(judge, images[distributed.contiguous_share(len(images))], device, batch_size)
+        return Embedded(distributed.gather_rows(part.features), distributed.gather_rows(part.logits))
     judge.eval()
     features, logits = [], []
     for batch in _batches(images, batch_size, device):

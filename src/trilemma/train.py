@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from trilemma import distributed
 from trilemma.config import TrainConfig
 from trilemma.errors import TrainingDiverged, brief
 from trilemma.io import atomic_path
@@ -30,6 +31,9 @@ def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] =
 
 
 class Trainee(Protocol):
+    # the networks trained. `train_step` calls each through this dict (`self.nets["unet"](x)`):
+    # under torchrun `fit` puts their DistributedDataParallel wrappers here while it trains.
+    # Sampling, EMA and state dicts use the plain modules.
     nets: dict[str, nn.Module]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -80,6 +84,7 @@ def _add(sums: dict[str, torch.Tensor], counts: dict[str, int], losses: dict[str
 
 
 def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+    sums = distributed.average(sums)  # across ranks: every rank counts the same steps
     return {k: float(v) / counts[k] for k, v in sums.items()}  # a host sync
 
 
@@ -93,7 +98,12 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     seconds. If `trace` is a list, TRACE_POINTS rows of mean losses per epoch (step, fractional
     epoch) are appended to it, and kept in the checkpoint. The whole data set moves to `device`
     once, as uint8: batches are index lookups, no loader. cfg.precision and cfg.compile apply
-    here, so every trainee gets them without a line of its own."""
+    here, so every trainee gets them without a line of its own.
+
+    Under torchrun (`distributed`), every rank runs this with the same data and seed; cfg.batch_size
+    is the global batch, of which each rank trains on its share through DistributedDataParallel.
+    Only rank 0 prints, writes the checkpoint and calls `on_epoch`; every rank must pass the
+    same arguments otherwise (`trace` included: its means are averaged across ranks)."""
     set_precision(cfg.precision)
     if cfg.compile:
         for net in trainee.nets.values():
@@ -102,7 +112,9 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     x = x_train.to(device)  # (N,28,28) uint8
     y = y_train.to(device)  # (N,)
     n = len(x)
-    batch = min(cfg.batch_size, n)
+    batch = min(cfg.batch_size, n)  # the global batch: this rank trains on `share` of each
+    distributed.check_batch(batch, name)
+    main = distributed.is_main()
     full = n // batch  # drop the ragged last batch: BatchNorm and GAN steps want full batches
     epochs = cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / full))
     shuffle = torch.Generator().manual_seed(seed)
@@ -115,9 +127,27 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         history, start = state["history"], state["epoch"] + 1
         if trace is not None:
             trace[:] = state.get("trace", [])
-        print(f"{name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+        if main:
+            print(f"{name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
 
-    show_bar = sys.stderr.isatty()
+    plain = dict(trainee.nets)
+    trainee.nets.update(distributed.wrap(plain, device))
+    try:
+        _epochs(trainee, x, y, cfg, name, device, shuffle, start, epochs, full, batch, history,
+                checkpoint, fingerprint, on_epoch if main else None, trace)
+    finally:
+        trainee.nets.update(plain)
+    return history
+
+
+def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, name: str,
+            device: torch.device, shuffle: torch.Generator, start: int, epochs: int, full: int,
+            batch: int, history: list[dict[str, float]], checkpoint: Path, fingerprint: str,
+            on_epoch: Callable[[dict[str, float]], None] | None,
+            trace: list[dict[str, float]] | None) -> None:
+    """The epochs of `fit` from `start`, appending to `history` (and `trace`)."""
+    n, main = len(x), distributed.is_main()
+    show_bar = main and sys.stderr.isatty()
     for epoch in range(start, epochs + 1):
         # every epoch is a full pass, except a last one cut short by `max_steps`
         steps = full if cfg.max_steps is None else min(full, cfg.max_steps - (epoch - 1) * full)
@@ -129,7 +159,7 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         t0 = time.perf_counter()
         for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{epochs}", disable=not show_bar,
                       leave=False):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = distributed.share(order[i * batch:(i + 1) * batch])  # this rank's rows
             xb = x[idx].unsqueeze(1).float().div_(255)  # (B,1,28,28) in [0,1]
             # channels_last: with 1 channel only the strides change, but they pick oneDNN's fast
             # convolutions for the nets kept in that layout (1.2-1.7x on a CPU)
@@ -154,6 +184,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
                                    f"{epoch}; training stopped, {kept}")
         row = {"epoch": epoch, **means, "seconds": round(seconds, 2)}
         history.append(row)
+        if not main:
+            continue
         losses = "  ".join(f"{k}={v:.4g}" for k, v in means.items())
         print(f"{name} epoch {epoch}/{epochs}  {losses}  ({seconds:.1f} s)", flush=True)
         with atomic_path(checkpoint) as tmp:
@@ -162,4 +194,3 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
                         "trace": trace or []}, tmp)
         if on_epoch is not None:
             on_epoch(row)
-    return history

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from trilemma import latent
+from trilemma import distributed, latent
 from trilemma.config import TrainConfig
 from trilemma.train import adam
 
@@ -39,6 +39,12 @@ class ConvVAE(nn.Module):
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return mean, logvar
 
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Decoder logits of x encoded and reparameterised with `noise` (B,L), mean, log-variance."""
+        mean, logvar = self.encode(x)  # (B,L) each
+        z = mean + noise * (0.5 * logvar).exp()  # reparameterisation
+        return self.decoder(z), mean, logvar
+
 
 class VAE:
     conditional = False
@@ -53,9 +59,8 @@ class VAE:
         self.opt = adam(self.net.parameters(), cfg.lr)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        mean, logvar = self.net.encode(x)  # (B,L) each
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterisation
-        logits = self.net.decoder(z)
+        noise = distributed.randn(len(x), self.latent_dim, device=x.device)
+        logits, mean, logvar = self.nets["vae"](x, noise)
         # per-image sums, batch means: the ELBO in nats per image
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
         kl = -0.5 * (1 + logvar - mean.square() - logvar.exp()).sum() / len(x)

@@ -1,0 +1,291 @@
+"""Parallel experiments, end to end: two `dvc exp run --queue` experiments with different seeds,
+run by `dvc queue start -j 2`, every stage logging to one `mlflow server` on loopback through
+MLFLOW_TRACKING_URI. Tiny settings and two families (vae, dcgan) keep it near two minutes
+on a 2-core CPU.
+
+Checks: both experiments succeed and `dvc exp show` lines up their (different) metrics; the server
+holds one FINISHED run per (stage, family) for each experiment, tagged with its DVC experiment name
+and the baseline commit, with the same numbers as the experiment's metric files; and no local
+SQLite store appeared in the repository or in the queue's temporary workspaces.
+Also that every run lands in the one 'trilemma' MLflow experiment, although both experiments'
+first stages race to create it on the fresh server.
+
+Skipped only where the `mlflow` CLI or `git` cannot be found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import write_params
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PATH = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+MLFLOW = shutil.which("mlflow", path=PATH)
+GIT = shutil.which("git", path=PATH)
+pytestmark = [
+    pytest.mark.skipif(MLFLOW is None, reason="the `mlflow` CLI is not on PATH (nor in the venv)"),
+    pytest.mark.skipif(GIT is None, reason="`git` not found: `dvc exp run --queue` needs a git repo"),
+]
+
+COPIED = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
+          "src", "pipeline"]
+FAMILIES = ["vae", "dcgan"]
+SEEDS = {"seed1": 1, "seed2": 2}  # DVC experiment name -> its seed
+STAGES = ["download", "train-classifier", *[f"{stage}:{family}" for family in FAMILIES
+                                            for stage in ("train", "sample", "evaluate")], "report"]
+METRIC = "fid_classifier"
+SERVER_START_S = 60
+QUEUE_S = 420  # both experiments took 80 s on an idle 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """The server, then whatever is left of the process group it leads (its uvicorn worker)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` on a free loopback port with its own SQLite store and proxied artifacts:
+    (base URL, process, log path). It comes up (~10 s of imports) while the repo is prepared;
+    `wait_healthy` is called before the queue starts. Always stopped at the end."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = root / "server.log"
+    env = {**os.environ, "PATH": PATH, "MLFLOW_DISABLE_TELEMETRY": "true",
+           # no huey job consumers: tracking does not use them, and they cost start-up CPU
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+             "--artifacts-destination", str(root / "artifacts")],
+            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        yield base, process, log
+    finally:
+        stop_group(process)
+
+
+def wait_healthy(base: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            state = (f"exited with {process.returncode}" if process.poll() is not None
+                     else f"not healthy after {SERVER_START_S} s")
+            pytest.fail(f"mlflow server {state}; its output:\n"
+                        f"{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.25)
+
+
+def command(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True,
+            timeout: float = 120) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def local_stores(root: Path) -> list[str]:
+    """MLflow's embedded store anywhere under the repo, the queue's workspaces included."""
+    return sorted(str(p.relative_to(root)) for pattern in ("mlflow.db", "mlartifacts")
+                  for p in root.rglob(pattern))
+
+
+def queue_states(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """`dvc queue status` as {experiment name: Queued | Running | Success | Failed}."""
+    states = {}
+    for line in command(["dvc", "queue", "status"], root, env).splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[1] in SEEDS:
+            states[words[1]] = words[-1]
+    return states
+
+
+@pytest.fixture(scope="module")
+def queued(tmp_path_factory, server):
+    """A git repo copy with tiny params, two queued experiments run by two workers against the
+    server: a dict with the repo root, the env, the baseline commit, each experiment's
+    `dvc queue logs`, and every local store seen while they ran."""
+    base, process, log = server
+    root = tmp_path_factory.mktemp("queue-repo")
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / name)
+    (root / ".dvc/.gitignore").write_text("/config.local\n/tmp\n/cache\n")  # as `dvc init` writes
+    write_params(root / "params.yaml", {"families": FAMILIES})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env.update({"PATH": PATH, "MLFLOW_TRACKING_URI": base, "TRILEMMA_DEVICE": "cpu",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "OMP_NUM_THREADS": "1"})  # two jobs on two cores: one thread each
+    for cmd in (["init", "-q"], ["config", "user.name", "trilemma test"],
+                ["config", "user.email", "test@trilemma.invalid"], ["add", "-A"],
+                ["commit", "-q", "-m", "baseline"]):
+        command([GIT, *cmd], root, env)
+    tracked = command([GIT, "ls-files"], root, env).split()
+    assert "params.yaml" in tracked and not any(p.startswith(("data/", "models/")) for p in tracked)
+    baseline = command([GIT, "rev-parse", "--short=12", "HEAD"], root, env).strip()
+
+    for name, seed in SEEDS.items():
+        command(["dvc", "exp", "run", "--queue", "-S", f"seed={seed}", "-n", name], root, env)
+    wait_healthy(base, process, log)
+    started = time.monotonic()
+    seen_stores: set[str] = set()
+    try:
+        command(["dvc", "queue", "start", "-j", "2"], root, env)
+        # cheap polling: the experiments' git refs appear as they succeed; `dvc queue status`
+        # (a second of CPU each) only every 15 s, to notice a failure early
+        states: dict[str, str] = {}
+        last_status = time.monotonic()
+        while True:
+            seen_stores.update(local_stores(root))
+            refs = command([GIT, "for-each-ref", "--format=%(refname)", "refs/exps"], root, env)
+            done = set(SEEDS) <= {ref.rsplit("/", 1)[-1] for ref in refs.split()}
+            if done or time.monotonic() - last_status > 15:
+                states = queue_states(root, env)
+                last_status = time.monotonic()
+                if all(states.get(name) in ("Success", "Failed") for name in SEEDS):
+                    break
+            if time.monotonic() - started > QUEUE_S:
+                break
+            time.sleep(1)
+        seen_stores.update(local_stores(root))
+        logs = {name: command(["dvc", "queue", "logs", name], root, env, check=False)
+                for name in SEEDS}
+        failed = {name: state for name, state in states.items() if state != "Success"}
+        assert set(states) == set(SEEDS) and not failed, (
+            f"queue states after {time.monotonic() - started:.0f} s: {states}\n" + "\n".join(
+                f"--- dvc queue logs {name} ---\n{logs[name][-6000:]}" for name in SEEDS))
+        print(f"both experiments done in {time.monotonic() - started:.0f} s")
+        yield {"root": root, "env": env, "baseline": baseline, "logs": logs,
+               "seen_stores": sorted(seen_stores), "base": base}
+    finally:
+        # idle workers exit by themselves after a while; a failure may leave one busy
+        command(["dvc", "queue", "stop", "--kill"], root, env, check=False, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def shown(queued) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name: {metrics file: its data}}."""
+    out = command(["dvc", "exp", "show", "--json"], queued["root"], queued["env"])
+    found = {}
+    for baseline in json.loads(out):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                if rev.get("name") in SEEDS:
+                    metrics = (rev.get("data") or {}).get("metrics") or {}
+                    found[rev["name"]] = {path: entry.get("data") for path, entry in metrics.items()}
+    return found
+
+
+@pytest.fixture(scope="module")
+def runs(queued) -> list:
+    """Every run on the server, whatever its experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=queued["base"])
+    experiments = client.search_experiments()
+    experiment_names = {e.experiment_id: e.name for e in experiments}
+    found = client.search_runs([e.experiment_id for e in experiments], max_results=1000)
+    for run in found:
+        run.experiment_name = experiment_names[run.info.experiment_id]
+    return found
+
+
+def test_both_queued_experiments_succeed_with_their_own_metrics(queued, shown):
+    assert set(shown) == set(SEEDS), f"dvc exp show lists {sorted(shown)}, not {sorted(SEEDS)}"
+    for family in FAMILIES:
+        path = f"reports/eval/{family}/metrics.json"
+        values = {}
+        for name in SEEDS:
+            data = shown[name].get(path)
+            assert data and isinstance(data.get(METRIC), float), (name, path, data)
+            values[name] = data[METRIC]
+        assert values["seed1"] != values["seed2"], f"{family}: same {METRIC} for both seeds {values}"
+    for name, log in queued["logs"].items():
+        assert "Running stage 'report'" in log, f"{name} did not reach the report stage:\n{log}"
+
+
+def test_server_holds_every_stage_of_both_experiments(queued, shown, runs):
+    by_key = {}
+    for run in runs:
+        tags = run.data.tags
+        key = (tags.get("dvc_exp"), run.info.run_name)
+        assert key not in by_key, f"two runs {key} on the server"
+        by_key[key] = run
+    expected = {(name, stage) for name in SEEDS for stage in STAGES}
+    assert expected <= by_key.keys(), f"missing runs: {sorted(expected - by_key.keys())}"
+    for (name, stage), run in sorted(by_key.items()):
+        assert run.info.status == "FINISHED", (name, stage, run.info.status)
+        tags = run.data.tags
+        family = stage.split(":")[1] if ":" in stage else "-"
+        assert (tags["stage"], tags["family"]) == (stage.split(":")[0], family), (name, stage, tags)
+        assert tags["git_commit"] == queued["baseline"], (name, stage, tags["git_commit"])
+        assert tags["profile"] == "quick"
+    for name, seed in SEEDS.items():
+        for family in FAMILIES:
+            train = by_key[(name, f"train:{family}")]
+            assert train.data.params.get("seed") == str(seed), (name, family, train.data.params)
+            evaluate = by_key[(name, f"evaluate:{family}")]
+            on_disk = shown[name][f"reports/eval/{family}/metrics.json"][METRIC]
+            assert evaluate.data.metrics[METRIC] == pytest.approx(on_disk), (name, family)
+
+
+def test_every_run_lands_in_the_trilemma_experiment(runs):
+    """Both experiments' first stages start together on a fresh server and race to create the
+    MLflow experiment; the loser must still log into it, not into 'Default'."""
+    misplaced = sorted((r.data.tags.get("dvc_exp"), r.info.run_name, r.experiment_name)
+                       for r in runs if r.experiment_name != "trilemma")
+    assert not misplaced, (
+        f"runs outside the 'trilemma' experiment: {misplaced}. A stage that lost the race to "
+        "create the experiment (mlflow.set_experiment returns early on RESOURCE_ALREADY_EXISTS "
+        "without making it active) logs into 'Default'")
+
+
+def test_runs_went_to_the_server_not_a_local_store(queued):
+    assert not queued["seen_stores"], f"local MLflow stores appeared: {queued['seen_stores']}"
+    assert not local_stores(queued["root"])
+    for name, log in queued["logs"].items():
+        assert "warning: MLflow" not in log, f"{name} ran (partly) untracked:\n{log}"
+        assert queued["base"] in log, f"{name}'s stages do not name the server:\n{log}"
