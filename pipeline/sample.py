@@ -36,11 +36,11 @@ def _sync(device: torch.device) -> None:
 
 def draw(model: families.Family, n: int, batch_size: int, seed: int, device: torch.device,
          warmup: bool = False, **knobs) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """n images (n,28,28) uint8, the requested labels (balanced digits) for a conditional family,
+    """n images (n,C,S,S) uint8, the requested labels (balanced classes) for a conditional family,
     and the sampling time in seconds (after an untimed warm-up batch if `warmup`). Under torchrun
     rank r draws batches r, r+N, ... and every rank gets all n images: the same n images as one
     process, and the time is the wall time of all of them."""
-    labels = torch.arange(n) % 10 if model.conditional else None
+    labels = torch.arange(n) % model.image.num_classes if model.conditional else None
     if warmup:
         size = min(batch_size, n, WARMUP)
         model.sample(size, None if labels is None else labels[:size], generator(seed), **knobs)
@@ -56,7 +56,7 @@ def draw(model: families.Family, n: int, batch_size: int, seed: int, device: tor
     chunks = distributed.gather_dict(mine)
     _sync(device)
     seconds = time.perf_counter() - t0
-    images = torch.cat([chunks[k] for k in range(len(starts))])[:, 0].numpy()  # (n,28,28)
+    images = torch.cat([chunks[k] for k in range(len(starts))]).numpy()  # (n,C,S,S)
     return images, None if labels is None else labels.numpy(), seconds
 
 
@@ -138,7 +138,7 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                   sweep_value=np.array(sweep_values, dtype=np.float64),
                   sweep_label=np.array(sweep_labels, dtype=str),
                   sweep_images=np.stack(sweep_images) if sweep_images
-                  else np.zeros((0, m, 28, 28), np.uint8),
+                  else np.zeros((0, m, *images.shape[1:]), np.uint8),
                   sweep_images_per_second=np.array(sweep_rates, dtype=np.float64))
     # timing is over: MLflow's start-up now overlaps writing the files and figures
     with tracking.stage_run("sample", family, p.profile) as run:
@@ -151,7 +151,8 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         if isinstance(model, families.LatentFamily):
             for name, make, cols in (("interpolation", latent.interpolation, 10),
                                      ("arithmetic", latent.arithmetic, 9)):
-                grid = make(model.generate, model.latent_dim, model.conditional, generator(p.seed))
+                classes = model.image.num_classes if model.conditional else 0
+                grid = make(model.generate, model.latent_dim, classes, generator(p.seed))
                 figures.save_grid(grid.cpu(), out / f"{name}.png", nrow=cols)
                 written.append(out / f"{name}.png")
         log(f"wrote {paths.samples(family)} and {', '.join(f.name for f in written)} in {out}")

@@ -29,9 +29,9 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                 "data": p.data.model_dump()}
     if dry_run:
         return print_settings({**settings, "device": str(dev)})
-    mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
-    model = families.build(family, cfg, dev)
-    x_train, y_train = torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train)
+    images = data.load_npz(paths.DATA, p.data)
+    model = families.build(family, cfg, dev, images.spec)
+    x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
 
     trace: list[dict] = []  # TRACE_POINTS rows of mean losses per epoch (every rank: collective)
 
@@ -44,7 +44,8 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         train_loop()
         return
     out = paths.train_reports(family)
-    grid_labels = torch.arange(p.sample.grid) % 10 if model.conditional else None
+    grid_labels = torch.arange(p.sample.grid) % images.spec.num_classes if model.conditional \
+        else None
 
     with tracking.stage_run("train", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))
@@ -79,8 +80,8 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                   **peak_memory(dev), **busy.summary()}
         write_json(out / "metrics.json", summary)  # results only: identical on every rerun
         write_json(out / "timing.json", timing)
-        x_test = torch.from_numpy(mnist.x_test[:5000]).unsqueeze(1).float() / 255
-        for name, fig in model.figures(x_test, torch.from_numpy(mnist.y_test[:5000])).items():
+        x_test = torch.from_numpy(images.x_test[:5000]).float() / 255  # (n,C,S,S)
+        for name, fig in model.figures(x_test, torch.from_numpy(images.y_test[:5000])).items():
             figures.save_figure(fig, out / f"{name}.png")
             run.log_artifact(out / f"{name}.png")
         run.log_reports("train", family)

@@ -9,9 +9,10 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
-from pipeline.evaluate import describe, metrics_json
+from pipeline.evaluate import describe, metrics_json, metrics_json_without_judge
 from trilemma import data, distributed, figures, paths, tracking
-from trilemma.classifier import ClassifierTrainee, load_judge, save_judge
+from trilemma.classifier import (ClassifierTrainee, load_judge, pixel_stats, save_judge,
+                                 save_no_judge)
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
 from trilemma.runtime import device_name, generator, peak_memory
@@ -21,8 +22,10 @@ from trilemma.train import fit
 @user_errors
 def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceOption = "auto",
                      dry_run: DryRunOption = False) -> None:
-    """Train the judge CNN; write models/classifier.pt, reports/classifier/, and the real-data floor
-    reports/eval/real/metrics.json (FID of a train subset against the test set)."""
+    """Train the judge CNN on the data set's classes; write models/classifier.pt, the judge's view
+    of the test set models/test_embedding.pt, reports/classifier/, and the real-data floor
+    reports/eval/real/metrics.json (FID of a train subset against the test set). Images without
+    labels get no judge: the files then say why, and the floor is Inception's alone."""
     p, dev = setup(params, device)
     cfg = p.classifier
     settings = {"classifier": cfg.model_dump(), "seed": p.seed, "profile": p.profile,
@@ -33,10 +36,13 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     from trilemma import metrics
 
     inception = metrics.inception(p.evaluate.inception_weights, dev)  # a bad file fails here
-    mnist = data.load_npz(paths.DATA, p.data.train_size, p.data.test_size)
-    steps = cfg.epochs * (len(mnist.x_train) // min(cfg.batch_size, len(mnist.x_train)))
-    trainee = ClassifierTrainee(cfg, dev, total_steps=steps)
-    x_train, y_train = torch.from_numpy(mnist.x_train), torch.from_numpy(mnist.y_train)
+    images = data.load_npz(paths.DATA, p.data)
+    if not images.spec.labelled:
+        return no_judge(images, inception, p, dev)
+    steps = cfg.epochs * (len(images.x_train) // min(cfg.batch_size, len(images.x_train)))
+    trainee = ClassifierTrainee(cfg, dev, steps, images.spec,
+                                *pixel_stats(images.x_train, images.source))
+    x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
 
     def train_loop(on_epoch=None) -> list[dict]:
         return fit(trainee, x_train, y_train, cfg, name="classifier", device=dev, seed=p.seed,
@@ -51,32 +57,35 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         run.log_params(tracking.flatten({**settings, **scoring}))
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         history = train_loop(lambda row: run.log_metrics(row, step=row["epoch"]))
-        save_judge(trainee.net, cfg, paths.CLASSIFIER)
+        save_judge(trainee.net, cfg, images.spec, paths.CLASSIFIER)
         paths.checkpoint("classifier").unlink(missing_ok=True)
 
         judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
         metrics.preload()  # now that training is timed: it loads while the test set is embedded
-        test = metrics.embed(judge, mnist.x_test, dev, p.evaluate.batch_size)
+        test = metrics.embed(judge, images.x_test, dev, p.evaluate.batch_size)
         metrics.save_embedded(test, paths.TEST_EMBEDDING)  # every evaluate stage reads it
         predictions = test.predictions
-        per_class = metrics.per_class_accuracy(mnist.y_test, predictions)
-        confusion = np.zeros((10, 10), dtype=np.int64)
-        np.add.at(confusion, (mnist.y_test, predictions), 1)
-        accuracy = float((predictions == mnist.y_test).mean())
+        classes = images.spec.classes
+        per_class = metrics.per_class_accuracy(images.y_test, predictions, classes)
+        confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+        np.add.at(confusion, (images.y_test, predictions), 1)
+        accuracy = float((predictions == images.y_test).mean())
         summary = {"test_accuracy": round(accuracy, 6),
                    "min_class_accuracy": min(r["accuracy"] for r in per_class),
-                   "epochs": cfg.epochs, "profile": p.profile}
+                   "epochs": cfg.epochs, "classes": list(classes), "data": images.description,
+                   "profile": p.profile}
         timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
                   "device": device_name(dev), **peak_memory(dev)}
         write_json(out / "metrics.json", summary)  # results only: identical on every rerun
         write_json(out / "timing.json", timing)
         write_csv(out / "per_class.csv", per_class)
         write_csv(out / "history.csv", history)
-        figures.save_figure(figures.confusion_figure(confusion), out / "confusion.png")
-        log(f"classifier test accuracy {accuracy:.4f} (lowest digit "
+        figures.save_figure(figures.confusion_figure(confusion, list(classes)),
+                            out / "confusion.png")
+        log(f"classifier test accuracy {accuracy:.4f} (lowest class "
             f"{summary['min_class_accuracy']:.4f})")
 
-        floor = real_data_floor(judge, test, inception, mnist, p, dev)
+        floor = real_data_floor(judge, test, inception, images, p, dev)
         write_json(paths.REAL_METRICS, {**floor, "profile": p.profile})
         log(f"real-data floor ({floor['n']} train images against the test set): "
             f"{describe(floor)}")
@@ -85,19 +94,53 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
             run.log_artifact(out / name)
 
 
-def real_data_floor(judge, test, inception: tuple, mnist: data.Mnist, p, dev: torch.device) -> dict:
+def real_data_floor(judge, test, inception: tuple, images: data.ImageData, p,
+                    dev: torch.device) -> dict:
     """What a perfect generator would score: a random train subset of the samples' size
     (`sample.n`), measured like a family's samples against the test set (`test`: its judge
     embedding). No model can be told apart from real data by less than this."""
     from trilemma import metrics
 
-    n = min(p.sample.n, len(mnist.x_train))
-    pick = torch.randperm(len(mnist.x_train), generator=generator(p.seed))[:n].numpy()
-    real = metrics.embed(judge, mnist.x_train[pick], dev, p.evaluate.batch_size)
+    n = min(p.sample.n, len(images.x_train))
+    pick = torch.randperm(len(images.x_train), generator=generator(p.seed))[:n].numpy()
+    real = metrics.embed(judge, images.x_train[pick], dev, p.evaluate.batch_size)
     scores = metrics.score_set(test, real, None, p.seed)
     bootstrap = metrics.fid_bootstrap(test.features, real.features, p.evaluate.bootstrap,
                                       p.seed) if p.evaluate.bootstrap else None
     net, note = inception
-    scores_inception = metrics.inception_scores(net, note, mnist.x_test, mnist.x_train[pick], dev,
-                                                p.seed)
+    scores_inception = metrics.inception_scores(net, note, images.x_test, images.x_train[pick],
+                                                dev, p.seed)
     return {**metrics_json(scores, bootstrap, scores_inception), "n": n}
+
+
+def no_judge(images: data.ImageData, inception: tuple, p, dev: torch.device) -> None:
+    """Unlabelled images: no classifier can be trained. Every output of the stage is still
+    written, saying why, so the pipeline goes on; the floor is Inception's when it is there."""
+    from trilemma import metrics
+
+    reason = (f"{images.description} has no class labels (no class subfolders), so no judge "
+              "classifier was trained and its scores (FID/KID/IS/precision/recall/class "
+              "coverage in judge features) cannot be computed")
+    log(f"no judge: {reason}")
+    save_no_judge(reason, images.spec, paths.CLASSIFIER)
+    metrics.save_embedded(metrics.Embedded(torch.zeros(0, 0), torch.zeros(0, 0)),
+                          paths.TEST_EMBEDDING)
+    out = paths.CLASSIFIER_REPORTS
+    write_json(out / "metrics.json", {"judge": False, "reason": reason, "data": images.description,
+                                      "profile": p.profile})
+    write_json(out / "timing.json", {"train_seconds": 0.0, "device": device_name(dev)})
+    write_csv(out / "per_class.csv", [], columns=["digit", "class", "n", "correct", "accuracy"])
+    write_csv(out / "history.csv", [], columns=["epoch", "loss"])
+    figures.save_figure(figures.message_figure(f"no judge: {reason}"), out / "confusion.png")
+    n = min(p.sample.n, len(images.x_train))
+    pick = torch.randperm(len(images.x_train), generator=generator(p.seed))[:n].numpy()
+    net, note = inception
+    floor = metrics.inception_scores(net, note, images.x_test, images.x_train[pick], dev, p.seed)
+    write_json(paths.REAL_METRICS, {**metrics_json_without_judge(floor, reason), "n": n,
+                                    "profile": p.profile})
+    log(f"real-data floor ({n} train images against the test set): "
+        + (f"Inception FID {floor['fid_inception']:.3f}" if floor["fid_inception"] is not None
+           else f"n/a ({note})"))
+    with tracking.stage_run("train-classifier", None, p.profile) as run:
+        run.log_params({"judge": "none", "reason": reason})
+        run.log_reports("train-classifier", None)

@@ -92,15 +92,15 @@ def mnist_npz(tmp_path_factory, mnist) -> Path:
     """The real data set as a verified npz, written once per session."""
     from trilemma.data import save_npz
 
-    path = tmp_path_factory.mktemp("data") / "mnist.npz"
+    path = tmp_path_factory.mktemp("data") / "images.npz"
     save_npz(mnist, path)
     return path
 
 
 def make_repo(root: Path, npz: Path) -> Path:
-    """A repo layout under `root`: data/mnist.npz linked to `npz`, tiny params.yaml."""
+    """A repo layout under `root`: data/images.npz linked to `npz`, tiny params.yaml."""
     (root / "data").mkdir(parents=True, exist_ok=True)
-    os.symlink(npz, root / "data" / "mnist.npz")
+    os.symlink(npz, root / "data" / "images.npz")
     write_params(root / "params.yaml")
     return root
 

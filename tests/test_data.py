@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from trilemma import data
+from trilemma.config import DataConfig
 from trilemma.errors import DataError
 
 TORCHVISION_NAMES = {
@@ -31,7 +32,9 @@ def idx_gz(arr: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def mirror(mnist):
     """A local HTTP mirror serving the four MNIST files; yields (url, [(name, md5)])."""
-    blobs = {name: idx_gz(getattr(mnist, key)) for name, key in TORCHVISION_NAMES.items()}
+    # the mirrors' image files are (N,28,28): no channel axis
+    blobs = {name: idx_gz(getattr(mnist, key).squeeze(1) if key.startswith("x") else
+                          getattr(mnist, key)) for name, key in TORCHVISION_NAMES.items()}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -111,18 +114,19 @@ def test_fetch_online_rejects_wrong_md5(mirror):
 def test_load_npz_round_trip_and_size_cut(mnist_npz, mnist):
     full = data.load_npz(mnist_npz)
     assert data.digest(full) == data.MNIST_SHA256
-    cut = data.load_npz(mnist_npz, train_size=100, test_size=30)
-    assert cut.x_train.shape == (100, 28, 28) and cut.y_train.shape == (100,)
-    assert cut.x_test.shape == (30, 28, 28) and cut.y_test.shape == (30,)
+    cut = data.load_npz(mnist_npz, DataConfig(train_size=100, test_size=30))
+    assert cut.x_train.shape == (100, 1, 28, 28) and cut.y_train.shape == (100,)
+    assert cut.x_test.shape == (30, 1, 28, 28) and cut.y_test.shape == (30,)
+    assert cut.spec == data.MNIST_SPEC and cut.source == "mnist"
     assert np.array_equal(cut.x_train, mnist.x_train[:100])
     assert np.array_equal(cut.y_test, mnist.y_test[:30])
 
 
 def test_load_npz_rejects_corrupted_pixels_by_sha256(tmp_path, mnist):
     x_train = mnist.x_train.copy()
-    x_train[123, 10, 10:14] ^= 0xFF  # flipped bytes; shapes and class counts stay right
-    bad = data.Mnist(x_train, mnist.y_train, mnist.x_test, mnist.y_test)
-    path = tmp_path / "mnist.npz"
+    x_train[123, 0, 10, 10:14] ^= 0xFF  # flipped bytes; shapes and class counts stay right
+    bad = data.ImageData(x_train, mnist.y_train, mnist.x_test, mnist.y_test)
+    path = tmp_path / "images.npz"
     data.save_npz(bad, path)
     with pytest.raises(DataError, match="sha256"):
         data.load_npz(path)
@@ -131,14 +135,14 @@ def test_load_npz_rejects_corrupted_pixels_by_sha256(tmp_path, mnist):
 def test_load_npz_rejects_wrong_class_counts(tmp_path, mnist):
     y_test = mnist.y_test.copy()
     y_test[0] = (y_test[0] + 1) % 10
-    path = tmp_path / "mnist.npz"
-    data.save_npz(data.Mnist(mnist.x_train, mnist.y_train, mnist.x_test, y_test), path)
+    path = tmp_path / "images.npz"
+    data.save_npz(data.ImageData(mnist.x_train, mnist.y_train, mnist.x_test, y_test), path)
     with pytest.raises(DataError, match="class counts"):
         data.load_npz(path)
 
 
 def test_load_npz_truncated_file_is_data_error_naming_path(tmp_path, mnist_npz):
-    path = tmp_path / "mnist.npz"
+    path = tmp_path / "images.npz"
     path.write_bytes(mnist_npz.read_bytes()[:100_000])
     with pytest.raises(DataError, match=str(path)):
         data.load_npz(path)
@@ -153,3 +157,9 @@ def test_parse_idx_rejects_truncated_file():
     raw = gzip.decompress(idx_gz(np.zeros((2, 28, 28), np.uint8)))
     with pytest.raises(DataError, match="truncated"):
         data._parse_idx(raw[:-1])
+
+
+def test_load_npz_refuses_data_other_than_params_ask_for(mnist_npz):
+    cfg = DataConfig(source="image_folder", folder="faces", image_size=64, channels=3)
+    with pytest.raises(DataError, match="image_folder, 64px, 3.*trilemma download"):
+        data.load_npz(mnist_npz, cfg)

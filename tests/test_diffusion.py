@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from trilemma import diffusion, families
+from trilemma.data import ImageSpec
 from trilemma.nets.unet import UNet, timestep_embedding
 
 CPU = torch.device("cpu")
@@ -386,6 +387,21 @@ def test_guidance_runs_one_doubled_batch_or_a_single_pass(guidance, calls, batch
             assert torch.equal(y, torch.full((6,), 10))
         else:
             assert torch.equal(y, labels)
+
+
+def test_guidance_with_three_classes_cycles_them_and_uses_token_three_for_no_label():
+    torch.manual_seed(0)
+    image = ImageSpec(3, 16, ("a", "b", "c"))
+    model = families.build("cfg_diffusion", families.REGISTRY["cfg_diffusion"].Config(**TINY), CPU,
+                           image)
+    assert model.net.label.num_embeddings == 4  # three classes and "no label"
+    jiggle(model.ema)
+    record = CallRecorder(model.ema)
+    images = model.sample(5, generator=gen(0), steps=2, guidance=3.0)
+    assert images.shape == (5, 3, 16, 16) and images.dtype == torch.uint8
+    for x, _, y in record.calls:
+        assert x.shape == (10, 3, 16, 16)
+        assert torch.equal(y, torch.cat([torch.arange(5) % 3, torch.full((5,), 3)]))
 
 
 def test_ddpm_sampler_calls_its_net_without_labels():

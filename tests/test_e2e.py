@@ -24,9 +24,8 @@ def run(cmd: list[str], cwd: Path) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("repo")
+def copy_repo(root: Path) -> Path:
+    """The files `dvc repro` needs, copied to `root`."""
     for name in COPIED:
         src = REPO / name
         if src.is_dir():
@@ -34,6 +33,12 @@ def repo(tmp_path_factory) -> Path:
         else:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = copy_repo(tmp_path_factory.mktemp("repo"))
     write_params(root / "params.yaml")  # the project's params with conftest's tiny settings
     run(["git", "init", "-q"], root)
     return root

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trilemma import families
-from trilemma.errors import DataError, TrainingDiverged
+from trilemma.data import MNIST_SPEC, ImageSpec
+from trilemma.errors import ConfigError, DataError, TrainingDiverged
 from trilemma.train import fit
 
 CPU = torch.device("cpu")
@@ -22,13 +23,13 @@ def tiny_config(name: str, **overrides):
     return config(**{k: v for k, v in {**SMALL, **overrides}.items() if k in fields})
 
 
-def build(name: str, seed: int = 0, **overrides):
+def build(name: str, seed: int = 0, image: ImageSpec = MNIST_SPEC, **overrides):
     torch.manual_seed(seed)
-    return families.build(name, tiny_config(name, **overrides), CPU)
+    return families.build(name, tiny_config(name, **overrides), CPU, image)
 
 
 def labels_for(model, n: int):
-    return torch.arange(n) % 10 if model.conditional else None
+    return torch.arange(n) % model.image.num_classes if model.conditional else None
 
 
 def params_of(model) -> dict[str, torch.Tensor]:
@@ -43,13 +44,13 @@ def same_params(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.fixture(scope="module")
 def batch(mnist):
     """A real batch: x (8,1,28,28) float in [0,1], y (8,) int64."""
-    x = torch.from_numpy(mnist.x_train[:8]).unsqueeze(1).float() / 255
+    x = torch.from_numpy(mnist.x_train[:8]).float() / 255  # the data set's (N,C,S,S) layout
     return x, torch.from_numpy(mnist.y_train[:8])
 
 
 @pytest.fixture(scope="module")
 def small_set(mnist):
-    """128 training images as fit() takes them: x (128,28,28) uint8, y (128,) int64."""
+    """128 training images as fit() takes them: x (128,1,28,28) uint8, y (128,) int64."""
     return torch.from_numpy(mnist.x_train[:128]), torch.from_numpy(mnist.y_train[:128])
 
 
@@ -125,6 +126,71 @@ def test_saved_family_loads_only_with_the_same_config(name, batch, tmp_path):
         families.load(name, tiny_config(name, lr=2e-3), tmp_path / "m.pt", CPU)
     with pytest.raises(DataError, match="not found"):
         families.load(name, cfg, tmp_path / "absent.pt", CPU)
+
+
+def test_saved_family_keeps_its_image_spec_and_old_files_ask_for_a_retrain(tmp_path):
+    image = ImageSpec(3, 16, ("a", "b"))
+    model = build("dcgan", image=image)
+    cfg = tiny_config("dcgan")
+    families.save(model, "dcgan", cfg, tmp_path / "m.pt")
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert blob["image"] == image.as_dict()
+    loaded = families.load("dcgan", cfg, tmp_path / "m.pt", CPU)
+    assert loaded.image == image and same_params(params_of(loaded), params_of(model))
+    del blob["image"]  # as saved before image specs were recorded
+    torch.save(blob, tmp_path / "old.pt")
+    with pytest.raises(DataError, match="run `trilemma train dcgan` again"):
+        families.load("dcgan", cfg, tmp_path / "old.pt", CPU)
+
+
+# --- other image shapes: every family at any square size, 1 or 3 channels, any classes -------
+
+RGB64 = ImageSpec(3, 64, ("a", "b", "c"))
+RGB32_UNLABELLED = ImageSpec(3, 32, ())
+GREY16 = ImageSpec(1, 16, ("a", "b"))
+CONDITIONAL = [name for name in FAMILIES if build(name).conditional]
+SHAPES = [(name, image) for image in (RGB64, RGB32_UNLABELLED, GREY16) for name in FAMILIES
+          if image.labelled or name not in CONDITIONAL]
+
+
+@pytest.mark.parametrize("name, image", SHAPES,
+                         ids=[f"{n}-{i.channels}x{i.size}-{i.num_classes}" for n, i in SHAPES])
+def test_family_trains_and_samples_at_other_image_shapes(name, image):
+    model = build(name, image=image)
+    assert model.image == image
+    c, s = image.channels, image.size
+    x = torch.rand(4, c, s, s, generator=torch.Generator().manual_seed(0)) \
+        .contiguous(memory_format=torch.channels_last)  # as fit() gives it
+    y = torch.arange(4) % image.num_classes if image.labelled else torch.zeros(4, dtype=torch.long)
+    losses = model.train_step(x, y)
+    assert all(torch.isfinite(v) for v in losses.values())
+    fast = {"steps": 2} if "steps" in model.knobs else {}  # diffusion: 2 DDIM steps suffice here
+    images = model.sample(4, labels_for(model, 4), torch.Generator().manual_seed(0), **fast)
+    assert images.dtype == torch.uint8 and images.shape == (4, c, s, s)
+
+
+@pytest.mark.parametrize("name", CONDITIONAL)
+def test_conditional_family_refuses_unlabelled_images_in_one_line(name):
+    with pytest.raises(ConfigError, match=f"{name} is conditional and needs class labels") as err:
+        build(name, image=RGB32_UNLABELLED)
+    assert "\n" not in str(err.value) and "params.yaml `families`" in str(err.value)
+
+
+@pytest.mark.parametrize("name, size", [("dcgan", 7), ("dcgan", 9), ("wgan_gp", 6), ("cgan", 9),
+                                        ("vae", 9)])
+def test_size_the_conv_networks_cannot_halve_is_a_config_error(name, size):
+    with pytest.raises(ConfigError, match="data.image_size") as err:
+        build(name, image=ImageSpec(1, size, ("a", "b")))
+    assert str(size) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "cfg_diffusion"])
+def test_unet_patch_must_divide_the_image_size(name):
+    with pytest.raises(ConfigError, match=f"{name}.patch 2 .*data.image_size 15"):
+        build(name, image=ImageSpec(1, 15, ("a", "b")), patch=2)
+    model = build(name, image=ImageSpec(1, 15, ("a", "b")), patch=1)  # odd sizes work unpatched
+    images = model.sample(2, labels_for(model, 2), torch.Generator().manual_seed(0), steps=2)
+    assert images.shape == (2, 1, 15, 15)
 
 
 def test_vae_figures_give_latent_scatter_only_for_two_dims(batch):

@@ -12,6 +12,7 @@ from torch import nn
 
 from trilemma import families
 from trilemma.config import TrainConfig
+from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import TrainingDiverged
 from trilemma.gan import gradient_penalty
 from trilemma.nets import dcgan as dcgan_nets
@@ -21,9 +22,10 @@ CPU = torch.device("cpu")
 TINY = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 8, "latent_dim": 4}
 
 
-def build(name: str, seed: int = 0, **overrides):
+def build(name: str, seed: int = 0, image: ImageSpec = MNIST_SPEC, **overrides):
     torch.manual_seed(seed)
-    return families.build(name, families.REGISTRY[name].Config(**{**TINY, **overrides}), CPU)
+    return families.build(name, families.REGISTRY[name].Config(**{**TINY, **overrides}), CPU,
+                          image)
 
 
 def fake_batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +91,18 @@ def test_conditional_discriminator_input_adds_ten_constant_label_channels():
     maps = d_in[:, 1:]
     assert torch.equal(maps, maps[:, :, :1, :1].expand_as(maps))  # constant over each map
     torch.testing.assert_close(maps[:, :, 0, 0], F.one_hot(labels, 10).float())
+
+
+def test_conditioning_is_as_wide_as_the_number_of_classes():
+    model = build("cgan", image=ImageSpec(3, 32, ("cat", "dog", "bird")))
+    labels = torch.tensor([2, 0, 1])
+    assert model._g_input(torch.randn(3, 4), labels).shape == (3, 4 + 3)
+    x = torch.rand(3, 3, 32, 32)
+    d_in = model._d_input(x, labels)
+    assert d_in.shape == (3, 3 + 3, 32, 32)
+    torch.testing.assert_close(d_in[:, 3:, 5, 7], F.one_hot(labels, 3).float())
+    # the default labels cycle through the three classes
+    assert model.generate(torch.randn(4, 4)).shape == (4, 3, 32, 32)
 
 
 def test_unconditional_game_passes_inputs_unchanged():
@@ -206,7 +220,7 @@ class EveryOtherStep:
 
 
 def test_fit_averages_a_loss_over_the_steps_that_reported_it(tmp_path):
-    x, y = torch.zeros(64, 28, 28, dtype=torch.uint8), torch.zeros(64, dtype=torch.int64)
+    x, y = torch.zeros(64, 1, 28, 28, dtype=torch.uint8), torch.zeros(64, dtype=torch.int64)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3)  # 8 steps per epoch
     history = fit(EveryOtherStep(), x, y, cfg, name="toy", device=CPU, seed=0,
                   checkpoint=tmp_path / "ck.pt", fingerprint="fp")
@@ -220,7 +234,7 @@ def test_fit_averages_a_loss_over_the_steps_that_reported_it(tmp_path):
 def test_fit_stops_on_a_gan_nan_loss_and_keeps_the_last_good_checkpoint(name, tmp_path):
     model = build(name)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g)
+    x = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8, generator=g)  # (N,C,S,S)
     y = torch.randint(0, 10, (32,), generator=g)
     checkpoint = tmp_path / "ck.pt"
 

@@ -89,14 +89,14 @@ def test_slerp_keeps_the_norm_of_equal_norm_inputs():
 
 def test_interpolation_is_rows_times_cols_uint8_images():
     model = tiny_family("dcgan")
-    images = latent.interpolation(model.generate, model.latent_dim, False, gen(0), rows=3, cols=5)
+    images = latent.interpolation(model.generate, model.latent_dim, 0, gen(0), rows=3, cols=5)
     assert images.shape == (15, 1, 28, 28) and images.dtype == torch.uint8
 
 
 def test_interpolation_rows_run_between_two_latents():
     model = tiny_family("dcgan")
     record = Recorder(model.generate)
-    latent.interpolation(record, model.latent_dim, False, gen(0), rows=3, cols=5)
+    latent.interpolation(record, model.latent_dim, 0, gen(0), rows=3, cols=5)
     (z, labels), = record.calls
     z = z.reshape(3, 5, model.latent_dim)
     a, b = latent.noise(3, 4, g := gen(0)), latent.noise(3, 4, g)
@@ -107,25 +107,26 @@ def test_interpolation_rows_run_between_two_latents():
 
 def test_arithmetic_is_rows_times_cols_uint8_images():
     model = tiny_family("dcgan")
-    images = latent.arithmetic(model.generate, model.latent_dim, False, gen(0), rows=2, cols=3)
+    images = latent.arithmetic(model.generate, model.latent_dim, 0, gen(0), rows=2, cols=3)
     assert images.shape == (6, 1, 28, 28) and images.dtype == torch.uint8
 
 
-def test_row_labels_give_row_i_digit_i_mod_10():
-    labels = latent.row_labels(12, 3, conditional=True)
+@pytest.mark.parametrize("classes", [10, 3])
+def test_row_labels_give_row_i_class_i_mod_classes(classes):
+    labels = latent.row_labels(12, 3, classes)
     assert labels.shape == (36,) and labels.dtype == torch.int64
-    assert torch.equal(labels.reshape(12, 3), (torch.arange(12) % 10)[:, None].expand(12, 3))
-    assert latent.row_labels(12, 3, conditional=False) is None
+    assert torch.equal(labels.reshape(12, 3), (torch.arange(12) % classes)[:, None].expand(12, 3))
+    assert latent.row_labels(12, 3, 0) is None  # unconditional
 
 
 @pytest.mark.parametrize("make, cols", [(latent.interpolation, 4), (latent.arithmetic, 3)])
 def test_conditional_figure_rows_ask_for_digit_i_mod_10(make, cols):
     model = tiny_family("cgan")
     record = Recorder(model.generate)
-    images = make(record, model.latent_dim, True, gen(0), rows=12, cols=cols)
+    images = make(record, model.latent_dim, model.image.num_classes, gen(0), rows=12, cols=cols)
     assert images.shape == (12 * cols, 1, 28, 28) and images.dtype == torch.uint8
     _, labels = record.calls[-1]  # the figure's own call (arithmetic first probes the ink)
-    assert torch.equal(labels, latent.row_labels(12, cols, True))
+    assert torch.equal(labels, latent.row_labels(12, cols, 10))
     # the labels reach the generator: a different digit gives a different image
     z = record.calls[-1][0][:1]
     assert not torch.equal(model.generate(z, torch.tensor([0])), model.generate(z, torch.tensor([1])))
@@ -140,9 +141,16 @@ def ink_of_first_axis(z: torch.Tensor, labels: torch.Tensor | None = None) -> to
 
 
 def test_ink_direction_points_along_the_axis_that_controls_ink():
-    bold = latent.ink_direction(ink_of_first_axis, 8, False, gen(0))
+    bold = latent.ink_direction(ink_of_first_axis, 8, 0, gen(0))
     assert bold.shape == (8,)
     assert bold[0] > 0  # towards more ink
     assert bold[0] / bold.norm() > 0.95
     # top vs bottom 10% of a standard normal: about 2 * 1.75 apart
     assert bold[0] == pytest.approx(3.5, abs=0.3)
+
+
+def test_ink_direction_asks_a_conditional_family_for_every_class_in_turn():
+    record = Recorder(ink_of_first_axis)
+    latent.ink_direction(record, 8, 3, gen(0), n=30)
+    (_, labels), = record.calls
+    assert torch.equal(labels, torch.arange(30) % 3)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 from conftest import write_params
+from test_e2e import copy_repo
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PATH = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 MLFLOW = shutil.which("mlflow", path=PATH)
@@ -40,8 +40,6 @@ pytestmark = [
     pytest.mark.skipif(GIT is None, reason="`git` not found: `dvc exp run --queue` needs a git repo"),
 ]
 
-COPIED = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
-          "src", "pipeline"]
 FAMILIES = ["vae", "dcgan"]
 SEEDS = {"seed1": 1, "seed2": 2}  # DVC experiment name -> its seed
 STAGES = ["download", "train-classifier", *[f"{stage}:{family}" for family in FAMILIES
@@ -145,14 +143,7 @@ def queued(tmp_path_factory, server):
     server: a dict with the repo root, the env, the baseline commit, each experiment's
     `dvc queue logs`, and every local store seen while they ran."""
     base, process, log = server
-    root = tmp_path_factory.mktemp("queue-repo")
-    for name in COPIED:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, root / name)
+    root = copy_repo(tmp_path_factory.mktemp("queue-repo"))
     (root / ".dvc/.gitignore").write_text("/config.local\n/tmp\n/cache\n")  # as `dvc init` writes
     write_params(root / "params.yaml", {"families": FAMILIES})
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}

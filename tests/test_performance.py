@@ -50,7 +50,7 @@ class Recorder:
 
 
 def run_fit(tmp_path: Path, trainee, **cfg) -> list[dict]:
-    x = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    x = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (64,))
     config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, **cfg)
     return fit(trainee, x, y, config, name="t", device=CPU, seed=0,

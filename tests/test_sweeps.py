@@ -131,9 +131,9 @@ def test_metrics_json_rounds_every_score_and_adds_bootstrap_histogram_and_incept
 
 
 def test_scored_sets_add_the_first_sweep_n_main_images_when_sweeps_are_smaller():
-    images = np.arange(6 * 28 * 28, dtype=np.uint8).reshape(6, 28, 28)
+    images = np.arange(6 * 28 * 28, dtype=np.uint8).reshape(6, 1, 28, 28)
     labels = np.arange(6) % 10
-    sweep = np.zeros((2, 4, 28, 28), np.uint8)
+    sweep = np.zeros((2, 4, 1, 28, 28), np.uint8)
     sets, set_labels, main_index = scored_sets(
         {"images": images, "labels": labels, "sweep_images": sweep})
     assert [len(s) for s in sets] == [6, 4, 4, 4] and main_index == 1
@@ -143,9 +143,9 @@ def test_scored_sets_add_the_first_sweep_n_main_images_when_sweeps_are_smaller()
 
 
 def test_scored_sets_reuse_the_main_images_when_sweeps_have_the_same_n():
-    images = np.zeros((4, 28, 28), np.uint8)
+    images = np.zeros((4, 1, 28, 28), np.uint8)
     sets, set_labels, main_index = scored_sets(
-        {"images": images, "sweep_images": np.ones((1, 4, 28, 28), np.uint8)})
+        {"images": images, "sweep_images": np.ones((1, 4, 1, 28, 28), np.uint8)})
     assert len(sets) == 2 and main_index == 0 and set_labels == [None, None]
 
 
@@ -190,7 +190,7 @@ def uint8_images(n: int, seed: int, low: float = 0, high: float = 255) -> np.nda
     """Noisy flat images whose brightness is drawn per image from [low, high]: sets that differ
     in brightness differ in the judge's features even untrained."""
     rng = np.random.default_rng(seed)
-    level = rng.uniform(low, high, (n, 1, 1)) + rng.normal(0, 20, (n, 28, 28))
+    level = rng.uniform(low, high, (n, 1, 1, 1)) + rng.normal(0, 20, (n, 1, 28, 28))
     return level.clip(0, 255).astype(np.uint8)
 
 
@@ -206,26 +206,17 @@ def test_fids_of_several_sets_equal_separate_fid_calls(judge):
     assert together[1] < 0.9 * together[0] < 0.9 * together[2]
 
 
-def test_embed_accepts_images_with_a_channel_axis(judge):
-    images = uint8_images(48, 0)
-    flat = metrics.embed(judge, images, CPU, batch_size=20)
-    channel = metrics.embed(judge, images[:, None], CPU, batch_size=20)  # (n,1,28,28)
-    assert flat.features.shape == channel.features.shape == (48, 8)
-    torch.testing.assert_close(channel.features, flat.features, rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(channel.logits, flat.logits, rtol=1e-6, atol=1e-9)
-    assert flat.features.std(0).max() > 0  # the images get different features
-    fake = metrics.embed(judge, uint8_images(48, 1, high=100), CPU).features
-    assert metrics.fid(channel.features, fake) == pytest.approx(metrics.fid(flat.features, fake),
-                                                                rel=1e-6)
-
-
 # --- per-class tables ------------------------------------------------------------------------
+
+DIGITS = tuple("0123456789")
+
 
 def test_generated_per_class_without_labels_is_a_histogram():
     predictions = np.array([0, 0, 1, 3, 3, 3, 9, 9])
-    rows = metrics.generated_per_class(predictions)
+    rows = metrics.generated_per_class(predictions, DIGITS)
     assert [r["digit"] for r in rows] == list(range(10))
-    assert all(set(r) == {"digit", "generated", "fraction"} for r in rows)
+    assert [r["class"] for r in rows] == list(DIGITS)
+    assert all(set(r) == {"digit", "class", "generated", "fraction"} for r in rows)
     assert [r["generated"] for r in rows] == [2, 1, 0, 3, 0, 0, 0, 0, 0, 2]
     assert [r["fraction"] for r in rows] == [0.25, 0.125, 0, 0.375, 0, 0, 0, 0, 0, 0.25]
 
@@ -233,8 +224,9 @@ def test_generated_per_class_without_labels_is_a_histogram():
 def test_generated_per_class_with_labels_adds_accuracy_of_requested_digits():
     labels = np.array([0, 0, 1, 1, 3, 3, 3, 9])
     predictions = np.array([0, 5, 1, 7, 3, 3, 0, 9])
-    rows = metrics.generated_per_class(predictions, labels)
-    assert all(set(r) == {"digit", "generated", "fraction", "requested", "correct", "accuracy"}
+    rows = metrics.generated_per_class(predictions, DIGITS, labels)
+    assert all(set(r) == {"digit", "class", "generated", "fraction", "requested", "correct",
+                          "accuracy"}
                for r in rows)
     by_digit = {r["digit"]: r for r in rows}
     assert (by_digit[0]["requested"], by_digit[0]["correct"], by_digit[0]["accuracy"]) == (2, 1, 0.5)

@@ -1,17 +1,21 @@
-"""The judge: a small CNN trained on MNIST whose features and softmax score every generator."""
+"""The judge: a small CNN trained on the data set's classes whose features and softmax score every
+generator. Images without labels get no judge: `load_judge` then says why, and the scores fall
+back to Inception-V3 where its weights are present."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trilemma import distributed
 from trilemma.config import ClassifierConfig
-from trilemma.errors import DataError, brief
+from trilemma.data import MNIST_SPEC, ImageSpec
+from trilemma.errors import DataError, NoJudge, brief
 from trilemma.io import atomic_path
 from trilemma.train import adam
 
@@ -24,30 +28,36 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Judge(nn.Module):
-    """Three conv stages and a dense feature layer; `features` is the space FID is computed in."""
+    """Three conv stages and a dense feature layer; `features` is the space FID is computed in.
+    Inputs are standardised with the training images' pixel `mean` and `std` (MNIST's by default)."""
 
-    def __init__(self, width: int = 32, features: int = 128):
+    def __init__(self, width: int = 32, features: int = 128, image: ImageSpec = MNIST_SPEC,
+                 mean: float = MNIST_MEAN, std: float = MNIST_STD):
         super().__init__()
-        w = width
+        w, self.mean, self.std = width, mean, std
+        grid = image.size // 8  # after three 2x2 poolings (28 -> 3)
+        last_pool: nn.Module = nn.MaxPool2d(2)
+        if grid > 4:  # large images: average down to 4x4 so the dense layer stays small
+            last_pool, grid = nn.Sequential(nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(4)), 4
         self.body = nn.Sequential(
-            _conv_block(1, w), nn.MaxPool2d(2),  # (B,w,14,14)
-            _conv_block(w, 2 * w), nn.MaxPool2d(2),  # (B,2w,7,7)
-            _conv_block(2 * w, 4 * w), nn.MaxPool2d(2),  # (B,4w,3,3)
-            nn.Flatten(), nn.Linear(4 * w * 9, features), nn.ReLU(inplace=True),  # (B,F)
+            _conv_block(image.channels, w), nn.MaxPool2d(2),  # (B,w,S/2,S/2)
+            _conv_block(w, 2 * w), nn.MaxPool2d(2),  # (B,2w,S/4,S/4)
+            _conv_block(2 * w, 4 * w), last_pool,  # (B,4w,g,g): 3x3 for 28x28
+            nn.Flatten(), nn.Linear(4 * w * grid * grid, features), nn.ReLU(inplace=True),  # (B,F)
         )
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(features, 10))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(features, image.num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B,1,28,28) in [0,1] -> (B,F)."""
-        x = ((x - MNIST_MEAN) / MNIST_STD).contiguous(memory_format=torch.channels_last)
+        """x (B,C,S,S) in [0,1] -> (B,F)."""
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return self.body(x)  # channels_last: ~1.4x faster convolutions on CPU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # (B,10) logits
+        return self.head(self.features(x))  # (B,K) logits
 
 
 def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
-    """Translate each image by up to `max_shift` pixels (zero fill): x (B,1,28,28)."""
+    """Translate each image by up to `max_shift` pixels (zero fill): x (B,C,S,S)."""
     b, _, h, w = x.shape
     shift = distributed.randint(-max_shift, max_shift + 1, b, 2, device=x.device).float()
     theta = torch.zeros(b, 2, 3, device=x.device)
@@ -61,9 +71,11 @@ def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
 class ClassifierTrainee:
     """The judge as a trainee of the generic loop; one-cycle LR over all `total_steps`."""
 
-    def __init__(self, cfg: ClassifierConfig, device: torch.device, total_steps: int):
-        self.cfg = cfg
-        self.net = Judge(cfg.width, cfg.features).to(device, memory_format=torch.channels_last)
+    def __init__(self, cfg: ClassifierConfig, device: torch.device, total_steps: int,
+                 image: ImageSpec = MNIST_SPEC, mean: float = MNIST_MEAN, std: float = MNIST_STD):
+        self.cfg, self.image = cfg, image
+        self.net = Judge(cfg.width, cfg.features, image, mean, std).to(
+            device, memory_format=torch.channels_last)
         self.nets = {"judge": self.net}
         self.opt = adam(self.net.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.opt, cfg.lr, total_steps=total_steps)
@@ -90,20 +102,43 @@ class ClassifierTrainee:
         self.schedule.load_state_dict(state["schedule"])
 
 
-def save_judge(net: Judge, cfg: ClassifierConfig, path: str | Path) -> None:
+def pixel_stats(images: np.ndarray, source: str) -> tuple[float, float]:
+    """The judge's input standardisation: MNIST's customary constants, else the training
+    images' own pixel mean and std (on a [0,1] scale)."""
+    if source == "mnist":
+        return MNIST_MEAN, MNIST_STD
+    scaled = images.astype(np.float64) / 255
+    return float(scaled.mean()), max(float(scaled.std()), 1e-3)
+
+
+def save_judge(net: Judge, cfg: ClassifierConfig, image: ImageSpec, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"config": cfg.model_dump(), "state": net.state_dict()}, tmp)
+        torch.save({"config": cfg.model_dump(), "state": net.state_dict(), "image": image.as_dict(),
+                    "mean": net.mean, "std": net.std}, tmp)
+
+
+def save_no_judge(reason: str, image: ImageSpec, path: str | Path) -> None:
+    """The classifier stage's output when no judge can be trained: why, for every later stage."""
+    with atomic_path(path) as tmp:
+        torch.save({"state": None, "reason": reason, "image": image.as_dict()}, tmp)
 
 
 def load_judge(path: str | Path, device: torch.device) -> Judge:
+    """The trained judge; NoJudge (with the reason) when the data set has none."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: classifier not found; run `trilemma train-classifier` first")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("state") is None and "reason" in blob:
+            raise NoJudge(blob["reason"])
         cfg = ClassifierConfig(**blob["config"])
-        net = Judge(cfg.width, cfg.features)
+        net = Judge(cfg.width, cfg.features, ImageSpec.from_dict(blob["image"]), blob["mean"],
+                    blob["std"])
         net.load_state_dict(blob["state"])
+    except NoJudge:
+        raise
     except Exception as err:
-        raise DataError(f"{path}: not a trilemma classifier checkpoint ({brief(err)})") from None
+        raise DataError(f"{path}: not a trilemma classifier checkpoint ({brief(err)}); run "
+                        "`trilemma train-classifier` again") from None
     return net.to(device, memory_format=torch.channels_last).eval()

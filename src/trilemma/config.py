@@ -24,10 +24,34 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    offline: bool = False  # skip the online mirrors, use the packaged copy
+    # mnist: the digits (28x28 grey, 10 classes); image_folder: every image in `folder`, with its
+    # class subfolders (if any) as labels, cut to a central square and resized to image_size
+    source: Literal["mnist", "image_folder"] = "mnist"
+    folder: Path | None = None  # image_folder: the folder of images
+    image_size: int = Field(28, ge=8, le=1024)  # side in pixels (mnist: 28)
+    channels: Literal[1, 3] = 1  # 1 grey, 3 RGB (mnist: 1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)  # image_folder: share held out for testing
+    offline: bool = False  # mnist: skip the online mirrors, use the packaged copy
     download_timeout: float = Field(10.0, gt=0, le=600)  # seconds for all mirrors together
-    train_size: int | None = Field(None, ge=1, le=60000)  # first N training images (None: all)
-    test_size: int | None = Field(None, ge=1, le=10000)  # first N test images (None: all)
+    train_size: int | None = Field(None, ge=1)  # first N training images (None: all)
+    test_size: int | None = Field(None, ge=1)  # first N test images (None: all)
+
+
+def check_data(cfg: DataConfig) -> None:
+    """What one key cannot say alone: MNIST's fixed shape, and a folder for image_folder."""
+    if cfg.source == "mnist" and cfg.image_size != 28:
+        raise ConfigError(f"data.image_size: MNIST is 28x28, got {cfg.image_size}; use "
+                          "data.source image_folder for other sizes")
+    if cfg.source == "mnist" and cfg.channels != 1:
+        raise ConfigError(f"data.channels: MNIST is grey (1), got {cfg.channels}")
+    if cfg.source == "image_folder" and cfg.folder is None:
+        raise ConfigError("data.folder: missing; data.source image_folder reads its images there")
+
+
+class LaunchConfig(Section):
+    # prefix of the train stage's command in dvc.yaml: "" runs one process; e.g.
+    # "torchrun --nproc-per-node 4 --no-python" trains data-parallel on 4 GPUs
+    launcher: str = ""
 
 
 class TrainConfig(Section):
@@ -100,6 +124,7 @@ class Params(Section):
     seed: int = Field(0, ge=0)
     families: list[str] = Field(min_length=1)
     data: DataConfig = DataConfig()
+    train: LaunchConfig = LaunchConfig()
     classifier: ClassifierConfig
     sample: SampleConfig
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -167,6 +192,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         params = Params(**resolved)
     except ValidationError as err:
         raise ConfigError(f"{source}: {_first_error(err)}") from None
+    try:
+        check_data(params.data)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     validated = {}
     for name, section in sections.items():
         try:

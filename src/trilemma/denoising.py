@@ -15,6 +15,7 @@ from torch import nn
 
 from trilemma import diffusion, distributed
 from trilemma.config import TrainConfig
+from trilemma.data import ImageSpec
 from trilemma.train import adam
 
 
@@ -23,7 +24,7 @@ class DiffusionConfig(TrainConfig):
     schedule: Literal["linear", "cosine"] = "linear"
     widths: list[int] = Field([32, 64, 64], min_length=1, max_length=4)  # U-Net channels per level
     blocks: int = Field(1, ge=1, le=4)  # ResNet blocks per level
-    patch: Literal[1, 2] = 1  # 2: the U-Net runs on 14x14x4 pixel-unshuffled images (4x cheaper)
+    patch: Literal[1, 2] = 1  # 2: the U-Net runs on (4C,S/2,S/2) unshuffled pixels, 4x cheaper
     attention: bool = True  # self-attention at the lowest resolution
     dropout: float = Field(0.1, ge=0, lt=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)  # sampling uses this EMA of the weights
@@ -43,14 +44,14 @@ PREVIEW_STEPS = 20
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:
-    """[-1,1] floats -> uint8 (n,1,28,28) on the CPU."""
+    """[-1,1] floats (n,C,S,S) -> uint8 (n,C,S,S) on the CPU."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 class Diffusion:
-    def __init__(self, cfg: DiffusionConfig, net: nn.Module, device: torch.device, *,
-                 conditional: bool = False, label_dropout: float = 0.0):
-        self.cfg, self.device, self.conditional = cfg, device, conditional
+    def __init__(self, cfg: DiffusionConfig, net: nn.Module, device: torch.device,
+                 image: ImageSpec, *, conditional: bool = False, label_dropout: float = 0.0):
+        self.cfg, self.device, self.image, self.conditional = cfg, device, image, conditional
         self.label_dropout = label_dropout
         self.knobs = ("sampler", "steps", "eta") + (("guidance",) if conditional else ())
         self.timesteps = cfg.timesteps
@@ -64,12 +65,14 @@ class Diffusion:
         self.nets = {"unet": self.net}
         self.opt = adam(self.net.parameters(), cfg.lr)
         self.steps = 0
+        self._shape = (image.channels, image.size, image.size)  # (C,S,S) of one image
 
     def _null(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(like, 10)  # the "no label" embedding of the conditional U-Net
+        # the "no label" embedding of the conditional U-Net: the one after the K classes
+        return torch.full_like(like, self.image.num_classes)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        x0 = (x * 2 - 1).contiguous(memory_format=torch.channels_last)  # (B,1,28,28) in [-1,1]
+        x0 = (x * 2 - 1).contiguous(memory_format=torch.channels_last)  # (B,C,S,S) in [-1,1]
         t = distributed.randint(0, self.timesteps, len(x), device=x.device)
         noise = distributed.randn_like(x0)
         labels = None
@@ -113,12 +116,12 @@ class Diffusion:
                 generator: torch.Generator | None = None, sampler: str = "ddim", steps: int = 50,
                 eta: float = 0.0, guidance: float = 3.0,
                 keep: int = 0) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
-        """Run the reverse process from x = x_start (n,1,28,28) in [-1,1] down to x_0 on `steps`
+        """Run the reverse process from x = x_start (n,C,S,S) in [-1,1] down to x_0 on `steps`
         timesteps spread over 0..start. Returns x_0 and, if keep > 0, `keep` evenly spaced
         (t, uint8 x_t) along the way (t = -1: x_0), for a progression figure. Noise comes from
         `generator` on the CPU."""
         if self.conditional and labels is None:
-            labels = torch.arange(len(x)) % 10
+            labels = torch.arange(len(x)) % self.image.num_classes
         labels = None if labels is None else labels.to(self.device)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         ts = diffusion.timesteps(start + 1, steps)
@@ -145,24 +148,24 @@ class Diffusion:
         """n images from pure noise. steps="ddpm" means the ancestral sampler on all T steps."""
         if steps == "ddpm":
             sampler, steps = "ddpm", self.timesteps
-        x_T = torch.randn(n, 1, 28, 28, generator=generator)
+        x_T = torch.randn(n, *self._shape, generator=generator)
         x0, _ = self.denoise(x_T, self.timesteps - 1, labels, generator, sampler, int(steps), eta,
                              guidance)
         return _images(x0)
 
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """The reverse process from noise, and reconstructions of test digits noised to several t."""
+        """The reverse process from noise, and reconstructions of test images noised to several t."""
         from trilemma.figures import denoising_figure, reconstruction_figure
 
         gen = torch.Generator().manual_seed(0)
         labels = y[:8] if self.conditional else None
-        x_T = torch.randn(8, 1, 28, 28, generator=gen)
+        x_T = torch.randn(8, *self._shape, generator=gen)
         _, kept = self.denoise(x_T, self.timesteps - 1, labels, gen, steps=PREVIEW_STEPS,
                                guidance=1.0, keep=9)
         frames = [(self.timesteps - 1, _images(x_T)), *kept]  # x_T ... x_0
 
-        real = x[:8].to(self.device) * 2 - 1  # (8,1,28,28) in [-1,1]
+        real = x[:8].to(self.device) * 2 - 1  # (8,C,S,S) in [-1,1]
         noise = torch.randn(real.shape, generator=gen).to(real)
         rows = []
         for fraction in (0.1, 0.25, 0.5, 0.75, 0.9):

@@ -21,3 +21,7 @@ class DataError(TrilemmaError):
 
 class TrainingDiverged(TrilemmaError):
     pass
+
+
+class NoJudge(TrilemmaError):
+    """The data set has no labels, so no classifier was trained; the message says why."""

@@ -17,14 +17,15 @@ from trilemma.io import atomic_path  # noqa: E402
 
 
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int | None = None) -> None:
-    """uint8 images (n,[1,]28,28) as one PNG grid, white lines between digits."""
+    """uint8 images (n,C,S,S) as one PNG grid (grey or RGB), white lines between images."""
     from torchvision.utils import make_grid  # torchvision takes seconds to import
 
-    images = torch.as_tensor(images).reshape(-1, 1, 28, 28)
+    images = torch.as_tensor(images)
     nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
     grid = make_grid(images, nrow=nrow, padding=2, pad_value=255)  # (3,H,W) uint8
+    pixels = grid[0].numpy() if images.shape[1] == 1 else grid.permute(1, 2, 0).numpy()
     with atomic_path(path) as tmp:
-        Image.fromarray(grid[0].numpy()).save(tmp, format="PNG")
+        Image.fromarray(pixels).save(tmp, format="PNG")
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> None:
@@ -33,27 +34,53 @@ def save_figure(fig: plt.Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
-def latent_scatter(z: np.ndarray, labels: np.ndarray) -> plt.Figure:
-    """2-D latent means (n,2) coloured by digit."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
-    fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
-    ax.set(xlabel="z[0]", ylabel="z[1]", title="VAE latent means of test digits")
+def message_figure(text: str) -> plt.Figure:
+    """A figure that only says something: in place of one that cannot be drawn, and why."""
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, textwrap.fill(text, 70), ha="center", va="center", fontsize=9, wrap=True)
+    ax.set_axis_off()
     return fig
 
 
-def confusion_figure(matrix: np.ndarray) -> plt.Figure:
-    """(10,10) counts, rows = true digit, columns = predicted."""
+def latent_scatter(z: np.ndarray, labels: np.ndarray) -> plt.Figure:
+    """2-D latent means (n,2) coloured by class (labels -1: no classes, one colour)."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
+    k = int(labels.max()) + 1
+    if k > 0:
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10" if k <= 10 else "viridis",
+                            s=3, vmin=-0.5, vmax=k - 0.5)
+        fig.colorbar(points, ax=ax, ticks=range(k) if k <= 20 else None, label="class")
+    else:
+        ax.scatter(z[:, 0], z[:, 1], s=3)
+    ax.set(xlabel="z[0]", ylabel="z[1]", title="VAE latent means of test images")
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, labels: list[str] | None = None) -> plt.Figure:
+    """(K,K) counts, rows = true class, columns = predicted; ticks show `labels` (class names)
+    when given, else the class indices."""
+    k = len(matrix)
+    size = max(5.0, 0.45 * k)  # room for a count in every cell as K grows
+    fig, ax = plt.subplots(figsize=(size * 1.1, size))
     ax.imshow(np.log1p(matrix), cmap="Blues")
-    for i in range(10):
-        for j in range(10):
+    for i in range(k):
+        for j in range(k):
             if matrix[i, j]:
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if i == j else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
-           title="classifier confusion matrix (test set)")
+    ticks = list(range(k))
+    names = labels if labels is not None and len(labels) == k else [str(i) for i in ticks]
+    ax.set_xticks(ticks, names, rotation=_rotation(names))
+    ax.set_yticks(ticks, names)
+    ax.set(xlabel="predicted", ylabel="true", title="classifier confusion matrix (test set)")
     return fig
+
+
+def _rotation(names: list[str]) -> int:
+    """Tick labels stand upright once class names would run into each other."""
+    return 90 if sum(len(n) + 1 for n in names) > 40 else 0
 
 
 def loss_curves(histories: dict[str, list[dict]], columns: int = 3) -> plt.Figure:
@@ -65,30 +92,38 @@ def loss_curves(histories: dict[str, list[dict]], columns: int = 3) -> plt.Figur
         ax.set_visible(False)
     for ax, (name, rows) in zip(axes.flat, histories.items()):
         epochs = [r["epoch"] for r in rows]
-        for key in rows[0]:
+        for key in rows[0] if rows else []:  # a run too short to log leaves an empty panel
             if key not in ("epoch", "step", "seconds"):
                 ax.plot(epochs, [r[key] for r in rows], marker="o", ms=2, label=key)
         ax.set(title=name, xlabel="epoch")
-        ax.legend(fontsize=8)
+        if rows:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def class_histograms(hists: dict[str, list[float]]) -> plt.Figure:
-    """Fraction of samples the classifier assigns to each digit, per family (uniform = 0.1)."""
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+def class_histograms(hists: dict[str, list[float]], labels: list[str] | None = None,
+                     unit: str = "digit") -> plt.Figure:
+    """Fraction of samples the classifier assigns to each of the K classes, per family
+    (uniform = 1/K); ticks show `labels` (class names) when given."""
+    k = max(len(fractions) for fractions in hists.values())
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * k), 3.4))
     width = 0.8 / len(hists)
     for i, (name, fractions) in enumerate(hists.items()):
-        ax.bar(np.arange(10) + (i - (len(hists) - 1) / 2) * width, fractions, width, label=name)
-    ax.axhline(0.1, color="gray", ls="--", lw=1, label="uniform")
-    ax.set(xticks=range(10), xlabel="digit", ylabel="fraction of samples",
+        ax.bar(np.arange(len(fractions)) + (i - (len(hists) - 1) / 2) * width, fractions, width,
+               label=name)
+    ax.axhline(1 / k, color="gray", ls="--", lw=1, label="uniform")
+    names = labels if labels is not None and len(labels) == k else [str(i) for i in range(k)]
+    ax.set_xticks(range(k), names, rotation=_rotation(names))
+    ax.set(xlabel=unit, ylabel="fraction of samples",
            title="class histogram of samples (mode coverage)")
     ax.legend(fontsize=8)
     return fig
 
 
-def sweep_curves(knob: str, sweeps: dict[str, list[dict]]) -> plt.Figure:
-    """FID, rarest-digit share and (for conditional families) label accuracy against one
+def sweep_curves(knob: str, sweeps: dict[str, list[dict]], n_classes: int = 10,
+                 unit: str = "digit") -> plt.Figure:
+    """FID, rarest-class share and (for conditional families) label accuracy against one
     sampling knob, a line per family: what the knob buys in quality, mode coverage and control.
     Rows as in <knob>_sweep.csv, in the order the table gives (the knob's natural order)."""
     labels: dict[float, str] = {}
@@ -111,8 +146,8 @@ def sweep_curves(knob: str, sweeps: dict[str, list[dict]]) -> plt.Figure:
                       rotation=30 if knob == "steps" else 0)
         ax.set_xlabel(knob)
     axes[0].set(ylabel="FID (classifier), log scale", yscale="log", title=f"quality vs {knob}")
-    axes[1].axhline(0.1, color="gray", ls="--", lw=1, label="uniform")
-    axes[1].set(ylabel="rarest digit share", title=f"mode coverage vs {knob}")
+    axes[1].axhline(1 / n_classes, color="gray", ls="--", lw=1, label="uniform")
+    axes[1].set(ylabel=f"rarest {unit} share", title=f"mode coverage vs {knob}")
     axes[1].legend(fontsize=8)
     if accuracy:
         axes[2].set(ylabel="label accuracy", title=f"conditioning vs {knob}", ylim=(0, 1.02))
@@ -127,7 +162,8 @@ def _missing(value) -> bool:
 def speed_corner(steps: dict[str, list[dict]], others: dict[str, dict]) -> plt.Figure:
     """FID against sampling speed: a line per diffusion family through its step counts (rows of
     steps_sweep.csv), and one point per other family (rows with fid_classifier and
-    samples_per_second). The fast-and-good corner is bottom right."""
+    samples_per_second; those without a FID are left out). The fast-and-good corner is bottom
+    right."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in steps.items():
         xs, ys = [r["samples_per_second"] for r in rows], [r["fid_classifier"] for r in rows]
@@ -136,7 +172,8 @@ def speed_corner(steps: dict[str, list[dict]], others: dict[str, dict]) -> plt.F
             ax.annotate(str(r["setting"]), (x, y), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     for name, row in others.items():
-        ax.scatter(row["samples_per_second"], row["fid_classifier"], marker="s", label=name)
+        if not _missing(row.get("fid_classifier")):
+            ax.scatter(row["samples_per_second"], row["fid_classifier"], marker="s", label=name)
     ax.set(xscale="log", yscale="log", xlabel="images per second (log)",
            ylabel="FID (classifier, log)", title="the speed corner: quality vs sampling speed")
     ax.legend(fontsize=8)
@@ -144,38 +181,56 @@ def speed_corner(steps: dict[str, list[dict]], others: dict[str, dict]) -> plt.F
     return fig
 
 
-def trilemma(rows: list[dict], floor: dict) -> plt.Figure:
-    """The three corners at once: quality (FID, log, better up) against sampling speed (images/s,
-    log, faster right), marker area = coverage (k-NN recall). One point per family (rows with
-    family, fid_classifier, samples_per_second, recall); the real-data floor as a dashed line."""
+FID_LABELS = {"fid_classifier": "FID (classifier, log; better up)",
+              "fid_inception": "Inception FID (log; better up)"}
+
+
+def trilemma(rows: list[dict], floor: dict, fid_key: str = "fid_classifier") -> plt.Figure:
+    """The three corners at once: quality (FID under `fid_key`, log, better up) against sampling
+    speed (images/s, log, faster right), marker area = coverage (k-NN recall). One point per
+    family (rows with family, the FID, samples_per_second, recall); rows without that FID are
+    left out, and without a recall (no judge) every marker has one size. The real-data floor is
+    a dashed line when the floor has that FID."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
     colours = plt.get_cmap("tab10")
+    has_recall = any(not _missing(r.get("recall")) for r in rows)
     for i, row in enumerate(rows):
-        recall = row.get("recall") or 0.0
-        ax.scatter(row["samples_per_second"], row["fid_classifier"], s=30 + 900 * recall,
-                   color=colours(i % 10), alpha=0.75, edgecolors="black", linewidths=0.6, zorder=3)
-        ax.annotate(f"{row['family']}\nrecall {recall:.2f}", (row["samples_per_second"],
-                    row["fid_classifier"]), fontsize=8, xytext=(8, -4), textcoords="offset points")
-    ax.axhline(floor["fid_classifier"], color="grey", linestyle="--", linewidth=1)
-    ax.annotate("real data (floor)", (0.01, floor["fid_classifier"]), xycoords=("axes fraction",
-                "data"), fontsize=8, color="grey", xytext=(0, 3), textcoords="offset points")
-    for recall in (0.25, 0.5, 1.0):  # a size key
-        ax.scatter([], [], s=30 + 900 * recall, color="white", edgecolors="black",
-                   label=f"recall {recall:g}")
+        if _missing(row.get(fid_key)) or _missing(row.get("samples_per_second")):
+            continue
+        recall = row.get("recall") if not _missing(row.get("recall")) else None
+        point = (row["samples_per_second"], row[fid_key])
+        size = 30 + 900 * recall if recall is not None else 120  # one size without a recall
+        ax.scatter(*point, s=size, color=colours(i % 10), alpha=0.75, edgecolors="black",
+                   linewidths=0.6, zorder=3)
+        note = (f"\nrecall {recall:.2f}" if recall is not None
+                else "\nrecall n/a" if has_recall else "")  # the title says why there is none
+        ax.annotate(f"{row['family']}{note}", point, fontsize=8, xytext=(8, -4),
+                    textcoords="offset points")
+    if not _missing(floor.get(fid_key)):
+        ax.axhline(floor[fid_key], color="grey", linestyle="--", linewidth=1)
+        ax.annotate("real data (floor)", (0.01, floor[fid_key]), xycoords=("axes fraction",
+                    "data"), fontsize=8, color="grey", xytext=(0, 3), textcoords="offset points")
+    if has_recall:
+        for recall in (0.25, 0.5, 1.0):  # a size key
+            ax.scatter([], [], s=30 + 900 * recall, color="white", edgecolors="black",
+                       label=f"recall {recall:g}")
+        ax.legend(loc="lower left", fontsize=8, labelspacing=1.6, borderpad=1.0, title="coverage")
+    corners = ("quality, speed, coverage (marker area = recall)" if has_recall
+               else "quality and speed (coverage n/a: recall needs the judge)")
     ax.set(xscale="log", yscale="log", xlabel="sampling speed: images per second (log) →",
-           ylabel="quality: FID (classifier, log; better up)",
-           title="the generative trilemma: quality, speed, coverage (marker area = recall)")
+           ylabel=f"quality: {FID_LABELS[fid_key]}",
+           title=f"the generative trilemma: {corners}")
     ax.invert_yaxis()  # lower FID is better: the good corner is top right
     ax.margins(x=0.25, y=0.15)
-    ax.legend(loc="lower left", fontsize=8, labelspacing=1.6, borderpad=1.0, title="coverage")
     fig.tight_layout()
     return fig
 
 
 def _image_row(ax_row, images: torch.Tensor, label: str) -> None:
-    """One row of uint8 digits (n,1,28,28), labelled at the left."""
+    """One row of uint8 images (n,C,S,S), labelled at the left."""
     for ax, image in zip(ax_row, images):
-        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.imshow(image[0].numpy() if len(image) == 1 else image.permute(1, 2, 0).numpy(),
+                  cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
     ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)

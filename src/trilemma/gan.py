@@ -16,6 +16,7 @@ from torch import nn
 
 from trilemma import distributed, latent
 from trilemma.config import TrainConfig
+from trilemma.data import ImageSpec
 from trilemma.train import adam
 
 
@@ -39,9 +40,10 @@ class GAN:
     knobs = ("truncation",)  # sampling settings from params `sample` this family honours
 
     def __init__(self, cfg: GANConfig, generator: nn.Module, discriminator: nn.Module,
-                 device: torch.device, *, conditional: bool = False,
+                 device: torch.device, image: ImageSpec, *, conditional: bool = False,
                  game: Literal["bce", "wgan-gp"] = "bce", n_critic: int = 1, gp_weight: float = 10.0):
-        self.cfg, self.device, self.conditional = cfg, device, conditional
+        self.cfg, self.device, self.image, self.conditional = cfg, device, image, conditional
+        self.num_classes = image.num_classes  # the width of the one-hot label
         self.latent_dim = cfg.latent_dim
         self.game, self.n_critic, self.gp_weight = game, n_critic, gp_weight
         # channels_last: DCGAN's convolutions train 1.2-1.7x faster on a CPU (oneDNN), and it is
@@ -55,21 +57,23 @@ class GAN:
         self.steps = 0  # discriminator steps taken; the generator steps every n_critic-th
 
     def _g_input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """(B,L) noise, with the one-hot label appended for a conditional GAN: (B,L+10)."""
+        """(B,L) noise, with the one-hot label appended for a conditional GAN: (B,L+K), K the
+        number of classes."""
         if not self.conditional:
             return z
-        return torch.cat([z, F.one_hot(labels, 10).to(z.dtype)], dim=1)
+        return torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
 
     def _d_input(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """(B,1,28,28) images, with the one-hot label as 10 constant channels: (B,11,28,28)."""
+        """(B,C,S,S) images, with the one-hot label as K constant channels: (B,C+K,S,S)."""
         if not self.conditional:
             return x
-        maps = F.one_hot(labels, 10).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        maps = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None] \
+            .expand(-1, -1, *x.shape[2:])  # (B,K,S,S)
         return torch.cat([x, maps], dim=1)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         g, d = self.nets["generator"], self.nets["discriminator"]  # DDP-wrapped under torchrun
-        real = x * 2 - 1  # (B,1,28,28) in [-1,1], the generator's tanh range
+        real = x * 2 - 1  # (B,C,S,S) in [-1,1], the generator's tanh range
         z = distributed.randn(len(x), self.latent_dim, device=x.device)
         fake = g(self._g_input(z, y))  # fakes get the batch's labels: same label distribution
         real_in, fake_in = self._d_input(real, y), self._d_input(fake, y)
@@ -103,10 +107,10 @@ class GAN:
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (n,L) [+ digits (n,)] -> uint8 images (n,1,28,28), BatchNorm in eval mode so an
+        """Latents (n,L) [+ classes (n,)] -> uint8 images (n,C,S,S), BatchNorm in eval mode so an
         image does not depend on the rest of its batch."""
         if self.conditional and labels is None:
-            labels = torch.arange(len(z)) % 10
+            labels = torch.arange(len(z)) % self.num_classes
         training = self.g.training
         self.g.eval()
         z = z.to(self.device)

@@ -1,5 +1,6 @@
 """Latent-space tools for families that decode a Gaussian latent (VAE, GANs): truncated noise,
-interpolation and vector arithmetic. Pure functions of a `generate(z, labels) -> uint8` callable."""
+interpolation and vector arithmetic. Pure functions of a `generate(z, labels) -> uint8` callable;
+`classes` is the number of classes a conditional family draws, 0 for an unconditional one."""
 
 from __future__ import annotations
 
@@ -34,37 +35,37 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return wa[..., None] * a[:, None] + wb[..., None] * b[:, None]
 
 
-def row_labels(rows: int, cols: int, conditional: bool) -> torch.Tensor | None:
-    """Row i of a figure shows digit i % 10 for a conditional family."""
-    return (torch.arange(rows) % 10).repeat_interleave(cols) if conditional else None
+def row_labels(rows: int, cols: int, classes: int) -> torch.Tensor | None:
+    """Row i of a figure shows class i % classes for a conditional family (classes > 0)."""
+    return (torch.arange(rows) % classes).repeat_interleave(cols) if classes else None
 
 
-def interpolation(generate: Generate, dim: int, conditional: bool, generator: torch.Generator,
+def interpolation(generate: Generate, dim: int, classes: int, generator: torch.Generator,
                   rows: int = 8, cols: int = 10) -> torch.Tensor:
-    """(rows*cols,1,28,28) uint8: each row walks from one random latent to another."""
+    """(rows*cols,C,S,S) uint8: each row walks from one random latent to another."""
     a, b = noise(rows, dim, generator), noise(rows, dim, generator)
     z = slerp(a, b, torch.linspace(0, 1, cols)).reshape(rows * cols, dim)
-    return generate(z, row_labels(rows, cols, conditional))
+    return generate(z, row_labels(rows, cols, classes))
 
 
-def ink_direction(generate: Generate, dim: int, conditional: bool, generator: torch.Generator,
+def ink_direction(generate: Generate, dim: int, classes: int, generator: torch.Generator,
                   n: int = 2000, fraction: float = 0.1) -> torch.Tensor:
     """(dim,) the 'bold stroke' vector: mean latent of the boldest `fraction` of n samples minus
     that of the thinnest, ink being the mean pixel value of the generated image."""
     z = noise(n, dim, generator)
-    labels = torch.arange(n) % 10 if conditional else None
+    labels = torch.arange(n) % classes if classes else None
     ink = generate(z, labels).float().mean(dim=(1, 2, 3)).cpu()  # (n,)
     order = ink.argsort()
     k = max(1, int(n * fraction))
     return z[order[-k:]].mean(0) - z[order[:k]].mean(0)
 
 
-def arithmetic(generate: Generate, dim: int, conditional: bool, generator: torch.Generator,
+def arithmetic(generate: Generate, dim: int, classes: int, generator: torch.Generator,
                rows: int = 8, cols: int = 9) -> torch.Tensor:
-    """(rows*cols,1,28,28) uint8: row i is z_i + alpha * bold, alpha from -1 to 1 left to right,
+    """(rows*cols,C,S,S) uint8: row i is z_i + alpha * bold, alpha from -1 to 1 left to right,
     where `bold` is `ink_direction`: latent vector arithmetic on stroke weight."""
-    bold = ink_direction(generate, dim, conditional, generator)
+    bold = ink_direction(generate, dim, classes, generator)
     base = noise(rows, dim, generator)  # (rows,dim)
     alpha = torch.linspace(-1, 1, cols)
     z = (base[:, None] + alpha[None, :, None] * bold).reshape(rows * cols, dim)
-    return generate(z, row_labels(rows, cols, conditional))
+    return generate(z, row_labels(rows, cols, classes))

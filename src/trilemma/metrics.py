@@ -53,13 +53,13 @@ class Embedded:
 def _batches(images: np.ndarray | torch.Tensor, batch_size: int, device: torch.device):
     images = torch.as_tensor(images)
     for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size].reshape(-1, 1, 28, 28).to(device)  # (B,1,28,28)
+        yield images[start:start + batch_size].to(device)  # (B,C,S,S)
 
 
 @torch.no_grad()
 def embed(judge: Judge, images: np.ndarray, device: torch.device,
           batch_size: int = 1000, shard: bool = False) -> Embedded:
-    """The judge's penultimate features (the FID space) and logits of uint8 images (n,[1,]28,28),
+    """The judge's penultimate features (the FID space) and logits of uint8 images (n,C,S,S),
     on the CPU in float64. shard=True (every torchrun rank must call it): each rank embeds a
     contiguous share and all of them get the whole."""
     if shard and distributed.active():
@@ -119,12 +119,12 @@ def load_inception(path: Path, device: torch.device) -> nn.Module:
 @torch.no_grad()
 def embed_inception(net: nn.Module, images: np.ndarray, device: torch.device,
                     batch_size: int = 100) -> Embedded:
-    """Inception pool3 features (n,2048) and logits (n,1008) of uint8 grey images: the grey
-    channel repeated three times; the network resizes to 299x299 as the reference does
+    """Inception pool3 features (n,2048) and logits (n,1008) of uint8 images (n,C,S,S): a grey
+    channel is repeated three times; the network resizes to 299x299 as the reference does
     (TensorFlow-1 bilinear, no antialiasing)."""
     features, logits = [], []
     for batch in _batches(images, batch_size, device):
-        f, lg = net(batch.expand(-1, 3, -1, -1))  # uint8 (B,3,28,28) -> (B,2048), (B,1008)
+        f, lg = net(batch.expand(-1, 3, -1, -1))  # uint8 (B,3,S,S) -> (B,2048), (B,1008)
         features.append(f.double().cpu())
         logits.append(lg.double().cpu())
     return Embedded(torch.cat(features), torch.cat(logits))
@@ -256,9 +256,9 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K) -> t
     return float(precision), float(recall)
 
 
-def class_histogram(predictions: np.ndarray) -> np.ndarray:
-    """Fraction of images per digit, (10,); uniform is 0.1 each."""
-    return np.bincount(predictions, minlength=10) / max(len(predictions), 1)
+def class_histogram(predictions: np.ndarray, classes: int) -> np.ndarray:
+    """Fraction of images per class, (K,); uniform is 1/K each."""
+    return np.bincount(predictions, minlength=classes) / max(len(predictions), 1)
 
 
 def kl_to_uniform(histogram: np.ndarray) -> float:
@@ -280,7 +280,7 @@ def score_set(real: Embedded, fake: Embedded, labels: np.ndarray | None, seed: i
     is_mean, is_std = inception_score(fake.logits, seed)
     precision, recall = precision_recall(same_size.features, fake.features)
     predictions = fake.predictions
-    histogram = class_histogram(predictions)
+    histogram = class_histogram(predictions, fake.logits.shape[1])
     scores = {"n": len(fake), "fid_classifier": fid(real.features, fake.features),
               "kid_classifier": kid_mean, "kid_classifier_std": kid_std,
               "is_classifier": is_mean, "is_classifier_std": is_std,
@@ -293,25 +293,28 @@ def score_set(real: Embedded, fake: Embedded, labels: np.ndarray | None, seed: i
     return scores
 
 
-def generated_per_class(predictions: np.ndarray, labels: np.ndarray | None = None) -> list[dict]:
-    """Rows digit, generated (images the judge calls that digit), fraction; with requested
-    `labels` also requested, correct and accuracy (of images asked to be that digit)."""
-    counts = np.bincount(predictions, minlength=10)
-    rows = [{"digit": d, "generated": int(c), "fraction": round(c / max(len(predictions), 1), 6)}
-            for d, c in enumerate(counts)]
+def generated_per_class(predictions: np.ndarray, classes: tuple[str, ...],
+                        labels: np.ndarray | None = None) -> list[dict]:
+    """Rows digit (the class index), class (its name), generated (images the judge calls that
+    class), fraction; with requested `labels` also requested, correct and accuracy (of images
+    asked to be that class)."""
+    counts = np.bincount(predictions, minlength=len(classes))
+    rows = [{"digit": d, "class": classes[d], "generated": int(c),
+             "fraction": round(c / max(len(predictions), 1), 6)} for d, c in enumerate(counts)]
     if labels is not None:
-        for row, acc in zip(rows, per_class_accuracy(labels, predictions)):
+        for row, acc in zip(rows, per_class_accuracy(labels, predictions, classes)):
             row.update(requested=acc["n"], correct=acc["correct"], accuracy=acc["accuracy"])
     return rows
 
 
-def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray) -> list[dict]:
-    """Rows digit, n, correct, accuracy."""
+def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray,
+                       classes: tuple[str, ...]) -> list[dict]:
+    """Rows digit (the class index), class (its name), n, correct, accuracy."""
     rows = []
-    for digit in range(10):
+    for digit, name in enumerate(classes):
         mask = labels == digit
         n, correct = int(mask.sum()), int((predictions[mask] == digit).sum())
-        rows.append({"digit": digit, "n": n, "correct": correct,
+        rows.append({"digit": digit, "class": name, "n": n, "correct": correct,
                      "accuracy": round(correct / n, 6) if n else float("nan")})
     return rows
 
@@ -331,7 +334,7 @@ def inception_scores(net: nn.Module | None, note: str, real_images: np.ndarray,
                      fake_images: np.ndarray, device: torch.device, seed: int,
                      batch_size: int = 100) -> dict:
     """Inception-V3 FID of `fake_images` against `real_images` and IS of `fake_images` (uint8
-    grey); None for each when there is no network. `inception_note` says which."""
+    (n,C,S,S)); None for each when there is no network. `inception_note` says which."""
     if net is None:
         return {"fid_inception": None, "is_inception": None, "is_inception_std": None,
                 "inception_note": note}

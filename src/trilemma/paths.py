@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA = Path("data/mnist.npz")
+DATA = Path("data/images.npz")
 CLASSIFIER = Path("models/classifier.pt")
 TEST_EMBEDDING = Path("models/test_embedding.pt")  # the judge's view of the test set, once
 CLASSIFIER_REPORTS = Path("reports/classifier")

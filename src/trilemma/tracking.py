@@ -189,10 +189,19 @@ def _connect() -> Any:
     if uri.startswith("sqlite:///"):
         _check_sqlite_writable(uri)
     mlflow.set_tracking_uri(uri)  # every time: the setting is global to the process
-    # our embedded store keeps artifacts beside it; another store decides for itself
-    if uri == default and mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
-    mlflow.set_experiment(EXPERIMENT)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        from mlflow.exceptions import MlflowException
+
+        # our embedded store keeps artifacts beside it; another store decides for itself
+        location = (root / "mlartifacts").as_uri() if uri == default else None
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        except MlflowException as error:  # parallel runs on one server: another one created it
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return mlflow
 
 

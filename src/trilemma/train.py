@@ -37,7 +37,7 @@ class Trainee(Protocol):
     nets: dict[str, nn.Module]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimisation step on x (B,1,28,28) float in [0,1], y (B,) int64; detached losses."""
+        """One optimisation step on x (B,C,S,S) float in [0,1], y (B,) int64; detached losses."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -93,7 +93,7 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         trace: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
     """Train for cfg.epochs (or cfg.max_steps steps, whichever ends first) over (x_train
-    (N,28,28) uint8, y_train (N,) int64), resuming from
+    (N,C,S,S) uint8, y_train (N,) int64), resuming from
     `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
     seconds. If `trace` is a list, TRACE_POINTS rows of mean losses per epoch (step, fractional
     epoch) are appended to it, and kept in the checkpoint. The whole data set moves to `device`
@@ -108,8 +108,10 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     if cfg.compile:
         for net in trainee.nets.values():
             net.compile()  # in place: state_dict keys stay those of the plain module
+    if x_train.ndim != 4:
+        raise ValueError(f"x_train must be (N,C,S,S) uint8, got shape {tuple(x_train.shape)}")
     reset_peak_memory(device)
-    x = x_train.to(device)  # (N,28,28) uint8
+    x = x_train.to(device)  # (N,C,S,S) uint8
     y = y_train.to(device)  # (N,)
     n = len(x)
     batch = min(cfg.batch_size, n)  # the global batch: this rank trains on `share` of each
@@ -160,7 +162,7 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
         for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{epochs}", disable=not show_bar,
                       leave=False):
             idx = distributed.share(order[i * batch:(i + 1) * batch])  # this rank's rows
-            xb = x[idx].unsqueeze(1).float().div_(255)  # (B,1,28,28) in [0,1]
+            xb = x[idx].float().div_(255)  # (B,C,S,S) in [0,1]
             # channels_last: with 1 channel only the strides change, but they pick oneDNN's fast
             # convolutions for the nets kept in that layout (1.2-1.7x on a CPU)
             xb = xb.contiguous(memory_format=torch.channels_last)

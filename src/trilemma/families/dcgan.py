@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from trilemma.data import ImageSpec
 from trilemma.gan import GAN, GANConfig
 from trilemma.nets import dcgan
 
@@ -14,9 +15,9 @@ class Config(GANConfig):
     dropout: float = Field(0.3, ge=0, lt=1)  # in the discriminator
 
 
-def build(cfg: Config, device: torch.device) -> GAN:
-    g = dcgan.Generator(cfg.latent_dim, cfg.width)
-    d = dcgan.Discriminator(1, cfg.width, dropout=cfg.dropout)
+def build(cfg: Config, device: torch.device, image: ImageSpec) -> GAN:
+    g = dcgan.Generator(cfg.latent_dim, cfg.width, image.channels, image.size)
+    d = dcgan.Discriminator(image.channels, cfg.width, dropout=cfg.dropout, size=image.size)
     g.apply(dcgan.init_weights)
     d.apply(dcgan.init_weights)
-    return GAN(cfg, g, d, device)
+    return GAN(cfg, g, d, device, image)

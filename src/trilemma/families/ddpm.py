@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from trilemma.data import ImageSpec
 from trilemma.denoising import Diffusion, DiffusionConfig
+from trilemma.families._checks import require_patch_divides
 from trilemma.nets.unet import UNet
 
 
@@ -14,6 +16,8 @@ class Config(DiffusionConfig):
     pass
 
 
-def build(cfg: Config, device: torch.device) -> Diffusion:
-    net = UNet(cfg.widths, cfg.blocks, cfg.attention, cfg.dropout, patch=cfg.patch)
-    return Diffusion(cfg, net, device)
+def build(cfg: Config, device: torch.device, image: ImageSpec) -> Diffusion:
+    require_patch_divides("ddpm", cfg.patch, image)
+    net = UNet(cfg.widths, cfg.blocks, cfg.attention, cfg.dropout, channels=image.channels,
+               patch=cfg.patch)
+    return Diffusion(cfg, net, device, image)

@@ -1,4 +1,6 @@
-"""Variational autoencoder: conv encoder/decoder, Bernoulli likelihood (BCE), Gaussian latent."""
+"""Variational autoencoder: conv encoder/decoder, Bernoulli likelihood (BCE), Gaussian latent.
+The likelihood treats every pixel of every channel as a Bernoulli mean in [0,1], so it fits RGB
+images as it fits grey digits."""
 
 from __future__ import annotations
 
@@ -11,29 +13,41 @@ from torch import nn
 
 from trilemma import distributed, latent
 from trilemma.config import TrainConfig
+from trilemma.data import ImageSpec
+from trilemma.nets import dcgan
 from trilemma.train import adam
 
 
 class Config(TrainConfig):
     latent_dim: int = Field(16, ge=1)  # 2 gives a latent scatter plot
-    width: int = Field(32, ge=4)  # channels of the first conv; doubled in the second
+    width: int = Field(32, ge=4)  # channels of the first conv; doubled in each further one
     kl_weight: float = Field(1.0, ge=0)  # 1 is the ELBO; other values give a beta-VAE
 
 
 class ConvVAE(nn.Module):
-    def __init__(self, latent_dim: int, width: int):
+    """k stride-2 convs down to the base grid and back, as the DCGAN networks (`dcgan.stages`):
+    28x28 runs 28 -> 14 -> 7 with widths w, 2w."""
+
+    def __init__(self, latent_dim: int, width: int, channels: int = 1, size: int = 28):
         super().__init__()
-        w = width
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, w, 4, 2, 1), nn.ReLU(),  # (B,w,14,14)
-            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),  # (B,2w,7,7)
-            nn.Flatten(), nn.Linear(2 * w * 49, 2 * latent_dim),  # (B,2L): mean, log-variance
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 2 * w * 49), nn.ReLU(), nn.Unflatten(1, (2 * w, 7, 7)),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(),  # (B,w,14,14)
-            nn.ConvTranspose2d(w, 1, 4, 2, 1),  # (B,1,28,28) Bernoulli logits
-        )
+        k, base = dcgan.stages(size)
+        encoder: list[nn.Module] = []
+        c_in = channels
+        for i in range(k):  # 28x28: (B,w,14,14), then (B,2w,7,7)
+            encoder += [nn.Conv2d(c_in, width * 2 ** i, 4, 2, 1), nn.ReLU()]
+            c_in = width * 2 ** i
+        cells = c_in * base * base
+        encoder += [nn.Flatten(), nn.Linear(cells, 2 * latent_dim)]  # (B,2L): mean, log-variance
+        self.encoder = nn.Sequential(*encoder)
+
+        decoder: list[nn.Module] = [nn.Linear(latent_dim, cells), nn.ReLU(),
+                                    nn.Unflatten(1, (c_in, base, base))]
+        c = c_in
+        for _ in range(k - 1):  # 28x28: (B,w,14,14)
+            decoder += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.ReLU()]
+            c //= 2
+        decoder.append(nn.ConvTranspose2d(c, channels, 4, 2, 1))  # (B,C,S,S) Bernoulli logits
+        self.decoder = nn.Sequential(*decoder)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder(x).chunk(2, dim=1)
@@ -50,11 +64,12 @@ class VAE:
     conditional = False
     knobs = ("truncation",)  # of the prior: a lower "temperature" gives cleaner, less varied digits
 
-    def __init__(self, cfg: Config, device: torch.device):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: Config, device: torch.device, image: ImageSpec):
+        self.cfg, self.device, self.image = cfg, device, image
         self.latent_dim = cfg.latent_dim
         # channels_last: 1.7x faster training steps on a CPU (oneDNN), tensor-core layout on a GPU
-        self.net = ConvVAE(cfg.latent_dim, cfg.width).to(device, memory_format=torch.channels_last)
+        self.net = ConvVAE(cfg.latent_dim, cfg.width, image.channels, image.size) \
+            .to(device, memory_format=torch.channels_last)
         self.nets = {"vae": self.net}
         self.opt = adam(self.net.parameters(), cfg.lr)
 
@@ -72,7 +87,7 @@ class VAE:
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (n,L) -> uint8 images (n,1,28,28): the decoder's Bernoulli means."""
+        """Latents (n,L) -> uint8 images (n,C,S,S): the decoder's Bernoulli means."""
         training = self.net.training
         self.net.eval()
         probs = torch.sigmoid(self.net.decoder(z.to(self.device)))
@@ -102,5 +117,5 @@ class VAE:
         self.opt.load_state_dict(state["opt"])
 
 
-def build(cfg: Config, device: torch.device) -> VAE:
-    return VAE(cfg, device)
+def build(cfg: Config, device: torch.device, image: ImageSpec) -> VAE:
+    return VAE(cfg, device, image)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from trilemma.data import ImageSpec
 from trilemma.gan import GAN, GANConfig
 from trilemma.nets import dcgan
 
@@ -20,10 +21,11 @@ class Config(GANConfig):
     layer_norm: bool = True  # in the critic; false: no normalisation at all
 
 
-def build(cfg: Config, device: torch.device) -> GAN:
-    g = dcgan.Generator(cfg.latent_dim, cfg.width)
-    critic = dcgan.Discriminator(1, cfg.width, layer_norm=cfg.layer_norm)
+def build(cfg: Config, device: torch.device, image: ImageSpec) -> GAN:
+    g = dcgan.Generator(cfg.latent_dim, cfg.width, image.channels, image.size)
+    critic = dcgan.Discriminator(image.channels, cfg.width, layer_norm=cfg.layer_norm,
+                                 size=image.size)
     g.apply(dcgan.init_weights)
     critic.apply(dcgan.init_weights)
-    return GAN(cfg, g, critic, device, game="wgan-gp", n_critic=cfg.n_critic,
+    return GAN(cfg, g, critic, device, image, game="wgan-gp", n_critic=cfg.n_critic,
                gp_weight=cfg.gp_weight)

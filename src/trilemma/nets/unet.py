@@ -1,4 +1,4 @@
-"""A small DDPM-style U-Net for 28x28 images: ResNet blocks with GroupNorm, a sinusoidal time
+"""A small DDPM-style U-Net for square images of any size: ResNet blocks with GroupNorm, a sinusoidal time
 embedding added in every block, self-attention at the lowest resolution, skip connections by
 concatenation. Optionally class-conditional: a learned label embedding (with one extra "no label"
 entry, for classifier-free guidance) is added to the time embedding."""
@@ -58,15 +58,16 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t[, y]): (B,1,28,28), (B,) int, (B,) int in 0..classes (classes = no label)
-    -> (B,1,28,28). `widths` are the channels per resolution level, each level half the size of
-    the one before (28, 14, 7 for three levels; 14, 7 for two with patch=2)."""
+    """eps_theta(x_t, t[, y]): (B,C,S,S), (B,) int, (B,) int in 0..classes (classes = no label)
+    -> (B,C,S,S), C = `channels`; `patch` must divide S. `widths` are the channels per resolution
+    level, each level half the size of the one before, rounded up (28, 14, 7 for three levels;
+    14, 7 for two with patch=2); odd sizes are matched on the way up by interpolation."""
 
     def __init__(self, widths: list[int], blocks: int = 1, attention: bool = True,
                  dropout: float = 0.0, classes: int | None = None, channels: int = 1,
                  patch: int = 1):
         super().__init__()
-        # patch > 1: space-to-depth first (28x28x1 -> 14x14x4 for 2), back at the end
+        # patch > 1: space-to-depth first ((C,28,28) -> (4C,14,14) for 2), back at the end
         self.unshuffle, self.shuffle = nn.PixelUnshuffle(patch), nn.PixelShuffle(patch)
         channels *= patch * patch
         emb_dim = 4 * widths[0]
