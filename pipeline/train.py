@@ -32,6 +32,8 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     images = data.load_npz(paths.DATA, p.data)
     model = families.build(family, cfg, dev, images.spec)
     x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
+    # before any rank starts MLflow: an uneven batch stops every rank at once (fit checks it too)
+    distributed.check_batch(min(cfg.batch_size, len(x_train)), family)
 
     trace: list[dict] = []  # TRACE_POINTS rows of mean losses per epoch (every rank: collective)
 

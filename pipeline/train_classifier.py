@@ -43,6 +43,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     trainee = ClassifierTrainee(cfg, dev, steps, images.spec,
                                 *pixel_stats(images.x_train, images.source))
     x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
+    distributed.check_batch(min(cfg.batch_size, len(x_train)), "classifier")  # before MLflow starts
 
     def train_loop(on_epoch=None) -> list[dict]:
         return fit(trainee, x_train, y_train, cfg, name="classifier", device=dev, seed=p.seed,
