@@ -11,14 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, make_repo
+from mlflow_server import start_server, stop, wait_healthy
 from pipeline.cli import app
 
 try:
@@ -53,7 +46,6 @@ FAMILIES = ("vae", "cgan")  # one unconditional, one conditional
 METRIC = "fid_classifier"
 SHOTS = ROOT / "test-artifacts" / "mlflow-ui"
 WAIT_MS = 60_000  # the SPA's first paint took 30 s on a 2-core machine at load 8
-SERVER_START_S = 60
 VIEWPORT = {"width": 1600, "height": 2400}  # the whole compare view, without scrolling the page
 ROW_PX = 45  # row height of the compare view's metrics table
 
@@ -114,62 +106,6 @@ def read_store(uri: str) -> dict:
         evaluate[family] = {"run_id": run.info.run_id, METRIC: run.data.metrics[METRIC]}
     return {"experiment_id": experiment.experiment_id, "run_names": sorted(runs),
             "evaluate": evaluate}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(uri: str, cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on a free loopback port, in its own process group; it and its base URL.
-    Without its job runner: seven huey consumer processes, each importing mlflow, that the UI's
-    runs and compare views do not use and that a 2-core machine pays for in start-up time."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", uri],
-            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    return process, f"http://127.0.0.1:{port}"
-
-
-def wait_healthy(process: subprocess.Popen, base: str, log: Path) -> None:
-    """Poll /health; fail with the server's output if it exits or never answers."""
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            state = (f"exited with {process.returncode}" if process.poll() is not None
-                     else f"not healthy after {SERVER_START_S} s")
-            pytest.fail(f"mlflow server {state}; its output:\n"
-                        f"{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.25)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """The server, then whatever is left of the process group it leads (its uvicorn worker)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)  # it forwards the signal to uvicorn and waits
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:  # the whole group is gone
-        pass
-    process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import write_params
+from mlflow_server import start_server, stop, wait_healthy
 from test_e2e import copy_repo
 
 BIN = Path(sys.executable).parent
@@ -45,29 +42,7 @@ SEEDS = {"seed1": 1, "seed2": 2}  # DVC experiment name -> its seed
 STAGES = ["download", "train-classifier", *[f"{stage}:{family}" for family in FAMILIES
                                             for stage in ("train", "sample", "evaluate")], "report"]
 METRIC = "fid_classifier"
-SERVER_START_S = 60
 QUEUE_S = 420  # both experiments took 80 s on an idle 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """The server, then whatever is left of the process group it leads (its uvicorn worker)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -76,41 +51,13 @@ def server(tmp_path_factory):
     (base URL, process, log path). It comes up (~10 s of imports) while the repo is prepared;
     `wait_healthy` is called before the queue starts. Always stopped at the end."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     log = root / "server.log"
-    env = {**os.environ, "PATH": PATH, "MLFLOW_DISABLE_TELEMETRY": "true",
-           # no huey job consumers: tracking does not use them, and they cost start-up CPU
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-             "--artifacts-destination", str(root / "artifacts")],
-            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    process, base = start_server(f"sqlite:///{root / 'server.db'}", root, log,
+                                 artifacts=root / "artifacts")
     try:
         yield base, process, log
     finally:
-        stop_group(process)
-
-
-def wait_healthy(base: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            state = (f"exited with {process.returncode}" if process.poll() is not None
-                     else f"not healthy after {SERVER_START_S} s")
-            pytest.fail(f"mlflow server {state}; its output:\n"
-                        f"{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.25)
+        stop(process)
 
 
 def command(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True,
@@ -160,7 +107,7 @@ def queued(tmp_path_factory, server):
 
     for name, seed in SEEDS.items():
         command(["dvc", "exp", "run", "--queue", "-S", f"seed={seed}", "-n", name], root, env)
-    wait_healthy(base, process, log)
+    wait_healthy(process, base, log)
     started = time.monotonic()
     seen_stores: set[str] = set()
     try:
