@@ -125,7 +125,7 @@ def describe(scores: dict) -> str:
     spread = f" +- {scores['fid_classifier_std']:.2f}" if scores.get("fid_classifier_std") else ""
     text = (f"FID {scores['fid_classifier']:.3f}{spread}, KID {scores['kid_classifier']:.4f}, "
             f"IS {scores['is_classifier']:.3f}, precision {scores['precision']:.3f}, recall "
-            f"{scores['recall']:.3f}, rarest digit {scores['min_class_fraction']:.3f}, KL to "
+            f"{scores['recall']:.3f}, rarest class {scores['min_class_fraction']:.3f}, KL to "
             f"uniform {scores['class_kl_uniform']:.3f}")
     if scores.get("label_accuracy") is not None:
         text += f", label accuracy {scores['label_accuracy']:.3f}"

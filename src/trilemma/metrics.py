@@ -272,7 +272,7 @@ def kl_to_uniform(histogram: np.ndarray) -> float:
 def score_set(real: Embedded, fake: Embedded, labels: np.ndarray | None, seed: int) -> dict:
     """Everything the judge says about one sample set `fake` against the real (test) set: FID,
     KID, IS, precision/recall against an equally large random real subset, the class histogram,
-    the rarest digit's share, its KL to uniform and, when the digits were requested (`labels`),
+    the rarest class's share, its KL to uniform and, when the classes were requested (`labels`),
     the label accuracy."""
     g = torch.Generator().manual_seed(seed)
     same_size = real.take(torch.randperm(len(real), generator=g)[:len(fake)])
