@@ -37,8 +37,8 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
 
     inception = metrics.inception(p.evaluate.inception_weights, dev)  # a bad file fails here
     images = data.load_npz(paths.DATA, p.data)
-    if not images.spec.labelled:
-        return no_judge(images, inception, p, dev)
+    if not images.spec.labelled:  # nothing to train; rank 0 writes why
+        return no_judge(images, inception, p, dev) if distributed.is_main() else None
     steps = cfg.epochs * (len(images.x_train) // min(cfg.batch_size, len(images.x_train)))
     trainee = ClassifierTrainee(cfg, dev, steps, images.spec,
                                 *pixel_stats(images.x_train, images.source))
