@@ -4,8 +4,9 @@ compute what one process computes, up to floating-point summation order.
 End to end, on the CPU with the gloo backend: `torchrun --nproc-per-node 2 --no-python trilemma
 train vae` in one tiny repo and plain `trilemma train vae` in another (side by side), then the
 saved models and the logged losses are compared; `trilemma sample vae` from one model file under
-both launches must give the same images; a global batch that does not split over the processes,
-and the single-process `download`, are refused with one line.
+both launches must give the same images, and `trilemma evaluate vae` the same scores; a global
+batch that does not split over the processes, and the single-process `download`, are refused
+with one line.
 
 In-process: every function of `distributed` is the identity in one process. A real 2-process
 gloo group (spawned here, no torchrun, no CLI) checks the share/draw contract the equivalence
@@ -123,6 +124,7 @@ class Stages(NamedTuple):
     repos: dict[str, Path]  # "one" | "two": where the VAE was trained by one process, by two
     stdout: dict[str, str]  # their `trilemma train vae` output
     samples: dict[str, dict[str, np.ndarray]]  # samples/vae.npz drawn by one process, by two
+    scores: dict[str, str]  # reports/eval/vae/metrics.json of those samples, scored by one, by two
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,8 @@ def stages(tmp_path_factory, mnist_npz) -> Stages:
     started: list[Command] = []
     try:
         training = {"one": Command([TRILEMMA, "train", "vae"], repos["one"], "train"),
-                    "two": Command([*TORCHRUN, "train", "vae"], repos["two"], "train")}
+                    "two": Command([*TORCHRUN, "train", "vae"], repos["two"], "train"),
+                    "judge": Command([TRILEMMA, "train-classifier"], repos["one"], "judge")}
         started += training.values()
         stdout = {"one": training["one"].ok()}
         (sample_repos["two"] / "models").mkdir()
@@ -150,6 +153,14 @@ def stages(tmp_path_factory, mnist_npz) -> Stages:
         stdout["two"] = training["two"].ok()
         for command in sampling:
             command.ok()
+        training["judge"].ok()  # one judge scores both sample files
+        for path in (paths.CLASSIFIER, paths.TEST_EMBEDDING):
+            shutil.copy(repos["one"] / path, sample_repos["two"] / path)
+        scoring = [Command([TRILEMMA, "evaluate", "vae"], sample_repos["one"], "evaluate"),
+                   Command([*TORCHRUN, "evaluate", "vae"], sample_repos["two"], "evaluate")]
+        started += scoring
+        for command in scoring:
+            command.ok()
     finally:  # a failed command fails the fixture: the others must not run on
         for command in started:
             command.stop()
@@ -157,7 +168,9 @@ def stages(tmp_path_factory, mnist_npz) -> Stages:
     for mode, repo in sample_repos.items():
         with np.load(repo / paths.samples("vae")) as npz:
             samples[mode] = dict(npz)
-    return Stages(repos, stdout, samples)
+    scores = {mode: (repo / paths.eval_reports("vae") / "metrics.json").read_text()
+              for mode, repo in sample_repos.items()}
+    return Stages(repos, stdout, samples, scores)
 
 
 def scaled_diffs(a: dict, b: dict) -> dict[str, float]:
@@ -178,6 +191,13 @@ def scaled_diffs(a: dict, b: dict) -> dict[str, float]:
             scale = max(1.0, other.abs().max().item())
             diffs[key] = (value.double() - other.double()).abs().max().item() / scale
     return diffs
+
+
+def test_two_processes_score_the_samples_as_one(stages):
+    """Each rank embeds a share of the images with the judge, rank 0 gathers and scores them: the
+    same metrics.json, byte for byte (the scores are rounded to 6 decimals)."""
+    assert json.loads(stages.scores["two"])["fid_classifier"] is not None
+    assert stages.scores["two"] == stages.scores["one"]
 
 
 def test_two_processes_train_the_vae_of_one(stages):

@@ -130,6 +130,11 @@ def embed_inception(net: nn.Module, images: np.ndarray, device: torch.device,
     return Embedded(torch.cat(features), torch.cat(logits))
 
 
+# Every metric below is given whole feature sets, already gathered (`embed(shard=True)`): under
+# torchrun only rank 0 scores, so torchmetrics must not sync its states across the processes
+# (sync_on_compute=False), which would wait for ranks that are not scoring.
+
+
 class _Given(nn.Module):
     """Features computed already: the 'extractor' torchmetrics runs is the identity."""
 
@@ -165,7 +170,8 @@ def fids(real: torch.Tensor, fakes: Iterable[torch.Tensor]) -> list[float]:
     _torchmetrics_loaded()
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), reset_real_features=False)
+    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), reset_real_features=False,
+                                      sync_on_compute=False)
     metric.update(real, real=True)
     scores = []
     for fake in fakes:
@@ -200,7 +206,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -
     with warnings.catch_warnings():  # its note on buffering every feature: ours are small
         warnings.simplefilter("ignore", UserWarning)
         metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets,
-                                         subset_size=size)
+                                         subset_size=size, sync_on_compute=False)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -217,7 +223,8 @@ def inception_score(logits: torch.Tensor, seed: int, splits: int = 10) -> tuple[
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits,
+                                sync_on_compute=False)
     metric.update(logits)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # torchmetrics shuffles before splitting
