@@ -95,6 +95,13 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
             run.log_artifact(out / name)
 
 
+def floor_pick(images: data.ImageData, n: int, seed: int) -> np.ndarray:
+    """The random training images that stand for a perfect generator's samples: as many as a
+    family's (`sample.n`), at most the whole training set."""
+    n = min(n, len(images.x_train))
+    return torch.randperm(len(images.x_train), generator=generator(seed))[:n].numpy()
+
+
 def real_data_floor(judge, test, inception: tuple, images: data.ImageData, p,
                     dev: torch.device) -> dict:
     """What a perfect generator would score: a random train subset of the samples' size
@@ -102,8 +109,8 @@ def real_data_floor(judge, test, inception: tuple, images: data.ImageData, p,
     embedding). No model can be told apart from real data by less than this."""
     from trilemma import metrics
 
-    n = min(p.sample.n, len(images.x_train))
-    pick = torch.randperm(len(images.x_train), generator=generator(p.seed))[:n].numpy()
+    pick = floor_pick(images, p.sample.n, p.seed)
+    n = len(pick)
     real = metrics.embed(judge, images.x_train[pick], dev, p.evaluate.batch_size)
     scores = metrics.score_set(test, real, None, p.seed)
     bootstrap = metrics.fid_bootstrap(test.features, real.features, p.evaluate.bootstrap,
@@ -133,8 +140,8 @@ def no_judge(images: data.ImageData, inception: tuple, p, dev: torch.device) -> 
     write_csv(out / "per_class.csv", [], columns=["digit", "class", "n", "correct", "accuracy"])
     write_csv(out / "history.csv", [], columns=["epoch", "loss"])
     figures.save_figure(figures.message_figure(f"no judge: {reason}"), out / "confusion.png")
-    n = min(p.sample.n, len(images.x_train))
-    pick = torch.randperm(len(images.x_train), generator=generator(p.seed))[:n].numpy()
+    pick = floor_pick(images, p.sample.n, p.seed)
+    n = len(pick)
     net, note = inception
     floor = metrics.inception_scores(net, note, images.x_test, images.x_train[pick], dev, p.seed)
     write_json(paths.REAL_METRICS, {**metrics_json_without_judge(floor, reason), "n": n,

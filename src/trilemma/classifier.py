@@ -73,7 +73,7 @@ class ClassifierTrainee:
 
     def __init__(self, cfg: ClassifierConfig, device: torch.device, total_steps: int,
                  image: ImageSpec = MNIST_SPEC, mean: float = MNIST_MEAN, std: float = MNIST_STD):
-        self.cfg, self.image = cfg, image
+        self.cfg = cfg
         self.net = Judge(cfg.width, cfg.features, image, mean, std).to(
             device, memory_format=torch.channels_last)
         self.nets = {"judge": self.net}
@@ -128,17 +128,20 @@ def load_judge(path: str | Path, device: torch.device) -> Judge:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: classifier not found; run `trilemma train-classifier` first")
+    again = "run `trilemma train-classifier` again"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("state") is None and "reason" in blob:
-            raise NoJudge(blob["reason"])
+    except Exception as err:
+        raise DataError(f"{path}: not a trilemma classifier checkpoint ({brief(err)}); "
+                        f"{again}") from None
+    if isinstance(blob, dict) and blob.get("state") is None and "reason" in blob:
+        raise NoJudge(blob["reason"])
+    try:
         cfg = ClassifierConfig(**blob["config"])
         net = Judge(cfg.width, cfg.features, ImageSpec.from_dict(blob["image"]), blob["mean"],
                     blob["std"])
         net.load_state_dict(blob["state"])
-    except NoJudge:
-        raise
     except Exception as err:
-        raise DataError(f"{path}: not a trilemma classifier checkpoint ({brief(err)}); run "
-                        "`trilemma train-classifier` again") from None
+        raise DataError(f"{path}: not a trilemma classifier checkpoint ({brief(err)}); "
+                        f"{again}") from None
     return net.to(device, memory_format=torch.channels_last).eval()

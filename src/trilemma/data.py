@@ -187,10 +187,8 @@ def load_npz(path: str | Path, cfg: DataConfig | None = None) -> ImageData:
     try:
         with np.load(path) as npz:
             arrays = {k: npz[k] for k in ARRAY_KEYS}
-            classes = tuple(str(c) for c in npz["classes"]) if "classes" in npz.files \
-                else MNIST_SPEC.classes
-            source = str(npz["source"]) if "source" in npz.files else "mnist"
-            description = str(npz["description"]) if "description" in npz.files else "MNIST"
+            classes = tuple(str(c) for c in npz["classes"])
+            source, description = str(npz["source"]), str(npz["description"])
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable data set npz ({brief(err)})") from None
     shape = arrays["x_train"].shape
@@ -290,8 +288,8 @@ def load_folder(folder: str | Path, size: int, channels: int, test_fraction: flo
     test = np.zeros(len(files), dtype=bool)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        held = round(test_fraction * len(members)) if len(members) > 1 else 0
-        test[rng.permutation(members)[:max(held, 1 if len(members) > 1 else 0)]] = True
+        held = max(1, round(test_fraction * len(members))) if len(members) > 1 else 0
+        test[rng.permutation(members)[:held]] = True
     if test.all() or not test.any():
         raise DataError(f"{folder}: {len(files)} image(s) cannot be split into train and test "
                         "sets; add images or change data.test_fraction")
