@@ -39,7 +39,8 @@ def _end(entry: dict) -> datetime:
 
 
 def table(profile: str, runs: dict[tuple[str, str | None], dict]) -> str:
-    """A markdown table: a row per single stage and per family (train, sample, evaluate)."""
+    """A markdown table: a row per single stage, per family (train, sample, evaluate) and per
+    other stage (train-i2i@pix2pix, control@dcgan, ...)."""
     families = sorted({f for (s, f) in runs if s in PER_FAMILY and f},
                       key=lambda f: min(runs[(s, f)]["started"] for s in PER_FAMILY
                                         if (s, f) in runs))
@@ -61,6 +62,10 @@ def table(profile: str, runs: dict[tuple[str, str | None], dict]) -> str:
         cells = [f"{runs[(s, family)]['wall_seconds']:.1f}" if (s, family) in runs else "–"
                  for s in PER_FAMILY]
         row(family, chosen, cells)
+    others = sorted((k for k in runs if k[0] not in PER_FAMILY and k[0] not in SINGLE),
+                    key=lambda k: runs[k]["started"])  # image-to-image, referee, control
+    for stage, family in others:
+        row(f"{stage}@{family}" if family else stage, [runs[(stage, family)]], ["–"] * 3)
     for stage in SINGLE[2:]:
         if (stage, None) in runs:
             row(stage, [runs[(stage, None)]], ["–"] * 3)

@@ -7,13 +7,16 @@ import sys
 
 import typer
 
+from pipeline.control import control, train_referee
 from pipeline.download import download
 from pipeline.evaluate import evaluate
+from pipeline.evaluate_i2i import evaluate_i2i
 from pipeline.report import report
 from pipeline.sample import sample
 from pipeline.sync_mlflow import sync_mlflow
 from pipeline.train import train
 from pipeline.train_classifier import train_classifier
+from pipeline.train_i2i import train_i2i
 
 app = typer.Typer(help="trilemma: train, sample and measure image generator families side by side.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -22,6 +25,10 @@ app.command("train-classifier")(train_classifier)
 app.command("train")(train)
 app.command("sample")(sample)
 app.command("evaluate")(evaluate)
+app.command("train-i2i")(train_i2i)
+app.command("evaluate-i2i")(evaluate_i2i)
+app.command("train-referee")(train_referee)
+app.command("control")(control)
 app.command("report")(report)
 app.command("sync-mlflow")(sync_mlflow)
 

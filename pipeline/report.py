@@ -12,14 +12,17 @@ from trilemma.config import load_params
 
 @user_errors
 def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = False) -> None:
-    """Build reports/README.md and reports/summary.csv for the families in params.yaml."""
+    """Build reports/README.md and reports/summary.csv for the families in params.yaml, with the
+    control stage's and the image-to-image families' sections."""
     single_process("report")
     p = load_params(params)
     if dry_run:
-        return print_settings({"families": p.families, "output": str(paths.REPORTS / "README.md")})
+        return print_settings({"families": p.families, "control": p.control.families,
+                               "i2i_families": p.i2i_families,
+                               "output": str(paths.REPORTS / "README.md")})
     from trilemma import report as report_lib  # pandas and matplotlib: only when needed
 
-    report_lib.build(p.families)
+    report_lib.build(p.families, control=p.control.families, i2i=p.i2i_families)
     log(f"wrote {paths.REPORTS / 'README.md'} and summary.csv for {', '.join(p.families)}")
     with tracking.stage_run("report", None, p.profile) as run:
         run.log_params({"families": ",".join(p.families)})

@@ -15,8 +15,8 @@ class TrackingError(TrilemmaError):
 
 @user_errors
 def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
-    """Log the metric files of the classifier and of every family's train and evaluate stages to
-    MLflow, one run each, unless a finished run with the same files is there already (a stage run
+    """Log the metric files of the classifier and of every family's train and evaluate stages
+    (the image-to-image families', the referee's and the control stage's too) to MLflow, one run each, unless a finished run with the same files is there already (a stage run
     by `dvc repro`, or an earlier sync): running it twice adds nothing. Uses $MLFLOW_TRACKING_URI,
     else sqlite:///mlflow.db in this directory."""
     single_process("sync-mlflow")
@@ -24,7 +24,7 @@ def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
     from trilemma import tracking
 
     try:
-        done = tracking.sync(p.families, p.profile)
+        done = tracking.sync(p.families, p.profile, p.i2i_families, p.control.families)
     except Exception as err:  # here MLflow is the whole job: its failure is the command's
         raise TrackingError(f"MLflow: {brief(err)}") from None
     for name, what in done:

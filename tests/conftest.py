@@ -29,6 +29,18 @@ TINY = {
     **{f"{name}.{key}": value for name in ("ddpm", "cfg_diffusion")
        for key, value in {"epochs": 1, "batch_size": 64, "widths": [8, 16], "patch": 2,
                           "timesteps": 20, "dropout": 0.0}.items()},
+    **{f"stylegan.{key}": value for key, value in {
+        "epochs": 1, "width": 8, "latent_dim": 8, "w_dim": 16, "mapping_layers": 2,
+        "batch_size": 64}.items()},
+    **{f"{name}.{key}": value for name in ("pix2pix", "srgan", "cyclegan")
+       for key, value in {"epochs": 1, "width": 8, "batch_size": 32, "max_steps": 3}.items()},
+    "srgan.blocks": 1,
+    **{f"progan.{key}": value for key, value in {  # grows 7 -> 14 -> 28 in its 4 steps
+        "epochs": 1, "width": 4, "max_width": 16, "latent_dim": 8, "batch_size": 64,
+        "resolution_steps": 1, "fade_steps": 1}.items()},
+    **{f"latent_diffusion.{key}": value for key, value in {  # 2 autoencoder, 2 diffusion steps
+        "epochs": 1, "batch_size": 64, "width": 8, "widths": [8, 16], "timesteps": 20,
+        "dropout": 0.0, "ae_steps": 2, "max_steps": 4}.items()},
     "sample.truncation_sweep": [1.0],
     "sample.sweep_n": 32,
     "sample.steps": 2,
@@ -38,6 +50,12 @@ TINY = {
     "sample.batch_size": 32,
     "sample.grid": 16,
     "evaluate.batch_size": 100,
+    "control.referee_width": 4,
+    "control.per_class": 2,
+    "control.steps": 3,
+    "control.guidance_scales": [0.0, 2.0],
+    "control.guidance_n": 20,
+    "control.batch_size": 16,
 }
 
 

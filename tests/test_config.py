@@ -12,9 +12,14 @@ from trilemma.errors import ConfigError
 
 def test_project_params_file_is_valid():
     p = parse_params(base_params())
-    assert p.families == ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "ddpm", "cfg_diffusion"]
+    assert p.families == ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan",
+                          "ddpm", "cfg_diffusion", "latent_diffusion"]
     for name in p.families:
         assert p.family(name).epochs >= 1, name
+    assert p.i2i_families == ["pix2pix", "srgan", "cyclegan"]
+    for name in p.i2i_families:
+        assert p.i2i(name).epochs >= 1, name
+    assert set(p.control.families) <= set(p.families)
 
 
 def test_full_profile_of_the_project_params_is_valid():

@@ -393,6 +393,21 @@ def train_ddpm(x: torch.Tensor, y: torch.Tensor, checkpoint: Path) -> tuple[dict
     return model.state_dict(), history
 
 
+PROGAN = {"epochs": 1, "batch_size": 32, "lr": 1e-3, "width": 4, "max_width": 8,
+          "latent_dim": 8, "resolution_steps": 2, "fade_steps": 1, "max_steps": 6}
+
+
+def train_progan(x: torch.Tensor, y: torch.Tensor, checkpoint: Path) -> dict:
+    """ProGAN through `fit` across its growth (7, then 14 fading in, 28 fading in): each level
+    leaves the other levels' blocks without a gradient, which DDP must be told to allow."""
+    cfg = families.REGISTRY["progan"].Config(**PROGAN)
+    seed_everything(DDPM_SEED)
+    model = families.build("progan", cfg, CPU)
+    fit(model, x, y, cfg, name="progan", device=CPU, seed=DDPM_SEED, checkpoint=checkpoint,
+        fingerprint="test")
+    return model.state_dict()
+
+
 def _rank(rank: int, folder: str) -> None:
     """One of two ranks: the distributed functions inside a gloo group, then `fit` on the
     diffusion family; results to folder/<rank>.pt."""
@@ -431,6 +446,7 @@ def _rank(rank: int, folder: str) -> None:
         }
         data = torch.load(out / "data.pt")
         results["ddpm"] = train_ddpm(data["x"], data["y"], out / "ddpm_checkpoint.pt")
+        results["progan"] = train_progan(data["x"], data["y"], out / "progan_checkpoint.pt")
         torch.save(results, out / f"{rank}.pt")
         distributed.stop()
     finally:
@@ -520,3 +536,13 @@ def test_two_ranks_train_the_ddpm_of_one_process(two_ranks, mnist, tmp_path):
             diff = (out_one - out_two).abs().max().item() / max(1.0, out_one.abs().max().item())
             print(f"ddpm {name}: max output diff {diff:.3g}")
             assert diff < OUTPUT_TOL, f"ddpm {name}: 2 ranks vs 1 process differ by {diff}"
+
+
+def test_two_ranks_grow_one_progan(two_ranks):
+    """Past two level changes, both ranks hold the same weights and the same step count."""
+    (_, ranks) = two_ranks
+    state_0, state_1 = ranks[0]["progan"], ranks[1]["progan"]
+    assert flat(state_0).keys() == flat(state_1).keys()
+    assert all(torch.equal(a, b) for a, b in zip(flat(state_0).values(), flat(state_1).values())
+               if isinstance(a, torch.Tensor))
+    assert state_0["steps"] == state_1["steps"] == PROGAN["max_steps"]

@@ -50,9 +50,15 @@ def first_repro(repo: Path) -> str:
 
 
 def test_dvc_repro_runs_every_stage(first_repro: str):
-    families = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "ddpm", "cfg_diffusion"]
+    families = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan", "ddpm",
+                "cfg_diffusion", "latent_diffusion"]
+    i2i = ["pix2pix", "srgan", "cyclegan"]
+    control = ["vae", "mlp_gan", "dcgan", "wgan_gp", "stylegan", "progan", "ddpm",
+               "cfg_diffusion", "latent_diffusion"]
     for stage in ("download", "train-classifier", *[f"{stage}@{family}" for family in families
-                  for stage in ("train", "sample", "evaluate")], "report"):
+                  for stage in ("train", "sample", "evaluate")],
+                  *[f"{stage}@{family}" for family in i2i for stage in ("train-i2i", "evaluate-i2i")],
+                  "train-referee", *[f"control@{family}" for family in control], "report"):
         assert f"Running stage '{stage}'" in first_repro
 
 
@@ -65,10 +71,14 @@ def test_second_dvc_repro_is_a_no_op(repo: Path, first_repro: str):
 def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: str):
     summary = pd.read_csv(repo / "reports/summary.csv")
     assert list(summary["family"]) == ["real data (floor)", "vae", "mlp_gan", "dcgan", "wgan_gp",
-                                       "cgan", "ddpm", "cfg_diffusion"]
+                                       "cgan", "stylegan", "progan", "ddpm", "cfg_diffusion",
+                                       "latent_diffusion"]
     assert (summary["fid_classifier"] > 0).all()
     readme = (repo / "reports/README.md").read_text()
     assert "| vae |" in readme and "samples/vae/grid.png" in readme
+    for section in ("## Latent against pixel-space diffusion", "## Controllable generation",
+                    "## Image-to-image", "train/stylegan/style_mixing.png"):
+        assert section in readme, section
     for name in ("classifier/metrics.json", "classifier/per_class.csv", "classifier/confusion.png",
                  "eval/real/metrics.json", "eval/vae/metrics.json", "eval/vae/per_class.csv",
                  "eval/cgan/truncation_sweep.csv", "eval/ddpm/steps_sweep.csv",
@@ -76,7 +86,11 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
                  "train/vae/loss.csv", "train/vae/grid.png", "figures/speed_corner.png",
                  "train/vae/latent.png", "samples/vae/grid.png", "samples/dcgan/interpolation.png",
                  "figures/loss_curves.png", "figures/class_histograms.png",
-                 "figures/sweep_truncation.png", "figures/trilemma.png"):
+                 "figures/sweep_truncation.png", "figures/trilemma.png",
+                 "train/stylegan/style_mixing.png", "train/progan/growth.png",
+                 "train/latent_diffusion/reconstruction.png", "eval/srgan/metrics.json",
+                 "eval/pix2pix/examples.png", "control/dcgan/before_after.png",
+                 "control/ddpm/metrics.json", "referee/metrics.json"):
         assert (repo / "reports" / name).stat().st_size > 0, name
     metrics = json.loads((repo / "reports/eval/vae/metrics.json").read_text())
     assert {"fid_classifier", "is_classifier", "class_histogram", "profile"} <= metrics.keys()

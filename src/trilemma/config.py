@@ -48,6 +48,14 @@ def check_data(cfg: DataConfig) -> None:
         raise ConfigError("data.folder: missing; data.source image_folder reads its images there")
 
 
+def check_control(cfg: "ControlConfig", families: list[str]) -> None:
+    """The control stage runs only on trained families."""
+    for name in cfg.families:
+        if name not in families:
+            raise ConfigError(f"control.families: {name!r} is not in `families` "
+                              f"({', '.join(families)})")
+
+
 class LaunchConfig(Section):
     # prefix of the train stage's command in dvc.yaml: "" runs one process; e.g.
     # "torchrun --nproc-per-node 4 --no-python" trains data-parallel on 4 GPUs
@@ -119,16 +127,47 @@ class EvaluateConfig(Section):
         return value
 
 
+class ControlConfig(Section):
+    """Steering generators toward a requested class (stages `train-referee` and `control`)."""
+
+    families: list[str] = []  # each listed in `families`: DVC's foreach of the control stage
+    # the referee: a second classifier (seed + 1, shift augmentation) that scores steering
+    # without being the network the steering ascends
+    referee_width: int = Field(16, ge=4)
+    referee_epochs: int = Field(1, ge=1)
+    referee_max_steps: int | None = Field(None, ge=1)
+    # latent steering of unconditional latent families: `per_class` prior latents per class,
+    # `steps` Adam steps of size `lr` on -log p_judge(class | decode(z)) + prior_weight |z|^2/2
+    per_class: int = Field(16, ge=1)
+    steps: int = Field(50, ge=1)
+    lr: float = Field(0.05, gt=0)
+    prior_weight: float = Field(0.01, ge=0)
+    # classifier guidance of an unconditional diffusion family: step sizes on the predicted x0
+    guidance_scales: list[Annotated[float, Field(ge=0)]] = [0.0, 1.0, 3.0, 10.0]
+    guidance_n: int = Field(200, ge=10)  # images per guidance setting (balanced classes)
+    batch_size: int = Field(250, ge=1)
+
+
 class Params(Section):
     profile: Literal["quick", "full"] = "quick"
     seed: int = Field(0, ge=0)
     families: list[str] = Field(min_length=1)
+    i2i_families: list[str] = []  # image-to-image families (trilemma.i2i): DVC's foreach
     data: DataConfig = DataConfig()
     train: LaunchConfig = LaunchConfig()
     classifier: ClassifierConfig
     sample: SampleConfig
     evaluate: EvaluateConfig = EvaluateConfig()
+    control: ControlConfig = ControlConfig()
     family_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    i2i_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    def i2i(self, name: str) -> TrainConfig:
+        """The validated config of one image-to-image family (listed in `i2i_families`)."""
+        if name not in self.i2i_sections:
+            known = ", ".join(self.i2i_families) or "none"
+            raise ConfigError(f"i2i family '{name}' is not in params.yaml `i2i_families` ({known})")
+        return self.i2i_sections[name]
 
     def family(self, name: str) -> TrainConfig:
         """The validated config of one family (listed in `families`)."""
@@ -161,6 +200,36 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
     return f"{key}: {e['msg']} (got {e.get('input')!r})"
 
 
+def _parse_i2i(resolved: dict[str, Any], source: str) -> dict[str, TrainConfig]:
+    """Check `i2i_families` against the i2i registry and take each one's section out of
+    `resolved`, validated; sections of unlisted i2i families are taken out unchecked."""
+    from trilemma.i2i import REGISTRY  # i2i imports config: avoid the cycle
+
+    names = resolved.get("i2i_families") or []
+    if not isinstance(names, list):
+        return {}  # Params reports the type
+    for name in names:
+        if not isinstance(name, str) or name not in REGISTRY:
+            known = ", ".join(sorted(REGISTRY))
+            raise ConfigError(f"{source}: i2i_families: unknown family {name!r} (known: {known})")
+        if name not in resolved:
+            raise ConfigError(f"{source}: i2i_families: {name!r} has no section `{name}:`")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: i2i_families: a family is listed twice")
+    found = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
+    validated = {}
+    for name in names:
+        section = found[name]
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{source}: {name}: must be a mapping of settings "
+                              f"(got {type(section).__name__})")
+        try:
+            validated[name] = REGISTRY[name].Config(**(section or {}))
+        except ValidationError as err:
+            raise ConfigError(f"{source}: {_first_error(err, name)}") from None
+    return validated
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping; any problem is one ConfigError line naming the key."""
     from trilemma.families import REGISTRY  # families import config: avoid the cycle
@@ -184,6 +253,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         if len(set(families)) != len(families):
             raise ConfigError(f"{source}: families: a family is listed twice")
     sections = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
+    i2i_sections = _parse_i2i(resolved, source)
     for name, section in sections.items():
         if section is not None and not isinstance(section, dict):
             raise ConfigError(f"{source}: {name}: must be a mapping of settings "
@@ -194,6 +264,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: {_first_error(err)}") from None
     try:
         check_data(params.data)
+        check_control(params.control, params.families)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     validated = {}
@@ -202,7 +273,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             validated[name] = REGISTRY[name].Config(**(section or {}))
         except ValidationError as err:
             raise ConfigError(f"{source}: {_first_error(err, name)}") from None
-    return params.model_copy(update={"family_sections": validated})
+    return params.model_copy(update={"family_sections": validated, "i2i_sections": i2i_sections})
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

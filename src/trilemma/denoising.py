@@ -6,7 +6,7 @@ It receives the noise-prediction network and defines no layers; the math is in `
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,9 @@ class DiffusionConfig(TrainConfig):
             raise ValueError("every width must be at least 4")
         return widths
 
+
+# a hook that shifts the noise prediction eps (n,C,S,S) of x_t at step t: classifier guidance
+Guide = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 # DDIM steps of the train stage's previews (the grid after each epoch, the figures): they need no
 # more; the sample stage passes its own `sample.steps`
@@ -72,8 +75,13 @@ class Diffusion:
         return torch.full_like(like, self.image.num_classes)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        x0 = (x * 2 - 1).contiguous(memory_format=torch.channels_last)  # (B,C,S,S) in [-1,1]
-        t = distributed.randint(0, self.timesteps, len(x), device=x.device)
+        return self.denoising_step(x * 2 - 1, y)  # (B,C,S,S) in [-1,1]
+
+    def denoising_step(self, x0: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on clean data x0 (B,C,S,S) in the space the net denoises:
+        pixels in [-1,1] here, a latent grid for latent diffusion."""
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+        t = distributed.randint(0, self.timesteps, len(x0), device=x0.device)
         noise = distributed.randn_like(x0)
         labels = None
         if self.conditional:  # drop labels so that one net also learns the unconditional model
@@ -114,12 +122,13 @@ class Diffusion:
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, start: int, labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, sampler: str = "ddim", steps: int = 50,
-                eta: float = 0.0, guidance: float = 3.0,
-                keep: int = 0) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+                eta: float = 0.0, guidance: float = 3.0, keep: int = 0,
+                guide: Guide | None = None) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
         """Run the reverse process from x = x_start (n,C,S,S) in [-1,1] down to x_0 on `steps`
         timesteps spread over 0..start. Returns x_0 and, if keep > 0, `keep` evenly spaced
         (t, uint8 x_t) along the way (t = -1: x_0), for a progression figure. Noise comes from
-        `generator` on the CPU."""
+        `generator` on the CPU. `guide(x_t, eps, t) -> eps` shifts each noise prediction before
+        the step (classifier guidance, `trilemma.control`)."""
         if self.conditional and labels is None:
             labels = torch.arange(len(x)) % self.image.num_classes
         labels = None if labels is None else labels.to(self.device)
@@ -130,6 +139,8 @@ class Diffusion:
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             eps = self._eps(x, t, labels, guidance)
+            if guide is not None:
+                eps = guide(x, eps, t)
             noise = None
             if (sampler == "ddpm" or eta > 0) and t_prev >= 0:
                 noise = torch.randn(x.shape, generator=generator).to(x)
@@ -144,13 +155,14 @@ class Diffusion:
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None, sampler: str = "ddim",
                steps: int | str = PREVIEW_STEPS, eta: float = 0.0,
-               guidance: float = 3.0) -> torch.Tensor:
-        """n images from pure noise. steps="ddpm" means the ancestral sampler on all T steps."""
+               guidance: float = 3.0, guide: Guide | None = None) -> torch.Tensor:
+        """n images from pure noise. steps="ddpm" means the ancestral sampler on all T steps;
+        `guide` as in `denoise`."""
         if steps == "ddpm":
             sampler, steps = "ddpm", self.timesteps
         x_T = torch.randn(n, *self._shape, generator=generator)
         x0, _ = self.denoise(x_T, self.timesteps - 1, labels, generator, sampler, int(steps), eta,
-                             guidance)
+                             guidance, guide=guide)
         return _images(x0)
 
     @torch.no_grad()

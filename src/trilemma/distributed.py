@@ -127,8 +127,32 @@ def wrap(nets: dict[str, nn.Module], device: torch.device) -> dict[str, nn.Modul
         if device.type == "cuda":
             for child_name, child in list(net.named_children()):
                 setattr(net, child_name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        if getattr(net, "partial", False):  # see average_gradients
+            wrapped[name] = net
+            continue
         wrapped[name] = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     return wrapped
+
+
+def average_gradients(net: nn.Module) -> None:
+    """The mean of every rank's gradients of `net`, in one all-reduce: for a net that runs part of
+    itself per step (ProGAN's levels, `partial = True`), which `wrap` leaves to its trainee.
+    DistributedDataParallel, even with find_unused_parameters, records which weights a step used
+    and fails when a later step uses fewer (a fade-in that ends). Weights without a gradient are
+    the same on every rank (they follow the step counter) and stay without one. Nothing in one
+    process."""
+    if not active():
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for grad, mean in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(mean)
 
 
 def no_sync(net: nn.Module) -> contextlib.AbstractContextManager:

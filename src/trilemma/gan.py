@@ -105,10 +105,10 @@ class GAN:
         self.steps += 1
         return {k: v.detach() for k, v in logs.items()}
 
-    @torch.no_grad()
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (n,L) [+ classes (n,)] -> uint8 images (n,C,S,S), BatchNorm in eval mode so an
-        image does not depend on the rest of its batch."""
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,L) [+ classes (n,)] -> float images (n,C,S,S) in [0,1], differentiable
+        w.r.t. z (latent steering). BatchNorm in eval mode, so an image does not depend on the
+        rest of its batch."""
         if self.conditional and labels is None:
             labels = torch.arange(len(z)) % self.num_classes
         training = self.g.training
@@ -116,7 +116,12 @@ class GAN:
         z = z.to(self.device)
         out = self.g(self._g_input(z, None if labels is None else labels.to(self.device)))
         self.g.train(training)
-        return ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return ((out + 1) / 2).clamp(0, 1)  # tanh range [-1,1] -> [0,1]
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,L) [+ classes (n,)] -> uint8 images (n,C,S,S): `decode`, rounded."""
+        return self.decode(z, labels).mul(255).round().to(torch.uint8)
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None,

@@ -36,3 +36,12 @@ def eval_reports(family: str) -> Path:
 
 def checkpoint(name: str) -> Path:
     return CHECKPOINTS / f"{name}.pt"
+
+
+REFEREE = Path("models/referee.pt")  # the second classifier that scores steering
+REFEREE_REPORTS = Path("reports/referee")
+
+
+def control_reports(family: str) -> Path:
+    """metrics.json, per_class.csv and the before/after figure of the control stage."""
+    return Path("reports/control") / family

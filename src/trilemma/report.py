@@ -173,7 +173,9 @@ def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
 SWEEP_TEXT = {  # {things}, {unit}, {corner}: filled in by _sweep_section
     "truncation": "τ draws every latent component from N(0,1) cut to [−τ, τ] (none: no cut). A "
                   "smaller τ keeps latents near the centre, where {things} tend to be cleaner and "
-                  "less varied; FID counts both effects, so it may fall or rise.",
+                  "less varied; FID counts both effects, so it may fall or rise. `stylegan` "
+                  "reads the same setting as ψ in its w space instead: w = w̄ + ψ (w − w̄), w̄ "
+                  "the average w of training (none: ψ = 1, and ψ = 0 gives w̄ for every z).",
     "steps": "Denoising steps (network evaluations per image): `ddim k` is DDIM on k timesteps "
              "spread over the T of training, `ddpm T` the ancestral sampler on all of them. Fewer "
              "steps buy speed{corner}.",
@@ -248,6 +250,35 @@ def _latent_section(families: list[str], out: Path, data: Data) -> str:
             f"that of the thinnest 10 %.{rows}\n\n"
             "| family | interpolation | arithmetic: z + α · bold |\n|---|---|---|\n"
             + "\n".join(blocks) + "\n")
+
+
+DIFFUSION_FAMILIES = ("ddpm", "cfg_diffusion", "latent_diffusion")
+
+
+def _diffusion_space_section(rows: list[dict], by_knob: dict[str, dict[str, list[dict]]],
+                             data: Data) -> str:
+    """Latent against pixel-space diffusion at their main sampling settings: the point of latent
+    diffusion is the cheaper network evaluation on a small latent grid."""
+    shown = {r["family"]: r for r in rows[1:] if r["family"] in DIFFUSION_FAMILIES}
+    if "latent_diffusion" not in shown or len(shown) < 2:
+        return ""
+    steps = by_knob.get("steps", {})
+    base = shown.get("ddpm") or shown.get("cfg_diffusion")
+    table = [{"family": name, "setting": next((r["setting"] for r in steps.get(name, [])
+                                               if r["main"]), None),
+              "samples_per_second": row["samples_per_second"],
+              "speedup": round(row["samples_per_second"] / base["samples_per_second"], 2),
+              "fid_classifier": row["fid_classifier"], "label_accuracy": row["label_accuracy"],
+              "train_seconds": row["train_seconds"]} for name, row in shown.items()]
+    names = summary_columns(data)
+    return (f"## Latent against pixel-space diffusion\n\n`latent_diffusion` denoises the small "
+            f"latent grid of its autoencoder and decodes once at the end; `ddpm` and "
+            f"`cfg_diffusion` denoise the pixels at every step. Main sampling settings, the "
+            f"same n as the summary table; speed-up is images/s over `{base['family']}`'s."
+            f"\n\n" + markdown_table(table, {
+                "family": "family", "setting": "sampler", "samples_per_second": "images/s ↑",
+                "speedup": "speed-up", "fid_classifier": names["fid_classifier"],
+                "label_accuracy": names["label_accuracy"], "train_seconds": "train s"}) + "\n")
 
 
 def _class_columns(data: Data) -> dict[str, str]:
@@ -403,8 +434,12 @@ def _trilemma_figure(rows: list[dict], floor: dict, folder: Path) -> str:
             "quality, right is faster sampling, a bigger marker\ncovers more of the data (recall).")
 
 
-def build(families: list[str], out: Path = paths.REPORTS) -> str:
-    """Write the report files; return the README text."""
+def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (),
+          i2i: list[str] = ()) -> str:
+    """Write the report files; return the README text. `control`: the families of the control
+    stage (params `control.families`); `i2i`: the image-to-image families."""
+    from trilemma import report_control, report_i2i
+
     rows = summary_rows(families)
     write_csv(out / "summary.csv", rows)
     clf = read_json(paths.CLASSIFIER_REPORTS / "metrics.json")
@@ -461,10 +496,13 @@ generator can be expected to beat.
 
 {shown["histograms"]}
 
+{_diffusion_space_section(rows, by_knob, data)}
 {sweep_text}
 {_latent_section(families, out, data)}
 {_label_accuracy_section(families, data)}
 {_family_figures_section(families, out, data)}
+{report_control.section(list(control), out) if control else ""}
+{report_i2i.section(list(i2i), out)}
 ## Training
 
 ![loss curves](figures/loss_curves.png)

@@ -138,7 +138,13 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-SYNCED_STAGES = ("train-classifier", "train", "evaluate")  # the stages that write metric files
+def synced_stages(families: list[str], i2i: list[str] = (),
+                  control: list[str] = ()) -> list[tuple[str, str | None]]:
+    """(stage, family) of every stage that writes metric files, in pipeline order."""
+    return ([("train-classifier", None)] + [("train", f) for f in families]
+            + [("evaluate", f) for f in families] + [("train-i2i", f) for f in i2i]
+            + [("evaluate-i2i", f) for f in i2i]
+            + ([("train-referee", None)] if control else []) + [("control", f) for f in control])
 
 
 def report_files(stage: str, family: str | None) -> dict[Path, str]:
@@ -150,7 +156,12 @@ def report_files(stage: str, family: str | None) -> dict[Path, str]:
         folder = paths.CLASSIFIER_REPORTS
         return {folder / "metrics.json": "", folder / "timing.json": "",
                 paths.REAL_METRICS: "floor_"}
-    folder = {"train": paths.train_reports, "evaluate": paths.eval_reports}[stage](family)
+    if stage == "train-referee":
+        folder = paths.REFEREE_REPORTS
+    else:
+        folder = {"train": paths.train_reports, "evaluate": paths.eval_reports,
+                  "train-i2i": paths.train_reports, "evaluate-i2i": paths.eval_reports,
+                  "control": paths.control_reports}[stage](family)
     return {folder / "metrics.json": "", folder / "timing.json": ""}
 
 
@@ -226,14 +237,14 @@ def stage_run(stage: str, family: str | None, profile: str) -> Iterator[Run]:
         run.close(status)
 
 
-def sync(families: list[str], profile: str) -> list[tuple[str, str]]:
+def sync(families: list[str], profile: str, i2i: list[str] = (),
+         control: list[str] = ()) -> list[tuple[str, str]]:
     """Log the metric files under reports/ of every stage whose current files are not in MLflow
     yet (DVC skipped it, or it ran with tracking off): one run each, tagged `synced`. Running it
     again adds nothing. Returns (run name, what happened) per stage."""
     mlflow = _connect()
     done = []
-    for stage, family in [("train-classifier", None)] + [(s, f) for s in SYNCED_STAGES[1:]
-                                                         for f in families]:
+    for stage, family in synced_stages(families, i2i, control):
         name = f"{stage}:{family}" if family else stage
         files = report_files(stage, family)
         missing = [str(p) for p in files if not p.exists()]

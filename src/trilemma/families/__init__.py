@@ -13,6 +13,9 @@ from trilemma.config import TrainConfig
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import DataError, brief
 from trilemma.families import cfg_diffusion, cgan, dcgan, ddpm, mlp_gan, vae, wgan_gp
+from trilemma.families import stylegan
+from trilemma.families import latent_diffusion
+from trilemma.families import progan
 from trilemma.io import atomic_path
 from trilemma.train import Trainee
 
@@ -50,6 +53,9 @@ REGISTRY: dict[str, ModuleType] = {
     "cgan": cgan,
     "ddpm": ddpm,
     "cfg_diffusion": cfg_diffusion,
+    "stylegan": stylegan,
+    "latent_diffusion": latent_diffusion,
+    "progan": progan,
 }
 
 

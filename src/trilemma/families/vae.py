@@ -85,14 +85,19 @@ class VAE:
         self.opt.step()
         return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
 
-    @torch.no_grad()
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (n,L) -> uint8 images (n,C,S,S): the decoder's Bernoulli means."""
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,L) -> float images (n,C,S,S) in [0,1], the decoder's Bernoulli means;
+        differentiable w.r.t. z (latent steering)."""
         training = self.net.training
         self.net.eval()
         probs = torch.sigmoid(self.net.decoder(z.to(self.device)))
         self.net.train(training)
-        return probs.mul(255).round().to(torch.uint8)
+        return probs
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,L) -> uint8 images (n,C,S,S): `decode`, rounded."""
+        return self.decode(z, labels).mul(255).round().to(torch.uint8)
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None,

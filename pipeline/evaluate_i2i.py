@@ -1,0 +1,102 @@
+"""Stage `evaluate-i2i <family>`: an image-to-image family and its no-learning baseline scored on
+the test digits: PSNR and SSIM against the derived targets, the judge's accuracy on the outputs
+(is the digit kept?) and FID to the real targets in the judge's features."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
+                             single_process, user_errors)
+from pipeline.train_i2i import EXAMPLES, I2IArgument, judge_for
+from trilemma import paths, tracking
+from trilemma.io import write_json
+from trilemma.runtime import device_name
+
+SCORES = ("psnr", "ssim", "judge_accuracy", "fid_classifier")
+
+
+def score(metrics, judge, device, batch_size: int, images: np.ndarray, targets: np.ndarray,
+          labels: np.ndarray, real) -> dict[str, float]:
+    """PSNR/SSIM of uint8 `images` against uint8 `targets` (both (n,C,S,S)), the judge's accuracy
+    on `images` against the digits' `labels`, and FID to `real` (the targets embedded)."""
+    from trilemma.i2i.scores import psnr, ssim
+
+    pred, true = torch.from_numpy(images).float() / 255, torch.from_numpy(targets).float() / 255
+    embedded = metrics.embed(judge, images, device, batch_size)
+    return {"psnr": float(psnr(pred, true).mean()), "ssim": float(ssim(pred, true).mean()),
+            "judge_accuracy": float((embedded.predictions == labels).mean()),
+            "fid_classifier": metrics.fid(real.features, embedded.features)}
+
+
+@user_errors
+def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
+                 device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
+    """Translate the test digits' task inputs with models/<family>.pt; write reports/eval/<family>/
+    metrics.json (psnr, ssim, judge_accuracy, fid_classifier of the outputs, the same with a
+    `baseline_` prefix for the task's no-learning answer, the judge's accuracy on the targets;
+    CycleGAN also `back_`: B -> A), timing.json (translations per second) and examples.png
+    (input | baseline | output | target)."""
+    single_process("evaluate-i2i")
+    p, dev = setup(params, device)
+    cfg = p.i2i(family)
+    if dry_run:
+        return print_settings({family: cfg.model_dump(), "evaluate": p.evaluate.model_dump(),
+                               "data": p.data.model_dump(), "device": str(dev)})
+    from trilemma import data, figures, i2i, metrics
+    from trilemma.classifier import load_judge
+    from trilemma.i2i.scores import examples_figure, quantise
+
+    metrics.preload()
+    images = data.load_npz(paths.DATA, p.data)
+    judge = load_judge(paths.CLASSIFIER, dev)
+    model = i2i.load(family, cfg, paths.model(family), dev, judge_for(family, dev))
+    bs, task = p.evaluate.batch_size, model.task
+    x = torch.from_numpy(images.x_test).float() / 255  # (n,C,S,S)
+    outputs, baselines, targets, backs, seconds = [], [], [], [], 0.0
+    back = getattr(model, "translate_back", None)  # CycleGAN's second generator
+    for start in range(0, len(x), bs):
+        inputs, target = task.pair(x[start:start + bs])
+        t0 = time.perf_counter()
+        out = model.translate(inputs).cpu()  # the copy waits for the device
+        seconds += time.perf_counter() - t0
+        outputs.append(quantise(out))
+        baselines.append(quantise(task.baseline(inputs)))
+        targets.append(quantise(target))
+        if back is not None:
+            backs.append(quantise(back(target).cpu()))
+    out_u8, base_u8, target_u8 = (torch.cat(t).numpy() for t in (outputs, baselines, targets))
+    labels = images.y_test
+    with tracking.stage_run("evaluate-i2i", family, p.profile) as run:
+        real = metrics.embed(judge, target_u8, dev, bs)
+        result = {"task": task.name, "baseline": task.baseline_name, "n": len(x),
+                  "paired_training": task.paired_training, "profile": p.profile,
+                  "target_judge_accuracy": float((real.predictions == labels).mean())}
+        result.update(score(metrics, judge, dev, bs, out_u8, target_u8, labels, real))
+        result.update({f"baseline_{k}": v for k, v in score(
+            metrics, judge, dev, bs, base_u8, target_u8, labels, real).items()})
+        if back is not None:  # B -> A against the original digits
+            digits = quantise(x).numpy()
+            result.update({f"back_{k}": v for k, v in score(
+                metrics, judge, dev, bs, torch.cat(backs).numpy(), digits, labels,
+                metrics.embed(judge, digits, dev, bs)).items()})
+        result = {k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}
+        timing = {"translations_per_second": round(len(x) / max(seconds, 1e-9), 2),
+                  "device": device_name(dev)}
+        out = paths.eval_reports(family)
+        write_json(out / "metrics.json", result)
+        write_json(out / "timing.json", timing)
+        figure = examples_figure(task, model.translate, x[:EXAMPLES],
+                                 f"{family}: {task.description} (test digits)")
+        figures.save_figure(figure, out / "examples.png")
+        log(f"{family}: " + ", ".join(
+            f"{k} {result[k]:.4g} (baseline {result['baseline_' + k]:.4g})" for k in SCORES)
+            + f"; targets' judge accuracy {result['target_judge_accuracy']:.4f}")
+        run.log_params(tracking.flatten({family: cfg.model_dump(), "seed": p.seed,
+                                         "data": p.data.model_dump()}))
+        run.log_reports("evaluate", family)
+        run.log_artifact(out / "examples.png")

@@ -1,0 +1,90 @@
+"""Stage `train-i2i <family>`: the generic training loop on one image-to-image family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
+                             user_errors)
+from trilemma import data, distributed, figures, i2i, paths, tracking
+from trilemma.config import fingerprint
+from trilemma.i2i.scores import examples_figure
+from trilemma.io import write_csv, write_json
+from trilemma.runtime import BusySampler, device_name, peak_memory
+from trilemma.train import fit
+
+I2IArgument = Annotated[str, typer.Argument(
+    help="Image-to-image family, as listed in params.yaml `i2i_families`.")]
+EXAMPLES = 8  # test digits in the input | output | target figure
+
+
+def judge_for(family: str, device: torch.device):
+    """The frozen judge for SRGAN's content loss; the other families need none."""
+    if family != "srgan":
+        return None
+    from trilemma.classifier import load_judge
+
+    return load_judge(paths.CLASSIFIER, device)
+
+
+@user_errors
+def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
+              device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
+    """Train one image-to-image family on its task derived from the training digits; write
+    models/<family>.pt and reports/train/<family>/ (loss.csv per epoch, loss_steps.csv, metrics.json
+    with the final losses, timing.json, examples.png: input | baseline | output | target on test
+    digits)."""
+    p, dev = setup(params, device)
+    cfg = p.i2i(family)
+    settings = {family: cfg.model_dump(), "seed": p.seed, "profile": p.profile,
+                "data": p.data.model_dump()}
+    if dry_run:
+        return print_settings({**settings, "device": str(dev)})
+    images = data.load_npz(paths.DATA, p.data)
+    model = i2i.build(family, cfg, dev, images.spec, judge_for(family, dev))
+    x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
+    distributed.check_batch(min(cfg.batch_size, len(x_train)), family)
+    trace: list[dict] = []
+
+    def train_loop(on_epoch=None) -> list[dict]:
+        return fit(model, x_train, y_train, cfg, name=family, device=dev, seed=p.seed,
+                   checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
+                   on_epoch=on_epoch, trace=trace)
+
+    if not distributed.is_main():
+        train_loop()
+        return
+    out = paths.train_reports(family)
+    with tracking.stage_run("train-i2i", family, p.profile) as run:
+        run.log_params(tracking.flatten(settings))
+
+        def after_epoch(row: dict) -> None:
+            run.log_metrics(row, step=row["epoch"])
+
+        run.wait_started()
+        with BusySampler(dev) as busy:
+            history = train_loop(after_epoch)
+        i2i.save(model, family, cfg, paths.model(family))
+        paths.checkpoint(family).unlink(missing_ok=True)
+        write_csv(out / "loss.csv", history)
+        write_csv(out / "loss_steps.csv", trace)
+        summary = {"epochs": len(history), "profile": p.profile,
+                   **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
+                      if k not in ("epoch", "seconds")}}
+        timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
+                  "device": device_name(dev), "processes": distributed.world_size(),
+                  **peak_memory(dev), **busy.summary()}
+        write_json(out / "metrics.json", summary)
+        write_json(out / "timing.json", timing)
+        x_test = torch.from_numpy(images.x_test[:EXAMPLES]).float() / 255
+        figure = examples_figure(model.task, model.translate, x_test,
+                                 f"{family}: {model.task.description}")
+        figures.save_figure(figure, out / "examples.png")
+        run.log_artifact(out / "examples.png")
+        run.log_reports("train", family)
+        run.log_artifact(out / "loss.csv")
+        log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training")

@@ -1,0 +1,184 @@
+"""Progressive GAN (Karras et al., 2018): G and D grow from the base grid to the full size by
+doublings (MNIST: 7 -> 14 -> 28), each new resolution faded in with an alpha rising from 0 to 1;
+equalized learning rate, pixel norm and minibatch stddev in `nets.progan`; Adam(betas 0/0.99).
+
+The schedule: `resolution_steps` optimisation steps at each resolution below the full size, the
+first `fade_steps` of them fading the new one in; the full size keeps the rest (until epochs or
+max_steps end training). Level and alpha are functions of the step counter alone, which the state
+dict holds: a resume mid-fade continues exactly, and torchrun ranks agree.
+Under torchrun the blocks of levels not yet (or no longer) in use get no gradient, which
+DistributedDataParallel cannot follow from step to step: both nets say so (`partial`), stay
+unwrapped, and the step averages their gradients across ranks itself.
+
+Games: "wgan-gp", the paper's (WGAN-GP, n_critic 1, drift penalty eps_drift * E[D(real)^2] that
+keeps the critic's scores near 0), or "logistic", the non-saturating GAN loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from matplotlib import pyplot as plt
+from pydantic import Field
+
+from trilemma import distributed, latent
+from trilemma.config import TrainConfig
+from trilemma.data import ImageSpec
+from trilemma.errors import ConfigError
+from trilemma.figures import _image_row
+from trilemma.gan import gradient_penalty
+from trilemma.nets import progan
+from trilemma.train import adam
+
+
+class Config(TrainConfig):
+    lr: float = Field(1e-3, gt=0)  # the paper's
+    latent_dim: int = Field(128, ge=1)
+    width: int = Field(32, ge=4)  # channels at the full size; doubled per halving of the grid
+    max_width: int = Field(256, ge=4)  # cap on the channels near the base grid
+    resolution_steps: int = Field(2000, ge=1)  # steps at each resolution below the full size
+    fade_steps: int = Field(1000, ge=0)  # the first this many of them fade the new one in
+    loss: Literal["wgan-gp", "logistic"] = "wgan-gp"
+    gp_weight: float = Field(10.0, ge=0)  # wgan-gp: lambda
+    eps_drift: float = Field(0.001, ge=0)  # wgan-gp: weight of E[D(real)^2]
+    mbstd_group: int = Field(4, ge=1)  # minibatch stddev group size (shrinks to divide the batch)
+    beta1: float = Field(0.0, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+
+
+def phase(step: int, levels: int, resolution_steps: int, fade_steps: int) -> tuple[int, float]:
+    """(level, alpha) at optimisation step `step` (from 0): level l (resolution base * 2**l) runs
+    from step l * resolution_steps, the last level to the end; alpha rises linearly from 0 to 1
+    over a new level's first `fade_steps` steps and is 1 otherwise (and always at level 0)."""
+    level = min(step // resolution_steps, levels - 1)
+    into = step - level * resolution_steps
+    alpha = 1.0 if level == 0 or into >= fade_steps else into / fade_steps
+    return level, alpha
+
+
+def resize_real(x: torch.Tensor, size: int, alpha: float) -> torch.Tensor:
+    """Real images (B,C,S,S) average-pooled to (B,C,size,size); while a level fades in (alpha < 1)
+    blended with their 2x down-and-up version, so reals change as smoothly as G's output."""
+    x = F.avg_pool2d(x, x.shape[-1] // size) if x.shape[-1] != size else x
+    if alpha >= 1:
+        return x
+    coarse = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    return torch.lerp(coarse, x, alpha)
+
+
+class ProGAN:
+    conditional = False
+    knobs = ("truncation",)
+
+    def __init__(self, cfg: Config, g: progan.Generator, d: progan.Discriminator,
+                 device: torch.device, image: ImageSpec):
+        self.cfg, self.device, self.image = cfg, device, image
+        self.latent_dim, self.levels = cfg.latent_dim, g.levels
+        self.g = g.to(device, memory_format=torch.channels_last)
+        self.d = d.to(device, memory_format=torch.channels_last)
+        self.nets = {"generator": self.g, "discriminator": self.d}
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = adam(self.g.parameters(), cfg.lr, betas)
+        self.opt_d = adam(self.d.parameters(), cfg.lr, betas)
+        self.steps = 0  # optimisation steps taken: the schedule's clock
+
+    def phase(self) -> tuple[int, float]:
+        """(level, alpha) of the next step: the nets as trained so far."""
+        return phase(self.steps, self.levels, self.cfg.resolution_steps, self.cfg.fade_steps)
+
+    def resolution(self, level: int) -> int:
+        return self.image.size >> (self.levels - 1 - level)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        g, d = self.nets["generator"], self.nets["discriminator"]  # DDP-wrapped under torchrun
+        level, alpha = self.phase()
+        real = resize_real(x * 2 - 1, self.resolution(level), alpha)  # (B,C,R,R) in [-1,1]
+        z = distributed.randn(len(x), self.latent_dim, device=x.device)
+        fake = g(z, level, alpha)  # (B,C,R,R)
+
+        d_real, d_fake = d(real, level, alpha), d(fake.detach(), level, alpha)  # (B,) each
+        if self.cfg.loss == "wgan-gp":
+            penalty = gradient_penalty(lambda v: d(v, level, alpha), real, fake.detach())
+            drift = d_real.square().mean()
+            d_loss = (d_fake.mean() - d_real.mean() + self.cfg.gp_weight * penalty
+                      + self.cfg.eps_drift * drift)
+            logs = {"wasserstein": d_real.mean() - d_fake.mean(), "gradient_penalty": penalty}
+        else:
+            d_loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+            logs = {"d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        distributed.average_gradients(self.d)  # torchrun: not DDP-wrapped (`partial`)
+        self.opt_d.step()
+
+        score = d(fake, level, alpha)  # D's gradients from this backward are discarded
+        g_loss = -score.mean() if self.cfg.loss == "wgan-gp" else F.softplus(-score).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        distributed.average_gradients(self.g)
+        self.opt_g.step()
+        self.steps += 1
+        schedule = torch.tensor([real.shape[-1], alpha], device=x.device)  # logged: the growth
+        logs |= {"d_loss": d_loss, "g_loss": g_loss, "resolution": schedule[0],
+                 "alpha": schedule[1]}
+        return {k: v.detach() for k, v in logs.items()}
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,L) -> float images (n,C,S,S) in [0,1], differentiable in z: G at its current
+        level and alpha, nearest-upsampled to the full size if it has not grown that far."""
+        level, alpha = self.phase()
+        out = self.g(z.to(self.device), level, alpha)  # (n,C,R,R); no batch statistics in G
+        if out.shape[-1] != self.image.size:
+            out = F.interpolate(out, size=self.image.size, mode="nearest")
+        return ((out + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,L) -> uint8 images (n,C,S,S), as `decode`."""
+        return (self.decode(z, labels) * 255).round().to(torch.uint8)
+
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None,
+               truncation: float | None = None) -> torch.Tensor:
+        return self.generate(latent.noise(n, self.latent_dim, generator, truncation), labels)
+
+    @torch.no_grad()
+    def figures(self, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> dict:
+        """`growth`: the same latents rendered at every resolution trained so far, one row each,
+        from that level's toRGB head (nearest-upsampled to the full size for display)."""
+        level, _ = self.phase()
+        z = latent.noise(n, self.latent_dim, torch.Generator().manual_seed(0)).to(self.device)
+        rows = self.g.every_level(z, level + 1)
+        fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n + 0.8, 0.9 * len(rows)),
+                                 squeeze=False)
+        for ax_row, out in zip(axes, rows):
+            images = F.interpolate(out, size=self.image.size, mode="nearest")
+            _image_row(ax_row, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu(),
+                       f"{out.shape[-1]}x{out.shape[-1]}")
+        fig.suptitle("the same latents at each resolution (toRGB of every level)", fontsize=9)
+        fig.tight_layout()
+        return {"growth": fig}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["generator"])
+        self.d.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.steps = state["steps"]
+
+
+def build(cfg: Config, device: torch.device, image: ImageSpec) -> ProGAN:
+    if cfg.fade_steps > cfg.resolution_steps:
+        raise ConfigError(f"progan.fade_steps {cfg.fade_steps} exceeds progan.resolution_steps "
+                          f"{cfg.resolution_steps}: a fade-in must end within its resolution")
+    g = progan.Generator(cfg.latent_dim, image.channels, image.size, cfg.width, cfg.max_width)
+    d = progan.Discriminator(image.channels, image.size, cfg.width, cfg.max_width,
+                             cfg.mbstd_group)
+    return ProGAN(cfg, g, d, device, image)
