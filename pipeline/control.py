@@ -44,7 +44,7 @@ def train_referee(params: ParamsOption = Path("params.yaml"), device: DeviceOpti
     """Train the referee, a second classifier (seed + 1, shift augmentation) that scores the
     control stage: steering ascends the judge's log-probability and can fool the judge with
     adversarial pixels, so success also counts with a network the steering never saw. Writes
-    models/referee.pt and reports/referee/{metrics.json,timing.json,per_class.csv}."""
+    models/referee.pt and reports/control/referee/{metrics.json,timing.json,per_class.csv}."""
     p, dev = setup(params, device)
     single_process("train-referee")
     cfg = referee_config(p)

@@ -82,6 +82,10 @@ def write_params(path: Path, overrides: dict[str, Any] | None = None,
                  base: dict[str, Any] | None = None) -> Path:
     """Write params.yaml = project params + TINY + `overrides` (dotted keys) to `path`."""
     raw = with_overrides(base if base is not None else base_params(), {**TINY, **(overrides or {})})
+    if "families" in (overrides or {}) and "control.families" not in overrides \
+            and isinstance(raw["families"], list):  # control steers trained families only
+        raw["control"]["families"] = [f for f in raw["control"]["families"]
+                                      if f in raw["families"]]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 

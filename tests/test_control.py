@@ -179,10 +179,10 @@ def judged_repo(tmp_path_factory, mnist_npz):
 
 
 def test_referee_is_trained_and_scored(judged_repo):
-    metrics = json.loads((judged_repo / "reports/referee/metrics.json").read_text())
+    metrics = json.loads((judged_repo / "reports/control/referee/metrics.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["seed"] == 1
     assert (judged_repo / "models/referee.pt").exists()
-    assert len(pd.read_csv(judged_repo / "reports/referee/per_class.csv")) == 10
+    assert len(pd.read_csv(judged_repo / "reports/control/referee/per_class.csv")) == 10
 
 
 def test_control_steers_a_latent_family_end_to_end(judged_repo):
@@ -284,7 +284,7 @@ def test_unlabelled_images_get_records_that_say_why_nothing_was_steered(tmp_path
                  ["control", "dcgan"]):
         result = invoke(*args)
         assert result.exit_code == 0, f"{args}: {result.output}"
-    referee = json.loads((tmp_path / "reports/referee/metrics.json").read_text())
+    referee = json.loads((tmp_path / "reports/control/referee/metrics.json").read_text())
     record = json.loads((tmp_path / "reports/control/dcgan/metrics.json").read_text())
     assert referee["referee"] is False and "no class labels" in referee["reason"]
     assert record["judge"] is False and "no class labels" in record["reason"]

@@ -92,7 +92,8 @@ def queued(tmp_path_factory, server):
     base, process, log = server
     root = copy_repo(tmp_path_factory.mktemp("queue-repo"))
     (root / ".dvc/.gitignore").write_text("/config.local\n/tmp\n/cache\n")  # as `dvc init` writes
-    write_params(root / "params.yaml", {"families": FAMILIES})
+    write_params(root / "params.yaml", {"families": FAMILIES, "i2i_families": [],
+                                         "control.families": []})
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     env.update({"PATH": PATH, "MLFLOW_TRACKING_URI": base, "TRILEMMA_DEVICE": "cpu",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -111,7 +112,12 @@ def queued(tmp_path_factory, server):
     started = time.monotonic()
     seen_stores: set[str] = set()
     try:
-        command(["dvc", "queue", "start", "-j", "2"], root, env)
+        # output to a file, not a pipe: the workers it spawns inherit the descriptors and keep
+        # a pipe open until the experiments end, which `capture_output` would wait for
+        with open(root.parent / "queue-start.log", "w") as out:
+            done = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, timeout=120)
+        assert done.returncode == 0, (root.parent / "queue-start.log").read_text()
         # cheap polling: the experiments' git refs appear as they succeed; `dvc queue status`
         # (a second of CPU each) only every 15 s, to notice a failure early
         states: dict[str, str] = {}

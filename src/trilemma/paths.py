@@ -39,7 +39,7 @@ def checkpoint(name: str) -> Path:
 
 
 REFEREE = Path("models/referee.pt")  # the second classifier that scores steering
-REFEREE_REPORTS = Path("reports/referee")
+REFEREE_REPORTS = Path("reports/control/referee")  # beside the control stages' outputs
 
 
 def control_reports(family: str) -> Path:

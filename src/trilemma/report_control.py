@@ -1,5 +1,5 @@
 """The report's section on controllable generation, from the control stage's files
-(reports/control/<family>/) and the referee's (reports/referee/), and the control figures."""
+(reports/control/<family>/) and the referee's (reports/control/referee/), and the control figures."""
 
 from __future__ import annotations
 
