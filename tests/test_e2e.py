@@ -91,7 +91,7 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
                  "train/stylegan/style_mixing.png", "train/progan/growth.png",
                  "train/latent_diffusion/reconstruction.png", "eval/srgan/metrics.json",
                  "eval/pix2pix/examples.png", "control/dcgan/before_after.png",
-                 "control/ddpm/metrics.json", "referee/metrics.json"):
+                 "control/ddpm/metrics.json", "control/referee/metrics.json"):
         assert (repo / "reports" / name).stat().st_size > 0, name
     metrics = json.loads((repo / "reports/eval/vae/metrics.json").read_text())
     assert {"fid_classifier", "is_classifier", "class_histogram", "profile"} <= metrics.keys()
