@@ -145,3 +145,38 @@ def set_params(tiny_repo) -> Callable[..., Path]:
         return write_params(tiny_repo / "params.yaml", overrides)
 
     return write
+
+
+def params_of(model) -> dict[str, Any]:
+    """Every tensor of a model's nets (`model.nets`), detached copies keyed net.name."""
+    return {f"{net}.{k}": v.detach().clone() for net, module in model.nets.items()
+            for k, v in module.state_dict().items()}
+
+
+def same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def assert_resume_repeats_the_next_step(build: Callable[..., Any], batch, steps: int) -> None:
+    """After `steps` train steps, a model rebuilt from another seed, given the state dict and the
+    RNG state, takes the next step exactly as the original: the same losses, the same weights.
+    `build(seed)` makes a model."""
+    import copy
+
+    import torch
+
+    model = build(0)
+    for _ in range(steps):
+        model.train_step(*batch)
+    state, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    losses = model.train_step(*batch)
+    expected = params_of(model)
+    resumed = build(1)
+    resumed.load_state_dict(state)
+    torch.set_rng_state(rng)
+    again = resumed.train_step(*batch)
+    assert again.keys() == losses.keys() and all(torch.equal(again[k], losses[k]) for k in losses)
+    assert same_params(params_of(resumed), expected)
+

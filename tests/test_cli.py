@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_params
+from conftest import base_params, write_params
 from pipeline.cli import app
 from pipeline.common import STAGE_LOG
 
@@ -21,9 +21,10 @@ STAGES = [
     ("evaluate", ["evaluate", "vae"]),
     ("report", ["report"]),
 ]
-# the chain's `families` (stylegan, progan, latent_diffusion, the image-to-image families and
-# control have stage tests of their own; test_e2e runs them all under dvc repro)
-FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "ddpm", "cfg_diffusion"]
+# every family of params.yaml, in its order (the image-to-image families and control have stage
+# tests of their own; test_e2e runs one family of each kind under dvc repro)
+FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan", "ddpm",
+            "cfg_diffusion", "latent_diffusion"]
 CHAIN = [["download"], ["train-classifier"],
          *[[stage, family] for family in FAMILIES for stage in ("train", "sample", "evaluate")],
          ["report"]]
@@ -242,18 +243,39 @@ def test_evaluate_cfg_diffusion_writes_steps_and_guidance_sweeps(chain):
     assert len(pd.read_csv(out / "truncation_sweep.csv")) == 0
 
 
+def test_chain_covers_every_family_of_the_project():
+    assert FAMILIES == base_params()["families"]
+
+
+@pytest.mark.parametrize("family, figure", [("stylegan", "style_mixing.png"),
+                                            ("progan", "growth.png"),
+                                            ("latent_diffusion", "reconstruction.png")])
+def test_every_stage_of_the_advanced_families_writes_its_files(chain, family, figure):
+    root = stage_ok(chain, f"evaluate {family}")
+    assert (root / "models" / f"{family}.pt").is_file()
+    assert (root / "reports" / "train" / family / figure).is_file()
+    with np.load(root / "samples" / f"{family}.npz") as npz:
+        assert npz["images"].dtype == np.uint8 and npz["images"].shape == (64, 1, 28, 28)
+    assert (root / "reports" / "samples" / family / "grid.png").is_file()
+    metrics = read_json(root / "reports" / "eval" / family / "metrics.json")
+    assert metrics["fid_classifier"] > 0 and 0 <= metrics["recall"] <= 1
+
+
 def test_report_writes_readme_summary_and_tracks_in_mlflow(chain):
     root = stage_ok(chain, "report")
     readme = (root / "reports" / "README.md").read_text()
     for text in ("Test accuracy", "Latent space", "### truncation", "### steps", "### guidance",
                  "accuracy per requested digit", "samples/cgan/grid.png",
-                 "train/ddpm/denoising.png", "train/cfg_diffusion/reconstruction.png"):
+                 "train/ddpm/denoising.png", "train/cfg_diffusion/reconstruction.png",
+                 "## Latent against pixel-space diffusion", "train/stylegan/style_mixing.png",
+                 "train/progan/growth.png"):
         assert text in readme, text
     summary = pd.read_csv(root / "reports" / "summary.csv")
     assert summary["family"].tolist() == ["real data (floor)", *FAMILIES]
     assert summary.loc[0, "fid_over_floor"] == 1.0
-    assert summary["label_accuracy"].notna().tolist() == [False, False, False, False, False, True,
-                                                          False, True]
+    conditional = {"cgan", "cfg_diffusion", "latent_diffusion"}
+    assert summary["label_accuracy"].notna().tolist() == [False, *[f in conditional
+                                                                   for f in FAMILIES]]
     for column in ("kid_classifier", "precision", "recall", "class_kl_uniform",
                    "fid_classifier_std", "samples_per_second", "train_seconds"):
         assert summary[column].iloc[1:].notna().all(), column
@@ -273,17 +295,17 @@ def test_sync_mlflow_logs_only_what_is_missing_and_twice_adds_nothing(chain, mon
     # every stage already logged its reports when it ran: nothing to add
     result = invoke("sync-mlflow")
     assert result.exit_code == 0, result.output
-    assert "0 run(s) logged, 15 up to date" in result.output
+    assert "0 run(s) logged, 21 up to date" in result.output
     # a store that has never seen these reports, as after `git clone`: one run per stage
     uri = f"sqlite:///{root / 'fresh.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     result = invoke("sync-mlflow")
     assert result.exit_code == 0, result.output
-    assert "15 run(s) logged, 0 up to date" in result.output
-    assert invoke("sync-mlflow").output.endswith("0 run(s) logged, 15 up to date\n")
+    assert "21 run(s) logged, 0 up to date" in result.output
+    assert invoke("sync-mlflow").output.endswith("0 run(s) logged, 21 up to date\n")
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["trilemma"], output_format="list")
-    assert len(runs) == 15
+    assert len(runs) == 21
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["train-classifier", *[f"{stage}:{family}" for family in FAMILIES
                                                   for stage in ("train", "evaluate")]])

@@ -35,9 +35,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import make_repo, write_params
+from conftest import base_params, make_repo, with_overrides, write_params
 from test_resume import flat  # nested model file -> {"state.vae.encoder.0.weight": tensor, ...}
-from trilemma import distributed, families, paths
+from trilemma import distributed, families, i2i, paths
+from trilemma.config import parse_params
 from trilemma.errors import ConfigError
 from trilemma.runtime import seed_everything
 from trilemma.train import fit
@@ -408,6 +409,41 @@ def train_progan(x: torch.Tensor, y: torch.Tensor, checkpoint: Path) -> dict:
     return model.state_dict()
 
 
+# The other families whose training differs in what DDP must carry: StyleGAN (mapping network,
+# w average buffer, R1's gradient of D w.r.t. its input), latent diffusion (two phases, a frozen
+# autoencoder), and the image-to-image families (paired, two generator/discriminator pairs, a
+# judge's content loss)
+OTHERS = {
+    "stylegan": {"epochs": 1, "batch_size": 32, "width": 8, "latent_dim": 8, "w_dim": 16,
+                 "mapping_layers": 2, "max_steps": 4},
+    "latent_diffusion": {"epochs": 1, "batch_size": 32, "width": 8, "widths": [8, 16],
+                         "timesteps": 20, "dropout": 0.0, "ae_steps": 2, "max_steps": 4},
+    **{name: {"epochs": 1, "batch_size": 32, "width": 8, "max_steps": 3}
+       for name in ("pix2pix", "cyclegan")},
+    "srgan": {"epochs": 1, "batch_size": 32, "width": 8, "max_steps": 3, "blocks": 1},
+}
+
+
+def train_other(name: str, x: torch.Tensor, y: torch.Tensor, checkpoint: Path) -> dict:
+    """One of OTHERS through `fit` (the project's params with OTHERS' settings)."""
+    p = parse_params(with_overrides(base_params(), {f"{name}.{key}": value
+                                                    for key, value in OTHERS[name].items()}))
+    seed_everything(DDPM_SEED)
+    if name in families.REGISTRY:
+        cfg = p.family(name)
+        model = families.build(name, cfg, CPU)
+    else:
+        from trilemma.classifier import Judge
+        from trilemma.data import MNIST_SPEC
+
+        cfg = p.i2i(name)
+        judge = Judge(width=4, features=8).eval().requires_grad_(False)  # untrained will do
+        model = i2i.build(name, cfg, CPU, MNIST_SPEC, judge if name == "srgan" else None)
+    fit(model, x, y, cfg, name=name, device=CPU, seed=DDPM_SEED, checkpoint=checkpoint,
+        fingerprint="test")
+    return model.state_dict()
+
+
 def _rank(rank: int, folder: str) -> None:
     """One of two ranks: the distributed functions inside a gloo group, then `fit` on the
     diffusion family; results to folder/<rank>.pt."""
@@ -447,6 +483,8 @@ def _rank(rank: int, folder: str) -> None:
         data = torch.load(out / "data.pt")
         results["ddpm"] = train_ddpm(data["x"], data["y"], out / "ddpm_checkpoint.pt")
         results["progan"] = train_progan(data["x"], data["y"], out / "progan_checkpoint.pt")
+        results["others"] = {name: train_other(name, data["x"], data["y"],
+                                               out / f"{name}_checkpoint.pt") for name in OTHERS}
         torch.save(results, out / f"{rank}.pt")
         distributed.stop()
     finally:
@@ -546,3 +584,17 @@ def test_two_ranks_grow_one_progan(two_ranks):
     assert all(torch.equal(a, b) for a, b in zip(flat(state_0).values(), flat(state_1).values())
                if isinstance(a, torch.Tensor))
     assert state_0["steps"] == state_1["steps"] == PROGAN["max_steps"]
+
+
+@pytest.mark.parametrize("name", list(OTHERS))
+def test_two_ranks_train_one_model_of_every_other_family(two_ranks, name):
+    """DDP keeps the ranks' weights, buffers and optimiser states identical, bit for bit."""
+    state_0, state_1 = (ranks["others"][name] for ranks in two_ranks[1])
+    flat_0, flat_1 = flat(state_0), flat(state_1)
+    assert flat_0.keys() == flat_1.keys()
+    tensors = [k for k, v in flat_0.items() if isinstance(v, torch.Tensor)]
+    assert len(tensors) > 10
+    assert all(torch.equal(flat_0[k], flat_1[k]) for k in tensors), name
+    if "steps" in state_0:
+        assert state_0["steps"] == state_1["steps"] == OTHERS[name]["max_steps"]
+

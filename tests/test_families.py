@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from conftest import assert_resume_repeats_the_next_step, params_of, same_params
 from trilemma import families
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import ConfigError, DataError, TrainingDiverged
@@ -33,15 +34,6 @@ def build(name: str, seed: int = 0, image: ImageSpec = MNIST_SPEC, **overrides):
 
 def labels_for(model, n: int):
     return torch.arange(n) % model.image.num_classes if model.conditional else None
-
-
-def params_of(model) -> dict[str, torch.Tensor]:
-    return {f"{net}.{k}": v.detach().clone() for net, module in model.nets.items()
-            for k, v in module.state_dict().items()}
-
-
-def same_params(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -102,20 +94,7 @@ def test_state_dict_round_trip_gives_identical_samples(name, batch):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_resume_from_state_and_rng_repeats_the_next_step(name, batch):
-    model = build(name, seed=0)
-    for _ in range(3):
-        model.train_step(*batch)
-    state, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
-    losses = model.train_step(*batch)
-    expected = params_of(model)
-
-    resumed = build(name, seed=1)
-    resumed.load_state_dict(state)
-    torch.set_rng_state(rng)
-    again = resumed.train_step(*batch)
-    assert again.keys() == losses.keys()
-    assert all(torch.equal(again[k], losses[k]) for k in losses)
-    assert same_params(params_of(resumed), expected)
+    assert_resume_repeats_the_next_step(lambda seed: build(name, seed=seed), batch, steps=3)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

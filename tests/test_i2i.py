@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import base_params
+from conftest import assert_resume_repeats_the_next_step, base_params, params_of, same_params
 from pipeline.cli import app
 from trilemma import i2i
 from trilemma.classifier import Judge
@@ -41,15 +41,6 @@ def build(name: str, seed: int = 0, image: ImageSpec = MNIST_SPEC, **overrides):
     judge = tiny_judge(image if image.labelled else MNIST_SPEC)  # unlabelled: refused anyway
     torch.manual_seed(seed)
     return i2i.build(name, tiny_config(name, **overrides), CPU, image, judge)
-
-
-def params_of(model) -> dict[str, torch.Tensor]:
-    return {f"{net}.{k}": v.detach().clone() for net, module in model.nets.items()
-            for k, v in module.state_dict().items()}
-
-
-def same_params(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +93,7 @@ def test_state_dict_round_trip_gives_identical_translations(name, batch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_from_state_repeats_the_next_step_exactly(name, batch):
-    model = build(name, seed=0)
-    for _ in range(2):
-        model.train_step(*batch)
-    state, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
-    losses = model.train_step(*batch)
-    expected = params_of(model)
-    resumed = build(name, seed=1)
-    resumed.load_state_dict(state)
-    torch.set_rng_state(rng)
-    again = resumed.train_step(*batch)
-    assert again.keys() == losses.keys() and all(torch.equal(again[k], losses[k]) for k in losses)
-    assert same_params(params_of(resumed), expected)
+    assert_resume_repeats_the_next_step(lambda seed: build(name, seed=seed), batch, steps=2)
 
 
 @pytest.mark.parametrize("name", NAMES)
