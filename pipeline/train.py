@@ -72,16 +72,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         families.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
 
-        write_csv(out / "loss.csv", history)
-        write_csv(out / "loss_steps.csv", trace)
-        summary = {"epochs": len(history), "profile": p.profile,
-                   **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
-                      if k not in ("epoch", "seconds")}}
-        timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
-                  "device": device_name(dev), "processes": distributed.world_size(),
-                  **peak_memory(dev), **busy.summary()}
-        write_json(out / "metrics.json", summary)  # results only: identical on every rerun
-        write_json(out / "timing.json", timing)
+        timing = write_training_reports(out, history, trace, p.profile, dev, busy)
         x_test = torch.from_numpy(images.x_test[:5000]).float() / 255  # (n,C,S,S)
         for name, fig in model.figures(x_test, torch.from_numpy(images.y_test[:5000])).items():
             figures.save_figure(fig, out / f"{name}.png")
@@ -89,3 +80,22 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
         log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training")
+
+
+def write_training_reports(out: Path, history: list[dict], trace: list[dict], profile: str,
+                           dev: torch.device, busy: BusySampler) -> dict:
+    """loss.csv (per epoch), loss_steps.csv (the finer trace), metrics.json (the final losses:
+    results only, identical on every rerun) and timing.json (time, device, memory, GPU use) of a
+    finished training run in `out`; returns the timing."""
+    write_csv(out / "loss.csv", history)
+    write_csv(out / "loss_steps.csv", trace)
+    summary = {"epochs": len(history), "profile": profile,
+               **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
+                  if k not in ("epoch", "seconds")}}
+    timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
+              "device": device_name(dev), "processes": distributed.world_size(),
+              **peak_memory(dev), **busy.summary()}
+    write_json(out / "metrics.json", summary)
+    write_json(out / "timing.json", timing)
+    return timing
+

@@ -10,11 +10,11 @@ import typer
 
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
+from pipeline.train import write_training_reports
 from trilemma import data, distributed, figures, i2i, paths, tracking
 from trilemma.config import fingerprint
 from trilemma.i2i.scores import examples_figure
-from trilemma.io import write_csv, write_json
-from trilemma.runtime import BusySampler, device_name, peak_memory
+from trilemma.runtime import BusySampler
 from trilemma.train import fit
 
 I2IArgument = Annotated[str, typer.Argument(
@@ -70,16 +70,7 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
             history = train_loop(after_epoch)
         i2i.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
-        write_csv(out / "loss.csv", history)
-        write_csv(out / "loss_steps.csv", trace)
-        summary = {"epochs": len(history), "profile": p.profile,
-                   **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
-                      if k not in ("epoch", "seconds")}}
-        timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
-                  "device": device_name(dev), "processes": distributed.world_size(),
-                  **peak_memory(dev), **busy.summary()}
-        write_json(out / "metrics.json", summary)
-        write_json(out / "timing.json", timing)
+        timing = write_training_reports(out, history, trace, p.profile, dev, busy)
         x_test = torch.from_numpy(images.x_test[:EXAMPLES]).float() / 255
         figure = examples_figure(model.task, model.translate, x_test,
                                  f"{family}: {model.task.description}")

@@ -1,7 +1,9 @@
-"""What the three translators share: the config fields, the GAN losses on patch logits, and
-translation in eval mode."""
+"""What the three translators share: the config fields, the GAN losses on patch logits,
+translation in eval mode, and the state of one generator-discriminator pair."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +55,25 @@ def translate_with(net: nn.Module, inputs: torch.Tensor, device: torch.device) -
     out = net(inputs.to(device).contiguous(memory_format=torch.channels_last))
     net.train(training)
     return out.float().clamp(0, 1)
+
+
+class GeneratorDiscriminatorPair:
+    """The state of a translator trained as one generator `g` against one discriminator `d`,
+    with optimisers `opt_g` and `opt_d` (pix2pix, SRGAN; SRGAN's judge is an input file, not
+    trained state)."""
+
+    g: nn.Module
+    d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["generator"])
+        self.d.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+

@@ -4,15 +4,14 @@ dropout noise is left out: translation is deterministic (the paper found the noi
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field
 
 from trilemma import distributed
 from trilemma.data import ImageSpec
 from trilemma.i2i import nets
-from trilemma.i2i.base import I2IConfig, check_image, gan_loss, prepare, translate_with
+from trilemma.i2i.base import (GeneratorDiscriminatorPair, I2IConfig, check_image, gan_loss,
+                               prepare, translate_with)
 from trilemma.i2i.tasks import edges_task
 from trilemma.train import adam
 
@@ -22,7 +21,7 @@ class Config(I2IConfig):
     depth: int = Field(2, ge=1, le=5)  # U-Net halvings: 28 -> 14 -> 7
 
 
-class Pix2Pix:
+class Pix2Pix(GeneratorDiscriminatorPair):
     def __init__(self, cfg: Config, device: torch.device, image: ImageSpec):
         check_image("pix2pix", image, 2 ** cfg.depth)
         self.cfg, self.device, self.image, self.task = cfg, device, image, edges_task()
@@ -56,16 +55,6 @@ class Pix2Pix:
 
     def translate(self, inputs: torch.Tensor) -> torch.Tensor:
         return translate_with(self.g, inputs, self.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["generator"])
-        self.d.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
 
 
 def build(cfg: Config, device: torch.device, image: ImageSpec, judge=None) -> Pix2Pix:

@@ -6,7 +6,7 @@ here), so the generator is pushed towards digits the judge reads as the right on
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from trilemma.classifier import Judge
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.i2i import nets
-from trilemma.i2i.base import I2IConfig, check_image, gan_loss, prepare, translate_with
+from trilemma.i2i.base import (GeneratorDiscriminatorPair, I2IConfig, check_image, gan_loss,
+                               prepare, translate_with)
 from trilemma.i2i.tasks import super_resolution_task
 from trilemma.train import adam
 
@@ -30,7 +31,7 @@ class Config(I2IConfig):
     adversarial_weight: float = Field(0.001, ge=0)  # the paper's 1e-3
 
 
-class SRGAN:
+class SRGAN(GeneratorDiscriminatorPair):
     def __init__(self, cfg: Config, device: torch.device, image: ImageSpec, judge: Judge):
         check_image("srgan", image, cfg.factor)
         self.cfg, self.device, self.image = cfg, device, image
@@ -70,16 +71,6 @@ class SRGAN:
 
     def translate(self, inputs: torch.Tensor) -> torch.Tensor:
         return translate_with(self.g, inputs, self.device)
-
-    def state_dict(self) -> dict[str, Any]:  # the judge is an input file, not trained state
-        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["generator"])
-        self.d.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
 
 
 def build(cfg: Config, device: torch.device, image: ImageSpec, judge: Judge | None = None) -> SRGAN:
