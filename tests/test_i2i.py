@@ -246,6 +246,8 @@ def test_params_list_the_i2i_families_and_validate_their_sections():
 @pytest.mark.parametrize("change, message", [
     ({"i2i_families": ["pix2pix", "unet"]}, "i2i_families: unknown family 'unet'"),
     ({"i2i_families": ["srgan", "srgan"]}, "listed twice"),
+    ({"i2i_families": ["srgan", 3]}, "i2i_families: entries must be family names \\(got 3\\)"),
+    ({"srgan": [1, 2]}, "srgan: must be a mapping of settings"),
     ({"srgan": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "factor": 3}}, "srgan.factor"),
     ({"cyclegan": {"epochs": 1, "batch_size": 1, "lr": 1e-3}}, "cyclegan.batch_size"),
     ({"pix2pix": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "colour": 1}}, "pix2pix.colour: unknown"),

@@ -200,6 +200,35 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
     return f"{key}: {e['msg']} (got {e.get('input')!r})"
 
 
+def _check_listed(names: list, registry: dict, resolved: dict[str, Any], key: str,
+                  source: str) -> None:
+    """Every entry of the list `key` is a registered family with a section, listed once."""
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"{source}: {key}: entries must be family names (got {name!r})")
+        if name not in registry:
+            known = ", ".join(sorted(registry))
+            raise ConfigError(f"{source}: {key}: unknown family {name!r} (known: {known})")
+        if name not in resolved:
+            raise ConfigError(f"{source}: {key}: {name!r} has no section `{name}:`")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: {key}: a family is listed twice")
+
+
+def _check_mapping(name: str, section: Any, source: str) -> None:
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"{source}: {name}: must be a mapping of settings "
+                          f"(got {type(section).__name__})")
+
+
+def _validated(registry: dict, name: str, section: dict | None, source: str) -> TrainConfig:
+    """The family's own Config from its section (None: all defaults)."""
+    try:
+        return registry[name].Config(**(section or {}))
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_first_error(err, name)}") from None
+
+
 def _parse_i2i(resolved: dict[str, Any], source: str) -> dict[str, TrainConfig]:
     """Check `i2i_families` against the i2i registry and take each one's section out of
     `resolved`, validated; sections of unlisted i2i families are taken out unchecked."""
@@ -208,30 +237,16 @@ def _parse_i2i(resolved: dict[str, Any], source: str) -> dict[str, TrainConfig]:
     names = resolved.get("i2i_families") or []
     if not isinstance(names, list):
         return {}  # Params reports the type
-    for name in names:
-        if not isinstance(name, str) or name not in REGISTRY:
-            known = ", ".join(sorted(REGISTRY))
-            raise ConfigError(f"{source}: i2i_families: unknown family {name!r} (known: {known})")
-        if name not in resolved:
-            raise ConfigError(f"{source}: i2i_families: {name!r} has no section `{name}:`")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: i2i_families: a family is listed twice")
+    _check_listed(names, REGISTRY, resolved, "i2i_families", source)
     found = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
-    validated = {}
     for name in names:
-        section = found[name]
-        if section is not None and not isinstance(section, dict):
-            raise ConfigError(f"{source}: {name}: must be a mapping of settings "
-                              f"(got {type(section).__name__})")
-        try:
-            validated[name] = REGISTRY[name].Config(**(section or {}))
-        except ValidationError as err:
-            raise ConfigError(f"{source}: {_first_error(err, name)}") from None
-    return validated
+        _check_mapping(name, found[name], source)
+    return {name: _validated(REGISTRY, name, found[name], source) for name in names}
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate a params mapping; any problem is one ConfigError line naming the key."""
+    """Validate a params mapping; any problem is one ConfigError line naming the key. Every
+    family section present is validated, listed or not; i2i sections only when listed."""
     from trilemma.families import REGISTRY  # families import config: avoid the cycle
 
     if not isinstance(raw, dict):
@@ -241,23 +256,12 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: profile: must be one of {', '.join(PROFILES)} (got {profile!r})")
     resolved = resolve_profile(raw, profile)
     families = resolved.get("families")
-    if isinstance(families, list):
-        for name in families:
-            if not isinstance(name, str):
-                raise ConfigError(f"{source}: families: entries must be family names (got {name!r})")
-            if name not in REGISTRY:
-                known = ", ".join(sorted(REGISTRY))
-                raise ConfigError(f"{source}: families: unknown family {name!r} (known: {known})")
-            if name not in resolved:
-                raise ConfigError(f"{source}: families: {name!r} has no section `{name}:`")
-        if len(set(families)) != len(families):
-            raise ConfigError(f"{source}: families: a family is listed twice")
+    if isinstance(families, list):  # otherwise Params reports the type
+        _check_listed(families, REGISTRY, resolved, "families", source)
     sections = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
     i2i_sections = _parse_i2i(resolved, source)
     for name, section in sections.items():
-        if section is not None and not isinstance(section, dict):
-            raise ConfigError(f"{source}: {name}: must be a mapping of settings "
-                              f"(got {type(section).__name__})")
+        _check_mapping(name, section, source)
     try:
         params = Params(**resolved)
     except ValidationError as err:
@@ -267,12 +271,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         check_control(params.control, params.families)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    validated = {}
-    for name, section in sections.items():
-        try:
-            validated[name] = REGISTRY[name].Config(**(section or {}))
-        except ValidationError as err:
-            raise ConfigError(f"{source}: {_first_error(err, name)}") from None
+    validated = {name: _validated(REGISTRY, name, section, source)
+                 for name, section in sections.items()}
     return params.model_copy(update={"family_sections": validated, "i2i_sections": i2i_sections})
 
 
