@@ -36,6 +36,21 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
+def pair_state(model: Any) -> dict[str, Any]:
+    """The trained state of a model with one generator `g`, one discriminator `d` and their
+    optimisers `opt_g` and `opt_d`: the layout of every GAN-like model file."""
+    return {"generator": model.g.state_dict(), "discriminator": model.d.state_dict(),
+            "opt_g": model.opt_g.state_dict(), "opt_d": model.opt_d.state_dict()}
+
+
+def load_pair_state(model: Any, state: dict[str, Any]) -> None:
+    """Restore what `pair_state` saved."""
+    model.g.load_state_dict(state["generator"])
+    model.d.load_state_dict(state["discriminator"])
+    model.opt_g.load_state_dict(state["opt_g"])
+    model.opt_d.load_state_dict(state["opt_d"])
+
+
 class GAN:
     knobs = ("truncation",)  # sampling settings from params `sample` this family honours
 
@@ -132,13 +147,8 @@ class GAN:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "steps": self.steps}
+        return {**pair_state(self), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["generator"])
-        self.d.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        load_pair_state(self, state)
         self.steps = state["steps"]

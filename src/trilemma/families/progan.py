@@ -28,7 +28,7 @@ from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.figures import _image_row
-from trilemma.gan import gradient_penalty
+from trilemma.gan import gradient_penalty, load_pair_state, pair_state
 from trilemma.nets import progan
 from trilemma.train import adam
 
@@ -162,15 +162,10 @@ class ProGAN:
         return {"growth": fig}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "steps": self.steps}
+        return {**pair_state(self), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["generator"])
-        self.d.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        load_pair_state(self, state)
         self.steps = state["steps"]
 
 

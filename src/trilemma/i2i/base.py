@@ -13,6 +13,7 @@ from torch import nn
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
+from trilemma.gan import load_pair_state, pair_state
 
 
 class I2IConfig(TrainConfig):
@@ -68,12 +69,8 @@ class GeneratorDiscriminatorPair:
     opt_d: torch.optim.Optimizer
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+        return pair_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["generator"])
-        self.d.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        load_pair_state(self, state)
 
