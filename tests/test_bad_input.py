@@ -279,69 +279,6 @@ def test_model_file_corrupted(repo, damage):
 
 
 # ---------------------------------------------------------------------------------------------
-# samples files
-
-
-def _set(**arrays):
-    return lambda blob: {**blob, **arrays}
-
-
-def _drop(*keys):
-    return lambda blob: {k: v for k, v in blob.items() if k not in keys}
-
-
-def _sweep(images):
-    """One truncation sweep setting whose images are `images`."""
-    return _set(sweep_images=images, sweep_knob=np.array(["truncation"]),
-                sweep_value=np.array([1.0]), sweep_label=np.array(["1"]),
-                sweep_images_per_second=np.array([100.0]))
-
-
-SAMPLES_CASES = [
-    # id, the change to the real samples/vae.npz, the array the error line must name
-    ("wrong-shape", _set(images=np.zeros((64, 784), np.uint8)), "images"),
-    ("wrong-image-size", _set(images=np.zeros((64, 1, 32, 32), np.uint8)), "images"),
-    ("wrong-dtype", _set(images=np.zeros((64, 1, 28, 28), np.float32)), "images"),
-    ("images-missing", _drop("images"), "images"),
-    ("labels-out-of-range", _set(labels=np.full(64, 10, np.int64)), "labels"),
-    ("labels-negative", _set(labels=np.full(64, -1, np.int64)), "labels"),
-    ("labels-wrong-length", _set(labels=np.zeros(63, np.int64)), "labels"),
-    ("sweep-arrays-inconsistent", _sweep(np.zeros((2, 32, 1, 28, 28), np.uint8)), "sweep_images"),
-    ("sweep-larger-than-main", _sweep(np.zeros((1, 65, 1, 28, 28), np.uint8)), "sweep_images"),
-    ("sweep-wrong-dtype", _sweep(np.zeros((1, 32, 1, 28, 28), np.float32)), "sweep_images"),
-    ("sampling-time-missing", _drop("images_per_second"), "trilemma sample"),
-]
-
-
-@pytest.mark.parametrize("edit, key", [c[1:] for c in SAMPLES_CASES],
-                         ids=[c[0] for c in SAMPLES_CASES])
-def test_malformed_samples_file_names_it_and_the_array(repo, edit, key):
-    path = repo / "samples" / "vae.npz"
-    with np.load(path) as npz:
-        blob = edit({k: npz[k] for k in npz.files})
-    with open(path, "wb") as fh:
-        np.savez(fh, **blob)
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", key)
-    unchanged(repo, before)
-
-
-def test_samples_file_missing_says_run_sample(repo):
-    (repo / "samples" / "vae.npz").unlink()
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", "trilemma sample vae")
-    unchanged(repo, before)
-
-
-def test_samples_file_truncated(repo):
-    path = repo / "samples" / "vae.npz"
-    path.write_bytes(_first_half(path.read_bytes()))
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz")
-    unchanged(repo, before)
-
-
-# ---------------------------------------------------------------------------------------------
 # outputs that cannot be written: `reports` is a file (root ignores chmod, so no permissions)
 
 

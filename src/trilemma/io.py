@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
 import math
 import os
@@ -80,6 +81,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             os.replace(path, old)  # two renames: the old set stays whole until the new one is in
         os.replace(tmp, path)
+    except DataError as err:  # a file inside: name it where it was meant to go
+        raise DataError(str(err).replace(str(tmp), str(path))) from None
     except OSError as err:
         raise DataError(f"{path}: cannot write ({err.strerror or brief(err)})") from None
     finally:
@@ -90,9 +93,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
     import numpy as np
 
+    # in memory first: np.savez leaves its zip open when a write fails (a full disk), and the
+    # zip's cleanup then prints a traceback of its own
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
-            np.savez(fh, **arrays)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def finite_or_null(obj: Any) -> Any:
