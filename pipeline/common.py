@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import typer
-import yaml
 
-from trilemma.errors import TrilemmaError, brief
+from trilemma.errors import Interrupted, TrilemmaError, brief
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="Params file to read.")]
 DeviceOption = Annotated[str, typer.Option(
@@ -24,7 +23,8 @@ FamilyArgument = Annotated[str, typer.Argument(help="Family name, as listed in p
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A TrilemmaError becomes one line on stderr and exit code 2, with no traceback. Every run
+    """A TrilemmaError becomes one line on stderr and exit code 2, with no traceback; Ctrl-C one
+    `interrupted:` line (where training resumes, if it trains) and exit code 130. Every run
     that is not a dry run appends its timing to the stage log (`record_stage`)."""
 
     @functools.wraps(command)
@@ -34,6 +34,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             result = command(*args, **kwargs)
             status = "ok"
             return result
+        except (Interrupted, KeyboardInterrupt) as err:  # Ctrl-C: 130, the shell's code for it
+            where = brief(err, limit=1000) if isinstance(err, Interrupted) else \
+                "stopped; outputs are written whole or not at all"
+            typer.echo(f"interrupted: {where}", err=True)
+            raise typer.Exit(130) from None
         except TrilemmaError as err:
             typer.echo(f"error: {brief(err, limit=1000)}", err=True)  # one line, always
             raise typer.Exit(2) from None
@@ -66,9 +71,11 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
     # several commands in one process (tests): only the first one paid for the imports
     started = STARTED if _previous_end is None else body_started
     _previous_end = ended
-    params = kwargs.get("params")
+    from trilemma.params_file import read_params_file
+
+    params = Path(kwargs.get("params") or "params.yaml")
     try:
-        profile = yaml.safe_load(Path(params).read_text()).get("profile", "quick") if params else None
+        profile = read_params_file(params).get("profile", "quick")
     except Exception:  # a bad params file was reported by the stage itself
         profile = None
     gpu = kwargs.get("device") != "cpu" and torch.cuda.is_available()
@@ -79,12 +86,15 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
              "wall_seconds": round(ended - started, 2),
              "startup_seconds": round(body_started - started, 2),
              **peak_memory(torch.device("cuda" if gpu else "cpu"))}
+    if not params.is_file():  # not in a repo (nor pointed at one): no logs/ folder made here
+        return
+    log_path = params.parent / STAGE_LOG  # in the repo whose params.yaml ran, from any folder
     try:
-        STAGE_LOG.parent.mkdir(parents=True, exist_ok=True)
-        with STAGE_LOG.open("a") as log_file:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as log_file:
             log_file.write(json.dumps(entry) + "\n")
     except OSError as err:
-        print(f"warning: stage log {STAGE_LOG} not written: {err}", file=sys.stderr, flush=True)
+        print(f"warning: stage log {log_path} not written: {err}", file=sys.stderr, flush=True)
 
 
 def print_settings(settings: dict[str, Any]) -> None:

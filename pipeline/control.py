@@ -94,7 +94,8 @@ def fit_referee(trainee: ClassifierTrainee, images: data.ImageData, cfg: Classif
 
     return fit(trainee, torch.from_numpy(images.x_train), torch.from_numpy(images.y_train), cfg,
                name="referee", device=dev, seed=p.seed + 1, checkpoint=paths.checkpoint("referee"),
-               fingerprint=fingerprint(settings))
+               fingerprint=fingerprint(settings),
+               checkpoint_seconds=p.train.checkpoint_seconds)
 
 
 def kind_of(model: families.Family, family: str) -> str:

@@ -9,15 +9,31 @@ import numpy as np
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import distributed, paths, tracking
+from trilemma import distributed, paths, provenance, tracking
 from trilemma.config import SWEEPS
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import DataError, NoJudge, brief
-from trilemma.io import write_csv, write_json
+from trilemma.io import atomic_dir, write_csv, write_json
 
 SCORE_COLUMNS = ["fid_classifier", "kid_classifier", "is_classifier", "precision", "recall",
                  "min_class_fraction", "class_kl_uniform", "label_accuracy"]
 SWEEP_COLUMNS = ["knob", "setting", "value", "main", "n", *SCORE_COLUMNS, "samples_per_second"]
+
+
+def scoring_minimum() -> int:
+    """The fewest images a set can be scored with: precision/recall measures each point's k-th
+    nearest neighbour in its own set."""
+    from trilemma.metrics import PR_K
+
+    return PR_K + 1
+
+
+def require_scorable(n: int, what: str, fix: str) -> None:
+    """DataError `what: n images; ...` when a set is too small to score (before any output)."""
+    need = scoring_minimum()
+    if n < need:
+        raise DataError(f"{what}: {n} images; scoring needs at least {need} (precision/recall's "
+                        f"k-th neighbour and the point itself); {fix}")
 
 
 def load_samples(path: Path, image: ImageSpec = MNIST_SPEC) -> dict:
@@ -37,6 +53,7 @@ def load_samples(path: Path, image: ImageSpec = MNIST_SPEC) -> dict:
         got = "none" if images is None else f"{images.dtype}{list(images.shape)}"
         raise DataError(f"{path}: `images` must be uint8 [N,{shown}] like the data set, got {got}; "
                         "run `trilemma sample` again")
+    require_scorable(len(images), str(path), "run `trilemma sample` again")
     if any(key not in blob for key in ("images_per_second", "seconds", "device")):
         raise DataError(f"{path}: no sampling time or device; run `trilemma sample` again")
     labels = blob.get("labels")
@@ -52,6 +69,8 @@ def load_samples(path: Path, image: ImageSpec = MNIST_SPEC) -> dict:
         raise DataError(f"{path}: `sweep_images` must be uint8 [K,M<={len(images)},{shown}] with one "
                         f"`sweep_knob`, `sweep_value` and `sweep_label` each; run `trilemma "
                         f"sample` again")
+    if sweep is not None and len(sweep):
+        require_scorable(sweep.shape[1], f"{path}: `sweep_images`", "run `trilemma sample` again")
     return blob
 
 
@@ -155,6 +174,7 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     metrics.preload()  # torchmetrics loads while the inputs are read and the samples embedded
 
     images = data.load_npz(paths.DATA, p.data)
+    require_scorable(len(images.x_test), "data.test_size", "the samples are scored against them")
     blob = load_samples(paths.samples(family), images.spec)
     try:
         judge, no_judge = load_judge(paths.CLASSIFIER, dev), None
@@ -163,6 +183,7 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         judge, no_judge = None, str(reason)
     bs, labels, ev = p.evaluate.batch_size, blob.get("labels"), p.evaluate
     inception_net, note = metrics.inception(ev.inception_weights, dev)  # a bad file fails here
+    provenance.check(blob, paths.samples(family), family, paths.model(family), p)
     # inputs are checked: the run starts now, and MLflow's start-up overlaps the scoring
     with tracking.stage_run("evaluate", family, p.profile) as run:
         sets, set_labels, main_index = scored_sets(blob)
@@ -193,16 +214,17 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         if "peak_gpu_memory_gib" in blob:
             timing["sample_peak_gpu_memory_gib"] = round(float(blob["peak_gpu_memory_gib"]), 3)
         out = paths.eval_reports(family)
-        write_json(out / "metrics.json", result)  # results only: identical on every rerun
-        write_json(out / "timing.json", timing)
         per_class = [] if judge is None else \
             metrics.generated_per_class(main["predictions"], images.spec.classes, labels)
-        write_csv(out / "per_class.csv", per_class,
-                  columns=["digit", "class", "generated", "fraction"] if judge is None else None)
         rows = sweep_rows(blob, scores, main_index)
-        for knob in SWEEPS:  # one table per knob; only a header where the family lacks the knob
-            write_csv(out / f"{knob}_sweep.csv", [r for r in rows if r["knob"] == knob],
-                      columns=SWEEP_COLUMNS)
+        with atomic_dir(out) as staged:  # the report reads one set: all new files or all old
+            write_json(staged / "metrics.json", result)  # results only: identical on every rerun
+            write_json(staged / "timing.json", timing)
+            write_csv(staged / "per_class.csv", per_class,
+                      columns=["digit", "class", "generated", "fraction"] if judge is None else None)
+            for knob in SWEEPS:  # one table per knob; a header only where the family lacks it
+                write_csv(staged / f"{knob}_sweep.csv", [r for r in rows if r["knob"] == knob],
+                          columns=SWEEP_COLUMNS)
         log(f"{family}: {describe(result)}, {timing['samples_per_second']:.0f} images/s")
         for row in rows:
             log(f"  {row['knob']} {row['setting']}{' (main)' if row['main'] else ''}: "

@@ -12,9 +12,10 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import distributed, families, figures, latent, paths, tracking
+from trilemma import distributed, families, figures, latent, paths, provenance, tracking
 from trilemma.config import SWEEPS, SampleConfig
-from trilemma.io import write_npz
+from trilemma.errors import ConfigError
+from trilemma.io import atomic_dir, write_npz
 from trilemma.runtime import (autocast, device_name, generator, peak_memory,
                               reset_peak_memory, set_precision)
 
@@ -83,6 +84,19 @@ def describe(model: families.Family, knob: str, settings: dict) -> tuple[float, 
     return float(value), f"{value:g}"
 
 
+def check_memory(images: int, image) -> None:
+    """ConfigError naming sample.n when the images to hold (main set and sweeps) would take more
+    than half of this machine's memory: evaluate holds them again, with their features."""
+    import os
+
+    need = images * image.channels * image.size * image.size  # uint8
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have // 2:
+        raise ConfigError(f"sample.n: {images} images (with the sweeps' sample.sweep_n each) of "
+                          f"{image.channels}x{image.size}x{image.size} take {need / 2**30:.1f} GiB;"
+                          f" at most half of this machine's {have / 2**30:.0f} GiB of memory")
+
+
 def as_float(value: float | None) -> float:
     return math.inf if value is None else float(value)
 
@@ -103,13 +117,15 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     model = families.load(family, cfg, paths.model(family), dev)
     main, sweep = knob_settings(model, p.sample)
     n, bs, m = p.sample.n, p.sample.batch_size, p.sample.sweep_size()
+    check_memory(n + len(sweep) * m, model.image)
     set_precision(cfg.precision)
     reset_peak_memory(dev)
     with autocast(cfg.precision, dev):
         images, labels, seconds = draw(model, n, bs, p.seed, dev, warmup=True, **main)
     arrays = {"images": images, "seconds": np.float64(seconds),
               "images_per_second": np.float64(n / seconds), "device": np.str_(device_name(dev)),
-              "processes": np.int64(distributed.world_size())}
+              "processes": np.int64(distributed.world_size()),
+              **provenance.stamp(family, paths.model(family), p)}  # evaluate checks it
     if dev.type == "cuda":
         arrays["peak_gpu_memory_gib"] = np.float64(peak_memory(dev)["peak_gpu_memory_gib"])
     for knob in SWEEPS:
@@ -143,18 +159,18 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     # timing is over: MLflow's start-up now overlaps writing the files and figures
     with tracking.stage_run("sample", family, p.profile) as run:
         run.log_params(tracking.flatten({"sample": p.sample.model_dump(), "seed": p.seed}))
-        write_npz(paths.samples(family), arrays)
-
         out = paths.sample_figures(family)
         written = [out / "grid.png"]
-        figures.save_grid(images[:p.sample.grid], written[0])
-        if isinstance(model, families.LatentFamily):
-            for name, make, cols in (("interpolation", latent.interpolation, 10),
-                                     ("arithmetic", latent.arithmetic, 9)):
-                classes = model.image.num_classes if model.conditional else 0
-                grid = make(model.generate, model.latent_dim, classes, generator(p.seed))
-                figures.save_grid(grid.cpu(), out / f"{name}.png", nrow=cols)
-                written.append(out / f"{name}.png")
+        with atomic_dir(out) as staged:  # a DVC output folder: no temporary file ever inside
+            figures.save_grid(images[:p.sample.grid], staged / "grid.png")
+            if isinstance(model, families.LatentFamily):
+                for name, make, cols in (("interpolation", latent.interpolation, 10),
+                                         ("arithmetic", latent.arithmetic, 9)):
+                    classes = model.image.num_classes if model.conditional else 0
+                    grid = make(model.generate, model.latent_dim, classes, generator(p.seed))
+                    figures.save_grid(grid.cpu(), staged / f"{name}.png", nrow=cols)
+                    written.append(out / f"{name}.png")
+            write_npz(paths.samples(family), arrays)  # last: the figures are in place by then
         log(f"wrote {paths.samples(family)} and {', '.join(f.name for f in written)} in {out}")
         run.log_metrics({"samples_per_second": n / seconds, "sample_seconds": seconds})
         for path in written:

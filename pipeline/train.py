@@ -40,7 +40,8 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     def train_loop(on_epoch=None) -> list[dict]:
         return fit(model, x_train, y_train, cfg, name=family, device=dev, seed=p.seed,
                    checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
-                   on_epoch=on_epoch, trace=trace)
+                   on_epoch=on_epoch, trace=trace,
+                   checkpoint_seconds=p.train.checkpoint_seconds)
 
     if not distributed.is_main():  # the other torchrun ranks train their share; rank 0 writes
         train_loop()

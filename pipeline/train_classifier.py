@@ -9,7 +9,7 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
-from pipeline.evaluate import describe, metrics_json, metrics_json_without_judge
+from pipeline.evaluate import describe, metrics_json, metrics_json_without_judge, require_scorable
 from trilemma import data, distributed, figures, paths, tracking
 from trilemma.classifier import (ClassifierTrainee, load_judge, pixel_stats, save_judge,
                                  save_no_judge)
@@ -39,6 +39,11 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     images = data.load_npz(paths.DATA, p.data)
     if not images.spec.labelled:  # nothing to train; rank 0 writes why
         return no_judge(images, inception, p, dev) if distributed.is_main() else None
+    # every check that can fail runs before the first output (the old judge) is replaced
+    require_scorable(len(images.x_test), "data.test_size", "the real-data floor is scored "
+                     "against the test set")
+    require_scorable(min(p.sample.n, len(images.x_train)), "data.train_size",
+                     "the real-data floor scores min(sample.n, training images) of them")
     trainee = ClassifierTrainee(cfg, dev, len(images.x_train), images.spec,
                                 *pixel_stats(images.x_train, images.source))
     x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
@@ -47,7 +52,8 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     def train_loop(on_epoch=None) -> list[dict]:
         return fit(trainee, x_train, y_train, cfg, name="classifier", device=dev, seed=p.seed,
                    checkpoint=paths.checkpoint("classifier"), fingerprint=fingerprint(settings),
-                   on_epoch=on_epoch)
+                   on_epoch=on_epoch,
+                   checkpoint_seconds=p.train.checkpoint_seconds)
 
     if not distributed.is_main():  # the other torchrun ranks train their share; rank 0 writes
         train_loop()

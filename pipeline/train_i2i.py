@@ -53,7 +53,8 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
     def train_loop(on_epoch=None) -> list[dict]:
         return fit(model, x_train, y_train, cfg, name=family, device=dev, seed=p.seed,
                    checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
-                   on_epoch=on_epoch, trace=trace)
+                   on_epoch=on_epoch, trace=trace,
+                   checkpoint_seconds=p.train.checkpoint_seconds)
 
     if not distributed.is_main():
         train_loop()

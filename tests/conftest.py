@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -180,3 +181,36 @@ def assert_resume_repeats_the_next_step(build: Callable[..., Any], batch, steps:
     assert again.keys() == losses.keys() and all(torch.equal(again[k], losses[k]) for k in losses)
     assert same_params(params_of(resumed), expected)
 
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, mnist_npz) -> Path:
+    """A tiny repo after train-classifier, train vae, sample vae and evaluate vae: the bad-input
+    and fault tests each start from a copy (`repo`)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root = make_repo(tmp_path_factory.mktemp("trained"), mnist_npz)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TRILEMMA_DEVICE", "cpu")
+        for args in (["train-classifier"], ["train", "vae"], ["sample", "vae"],
+                     ["evaluate", "vae"]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, (args, result.output)
+    for path in ("models/classifier.pt", "models/vae.pt", "samples/vae.npz",
+                 "reports/train/vae/metrics.json", "reports/eval/vae/metrics.json"):
+        assert (root / path).is_file(), path
+    return root
+
+
+@pytest.fixture
+def repo(trained, tmp_path, monkeypatch) -> Path:
+    """A fresh copy of the trained repo as the working directory (data/ stays a symlink)."""
+    root = tmp_path / "repo"
+    shutil.copytree(trained, root, symlinks=True)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("TRILEMMA_DEVICE", "cpu")
+    return root

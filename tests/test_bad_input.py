@@ -8,109 +8,16 @@ real `trilemma` executable to show that its stderr carries no traceback either.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
-from conftest import TINY, base_params, make_repo, with_overrides, write_params
-from pipeline.cli import app
-
-# what the stages write; the repo's inputs (params.yaml, data/) and MLflow's store are left out
-OUTPUTS = ("models", "reports", "samples")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("error:")]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file the stages wrote under `root`, by relative path."""
-    files = {}
-    for top in OUTPUTS:
-        for path in sorted((root / top).rglob("*")) if (root / top).is_dir() else []:
-            if path.is_file():
-                files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return files
-
-
-def check_error(output: str, stderr: str, code: int, *names: str) -> str:
-    """Exit code 2, one `error:` line naming every one of `names`, printed last on stderr (so a
-    message that spans lines fails), and no traceback. Returns the error line."""
-    print(output)  # shown with `pytest -rP`
-    assert code == 2, output
-    assert "Traceback" not in output, output
-    lines = error_lines(output)
-    assert len(lines) == 1, output
-    for name in names:
-        assert name in lines[0], f"{name!r} not named in {lines[0]!r}"
-    assert stderr.rstrip("\n").splitlines()[-1] == lines[0], f"more after the error line:\n{stderr}"
-    return lines[0]
-
-
-def fails(result, *names: str) -> str:
-    """The CliRunner result of a command that must stop on bad input."""
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        err = result.exception
-        raise AssertionError(f"uncaught {err!r}\n{result.output}") from err
-    return check_error(result.output, result.stderr, result.exit_code, *names)
-
-
-def params_raw(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    return with_overrides(base_params(), {**TINY, **(overrides or {})})
-
-
-def write_raw(root: Path, raw: Any) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, mnist_npz) -> Path:
-    """A tiny repo after train-classifier, train vae, sample vae and evaluate vae."""
-    root = make_repo(tmp_path_factory.mktemp("trained"), mnist_npz)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("TRILEMMA_DEVICE", "cpu")
-        for args in (["train-classifier"], ["train", "vae"], ["sample", "vae"],
-                     ["evaluate", "vae"]):
-            result = invoke(*args)
-            assert result.exit_code == 0, (args, result.output)
-    for path in ("models/classifier.pt", "models/vae.pt", "samples/vae.npz",
-                 "reports/train/vae/metrics.json", "reports/eval/vae/metrics.json"):
-        assert (root / path).is_file(), path
-    return root
-
-
-@pytest.fixture
-def repo(trained, tmp_path, monkeypatch) -> Path:
-    """A fresh copy of the trained repo as the working directory (data/ stays a symlink)."""
-    root = tmp_path / "repo"
-    shutil.copytree(trained, root, symlinks=True)
-    monkeypatch.chdir(root)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("TRILEMMA_DEVICE", "cpu")
-    return root
-
-
-def unchanged(root: Path, before: dict[str, str]) -> None:
-    after = snapshot(root)
-    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
-                             if before.get(k) != after.get(k)}
-
+from badinput import (fails, invoke, params_raw, proc_fails, run_cli, snapshot, unchanged,
+                      write_raw)
+from conftest import write_params
 
 # ---------------------------------------------------------------------------------------------
 # params.yaml: each problem is caught before anything runs, and nothing is written
@@ -372,69 +279,6 @@ def test_model_file_corrupted(repo, damage):
 
 
 # ---------------------------------------------------------------------------------------------
-# samples files
-
-
-def _set(**arrays):
-    return lambda blob: {**blob, **arrays}
-
-
-def _drop(*keys):
-    return lambda blob: {k: v for k, v in blob.items() if k not in keys}
-
-
-def _sweep(images):
-    """One truncation sweep setting whose images are `images`."""
-    return _set(sweep_images=images, sweep_knob=np.array(["truncation"]),
-                sweep_value=np.array([1.0]), sweep_label=np.array(["1"]),
-                sweep_images_per_second=np.array([100.0]))
-
-
-SAMPLES_CASES = [
-    # id, the change to the real samples/vae.npz, the array the error line must name
-    ("wrong-shape", _set(images=np.zeros((64, 784), np.uint8)), "images"),
-    ("wrong-image-size", _set(images=np.zeros((64, 1, 32, 32), np.uint8)), "images"),
-    ("wrong-dtype", _set(images=np.zeros((64, 1, 28, 28), np.float32)), "images"),
-    ("images-missing", _drop("images"), "images"),
-    ("labels-out-of-range", _set(labels=np.full(64, 10, np.int64)), "labels"),
-    ("labels-negative", _set(labels=np.full(64, -1, np.int64)), "labels"),
-    ("labels-wrong-length", _set(labels=np.zeros(63, np.int64)), "labels"),
-    ("sweep-arrays-inconsistent", _sweep(np.zeros((2, 32, 1, 28, 28), np.uint8)), "sweep_images"),
-    ("sweep-larger-than-main", _sweep(np.zeros((1, 65, 1, 28, 28), np.uint8)), "sweep_images"),
-    ("sweep-wrong-dtype", _sweep(np.zeros((1, 32, 1, 28, 28), np.float32)), "sweep_images"),
-    ("sampling-time-missing", _drop("images_per_second"), "trilemma sample"),
-]
-
-
-@pytest.mark.parametrize("edit, key", [c[1:] for c in SAMPLES_CASES],
-                         ids=[c[0] for c in SAMPLES_CASES])
-def test_malformed_samples_file_names_it_and_the_array(repo, edit, key):
-    path = repo / "samples" / "vae.npz"
-    with np.load(path) as npz:
-        blob = edit({k: npz[k] for k in npz.files})
-    with open(path, "wb") as fh:
-        np.savez(fh, **blob)
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", key)
-    unchanged(repo, before)
-
-
-def test_samples_file_missing_says_run_sample(repo):
-    (repo / "samples" / "vae.npz").unlink()
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", "trilemma sample vae")
-    unchanged(repo, before)
-
-
-def test_samples_file_truncated(repo):
-    path = repo / "samples" / "vae.npz"
-    path.write_bytes(_first_half(path.read_bytes()))
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz")
-    unchanged(repo, before)
-
-
-# ---------------------------------------------------------------------------------------------
 # outputs that cannot be written: `reports` is a file (root ignores chmod, so no permissions)
 
 
@@ -469,19 +313,6 @@ def test_sample_with_unwritable_samples_dir(repo):
 
 # ---------------------------------------------------------------------------------------------
 # the real executable: the error line and nothing like a traceback on the process's stderr
-
-
-def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("trilemma")
-    env = {**os.environ, "TRILEMMA_DEVICE": "cpu"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(exe), *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
-def proc_fails(proc: subprocess.CompletedProcess, *names: str) -> str:
-    assert proc.stdout.strip() == "", proc.stdout
-    return check_error(proc.stdout + proc.stderr, proc.stderr, proc.returncode, *names)
 
 
 def test_subprocess_unknown_params_key(repo):

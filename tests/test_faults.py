@@ -1,13 +1,28 @@
-"""Faults around a stage that must not fail it: a locked MLflow store."""
+"""Faults around a stage: a locked MLflow store must not fail it; a bad checkpoint, a full disk,
+Ctrl-C or a kill must cost nothing already written, and say so in one line."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import resource
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
+from badinput import check_error, snapshot, unchanged
+from conftest import make_repo, write_params
 from pipeline.cli import app
-from trilemma import tracking
+from trilemma import paths, tracking
+from trilemma.io import atomic_dir, write_json
 
 
 def test_locked_mlflow_store_gives_one_warning_and_the_stage_still_succeeds(tiny_repo):
@@ -37,3 +52,113 @@ def test_a_free_sqlite_store_passes_the_lock_check(tmp_path):
 def test_warnings_are_one_line(capsys):
     tracking.warn("first line\nSQL: SELECT ...\n(Background: ...)")
     assert capsys.readouterr().err == "warning: first line\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints, interrupted writes, full disks, non-finite measurements
+
+
+class _Planted:
+    """Unpickling this creates `marker`: what a planted checkpoint could do with weights_only off."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("content", ["a-list", "planted-code"])
+def test_checkpoint_that_is_no_training_state_is_ignored(repo, content):
+    ckpt, marker = repo / paths.checkpoint("vae"), repo / "code-ran"
+    ckpt.parent.mkdir(exist_ok=True)
+    torch.save([1, 2, 3] if content == "a-list" else {"trainee": _Planted(marker)}, ckpt)
+    result = CliRunner().invoke(app, ["train", "vae"])
+    assert result.exit_code == 0, result.output
+    assert "ignoring" in result.output and str(paths.checkpoint("vae")) in result.output
+    assert not marker.exists()  # loaded with weights_only=True: nothing ran
+    assert not ckpt.exists()  # replaced by a real one, deleted once the model was written
+
+
+def test_full_disk_is_one_line_and_the_old_samples_stay(repo):
+    """A file-size limit stands in for a full disk: writes past it fail with EFBIG (an OSError,
+    like ENOSPC), not only PermissionError."""
+    before = snapshot(repo)
+    # the rerun writes files of the same sizes: the figures fit under the limit, the samples not
+    limit = max(p.stat().st_size for p in (repo / "reports/samples/vae").iterdir()) + 1000
+    assert limit < (repo / paths.samples("vae")).stat().st_size
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    exe = Path(sys.executable).with_name("trilemma")
+    # MLflow at a store it refuses (the stage runs untracked, with a warning): what MLflow does
+    # on a full disk is the MLflow tests' concern
+    env = {**os.environ, "TRILEMMA_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
+           "MLFLOW_TRACKING_URI": (repo.parent / "mlruns").as_uri()}
+    proc = subprocess.run([str(exe), "sample", "vae"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300, preexec_fn=small_files)
+    check_error(proc.stdout + proc.stderr, proc.stderr, proc.returncode, "samples/vae.npz",
+                "cannot write")
+    unchanged(repo, before)
+    assert not list(repo.rglob(".*.tmp*")), "temporary files left behind"
+
+
+def test_write_json_writes_null_for_non_finite_measurements(tmp_path):
+    write_json(tmp_path / "m.json", {"fid": math.inf, "rows": [math.nan, 1.5], "n": 3})
+    text = (tmp_path / "m.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(text, parse_constant=refuse) == {"fid": None, "rows": [None, 1.5], "n": 3}
+
+
+def test_folder_outputs_are_swapped_in_whole(tmp_path):
+    out = tmp_path / "reports" / "eval" / "vae"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text("old\n")
+    (out / "per_class.csv").write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_dir(out) as staged:  # killed half-way
+        (staged / "metrics.json").write_text("new\n")
+        raise RuntimeError("stage died")
+    assert {p.name: p.read_text() for p in out.iterdir()} == \
+        {"metrics.json": "old\n", "per_class.csv": "old\n"}
+    with atomic_dir(out) as staged:
+        (staged / "metrics.json").write_text("new\n")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "new\n"}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vae"]  # no temporary folder left
+
+
+def test_temporary_files_of_a_killed_writer_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / f".metrics.json.tmp{dead}").write_text("half")
+    (out / f".figures.tmp{dead}").mkdir()
+    write_json(out / "metrics.json", {"a": 1})
+    with atomic_dir(out / "figures"):
+        pass
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "metrics.json"]
+
+
+def test_ctrl_c_in_training_says_where_it_resumes(tmp_path, mnist_npz):
+    repo = make_repo(tmp_path, mnist_npz)
+    write_params(repo / "params.yaml", {"data.train_size": 3000, "vae.epochs": 3})
+    env = {**os.environ, "TRILEMMA_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("trilemma")), "train", "vae"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    ckpt, deadline = repo / paths.checkpoint("vae"), time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("interrupted: vae: training stopped; a rerun resumes from "
+                           "checkpoints/vae.pt (after epoch 1"), err
+    assert not (repo / paths.model("vae")).exists()

@@ -258,3 +258,34 @@ def test_corrupt_checkpoint_is_ignored_and_training_starts_over(references):
     assert not (corrupt.repo / paths.checkpoint(FAMILY)).exists()
     clean.wait()
     assert_same_training(corrupt.repo, clean.repo)
+
+
+def test_single_epoch_ddpm_killed_mid_epoch_resumes_bit_identically(tmp_path, mnist_npz):
+    """Quick diffusion runs are one (truncated) epoch: the checkpoint written every
+    `train.checkpoint_seconds` within it lets a killed run resume at its step, and end with the
+    weights of a run never interrupted, bit for bit."""
+    settings = {"data.train_size": 1280, "ddpm.epochs": 1, "train.checkpoint_seconds": 0.05}
+    repos = {}
+    for name in ("killed", "clean"):
+        repos[name] = make_repo(tmp_path / name, mnist_npz)
+        write_params(repos[name] / "params.yaml", settings)
+    ckpt = repos["killed"] / paths.checkpoint("ddpm")
+    clean, first = Run(repos["clean"], "ddpm", "clean"), Run(repos["killed"], "ddpm", "killed")
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not ckpt.exists():
+            assert first.proc.poll() is None, f"ended before any checkpoint\n{first.text()}"
+            assert time.monotonic() < deadline, f"no checkpoint after {DEADLINE} s\n{first.text()}"
+            time.sleep(0.02)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=60)
+    finally:
+        first.stop()
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["step"] < 20, (state["epoch"], state["step"])
+    out = Run(repos["killed"], "ddpm", "resumed").wait()
+    assert f"ddpm: resuming after epoch 0, step {state['step']} of epoch 1 from" in out, out
+    clean.wait()
+    assert_same_state(torch.load(repos["killed"] / paths.model("ddpm"), weights_only=True),
+                      torch.load(repos["clean"] / paths.model("ddpm"), weights_only=True),
+                      "models/ddpm.pt")

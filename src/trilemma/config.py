@@ -8,19 +8,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator)
 
 from trilemma.errors import ConfigError
+from trilemma.params_file import check_bounded, read_params_file
 
 PROFILES = ("quick", "full")
 
 
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits true/false anywhere (a bool, or a union or list holding one)."""
+    return annotation is bool or any(_takes_bool(a) for a in typing.get_args(annotation)
+                                     if not isinstance(a, (str, int, float)))
+
+
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(map(_holds_bool, value)))
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf/nan anywhere: every setting is a finite size, rate or weight
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1: `epochs: true` would train one epoch without a word."""
+        if _holds_bool(value) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true/false")
+        return value
 
 
 class DataConfig(Section):
@@ -50,6 +71,8 @@ def check_data(cfg: DataConfig) -> None:
 
 def check_control(cfg: "ControlConfig", families: list[str]) -> None:
     """The control stage runs only on trained families."""
+    if len(set(cfg.families)) != len(cfg.families):
+        raise ConfigError("control.families: a family is listed twice")
     for name in cfg.families:
         if name not in families:
             raise ConfigError(f"control.families: {name!r} is not in `families` "
@@ -60,6 +83,8 @@ class LaunchConfig(Section):
     # prefix of the train stage's command in dvc.yaml: "" runs one process; e.g.
     # "torchrun --nproc-per-node 4 --no-python" trains data-parallel on 4 GPUs
     launcher: str = ""
+    # seconds between checkpoints within an epoch (one is written after every epoch too)
+    checkpoint_seconds: float = Field(60.0, gt=0)
 
 
 class TrainConfig(Section):
@@ -113,8 +138,9 @@ class SampleConfig(Section):
 
 class EvaluateConfig(Section):
     batch_size: int = Field(1000, ge=1)
-    # FID of this many resamples of each family's samples, for FID's +- (0: none)
-    bootstrap: int = Field(200, ge=0)
+    # FID of this many resamples of each family's samples, for FID's +- (0: none); at most
+    # 10000, beyond which the spread no longer moves and the stage runs for hours
+    bootstrap: int = Field(200, ge=0, le=10_000)
     # Inception-V3 FID/IS as well, with the pt_inception-2015-12-05 weights file at this path
     # (no package ships it); null or a missing file: those columns read n/a, with the reason
     inception_weights: Path | None = None
@@ -150,7 +176,7 @@ class ControlConfig(Section):
 
 class Params(Section):
     profile: Literal["quick", "full"] = "quick"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 2)  # numpy's seeds are 32-bit; the referee's is seed + 1
     families: list[str] = Field(min_length=1)
     i2i_families: list[str] = []  # image-to-image families (trilemma.i2i): DVC's foreach
     data: DataConfig = DataConfig()
@@ -251,6 +277,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        check_bounded(raw)  # before resolve_profile walks it
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     profile = raw.get("profile", "quick")
     if profile not in PROFILES:
         raise ConfigError(f"{source}: profile: must be one of {', '.join(PROFILES)} (got {profile!r})")
@@ -277,22 +307,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such params file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a params file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (not UTF-8)") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse_params(raw, str(path))
+    return parse_params(read_params_file(Path(path)), str(path))
 
 
 def fingerprint(*parts: Any) -> str:

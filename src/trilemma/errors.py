@@ -25,3 +25,8 @@ class TrainingDiverged(TrilemmaError):
 
 class NoJudge(TrilemmaError):
     """The data set has no labels, so no classifier was trained; the message says why."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the message says where a rerun resumes. Not a TrilemmaError: the
+    CLI exits with 130, not 2."""

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from trilemma import distributed
 from trilemma.config import TrainConfig
-from trilemma.errors import TrainingDiverged, brief
+from trilemma.errors import Interrupted, TrainingDiverged, brief
 from trilemma.io import atomic_path
 from trilemma.optim import adam  # noqa: F401  (re-exported: families import it from here)
 from trilemma.runtime import autocast, reset_peak_memory, set_precision
@@ -37,8 +37,9 @@ class Trainee(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+def _rng_state(shuffle_at_epoch_start: torch.Tensor) -> dict[str, Any]:
+    """Tensors only: a checkpoint loads with weights_only=True."""
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle_at_epoch_start}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -52,18 +53,52 @@ def _set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written for the same settings, else None."""
+    """The checkpoint at `path` if it was written for the same settings, else None. Loaded with
+    weights_only=True: a planted file cannot run code."""
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a checkpoint is a cache: a bad one is ignored, never fatal
         print(f"ignoring unreadable checkpoint {path}: {brief(err)}", flush=True)
+        return None
+    if not isinstance(state, dict) or not {"trainee", "rng", "epoch", "history"} <= set(state):
+        print(f"ignoring checkpoint {path}: not a training checkpoint", flush=True)
         return None
     if state.get("fingerprint") != fingerprint:
         print(f"ignoring checkpoint {path}: written for other settings", flush=True)
         return None
     return state
+
+
+class _Checkpointer:
+    """Writes the resumable state (rank 0): after every epoch, and within an epoch once
+    `every_seconds` have passed since the last write. Remembers where a rerun would resume."""
+
+    def __init__(self, path: Path, fingerprint: str, every_seconds: float, resumed: str | None):
+        self.path, self.fingerprint, self.every = path, fingerprint, every_seconds
+        self.last = time.monotonic()
+        self.position = resumed  # "after epoch 2, step 40" of the last checkpoint, if any
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+    def save(self, trainee: "Trainee", epoch: int, step: int, shuffle_at_epoch_start: torch.Tensor,
+             history: list, trace: list | None, partial: dict | None) -> None:
+        """`epoch` epochs done and `step` steps of the next one; `partial` holds that epoch's
+        running loss sums (and seconds), so that its row comes out as if never interrupted."""
+        with atomic_path(self.path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, "epoch": epoch, "step": step,
+                        "history": history, "trainee": trainee.state_dict(),
+                        "rng": _rng_state(shuffle_at_epoch_start), "trace": trace or [],
+                        "partial": partial or {}}, tmp)
+        self.last = time.monotonic()
+        self.position = f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
+
+    def interrupted(self, name: str) -> Interrupted:
+        where = f"a rerun resumes from {self.path} (after {self.position})" if self.position \
+            else "no checkpoint yet, a rerun starts over"
+        return Interrupted(f"{name}: training stopped; {where}")
 
 
 TRACE_POINTS = 10  # rows per epoch in `trace`: short GAN runs need more than one point per epoch
@@ -84,7 +119,8 @@ def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, f
 def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
         name: str, device: torch.device, seed: int, checkpoint: Path, fingerprint: str,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        trace: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
+        trace: list[dict[str, float]] | None = None,
+        checkpoint_seconds: float = 60.0) -> list[dict[str, float]]:
     """Train for cfg.epochs (or cfg.max_steps steps, whichever ends first) over (x_train
     (N,C,S,S) uint8, y_train (N,) int64), resuming from
     `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
@@ -92,6 +128,10 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     epoch) are appended to it, and kept in the checkpoint. The whole data set moves to `device`
     once, as uint8: batches are index lookups, no loader. cfg.precision and cfg.compile apply
     here, so every trainee gets them without a line of its own.
+
+    The checkpoint is written after every epoch and, within an epoch, every `checkpoint_seconds`:
+    a run resumed from it ends with the same weights, bit for bit, as one never interrupted.
+    Ctrl-C raises `Interrupted`, saying where a rerun resumes.
 
     Under torchrun (`distributed`), every rank runs this with the same data and seed; cfg.batch_size
     is the global batch, of which each rank trains on its share through DistributedDataParallel.
@@ -114,22 +154,28 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     epochs = cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / full))
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
-    start = 1
+    start, resume = 1, {"step": 0, "partial": {}}
     state = load_checkpoint(checkpoint, fingerprint)
+    saver = _Checkpointer(checkpoint, fingerprint, checkpoint_seconds, None)
     if state is not None:
         trainee.load_state_dict(state["trainee"])
         _set_rng_state(state["rng"], shuffle)
         history, start = state["history"], state["epoch"] + 1
+        resume = {"step": state.get("step", 0), "partial": state.get("partial", {})}
         if trace is not None:
             trace[:] = state.get("trace", [])
+        saver.position = f"epoch {state['epoch']}" + \
+            (f", step {resume['step']} of epoch {start}" if resume["step"] else "")
         if main:
-            print(f"{name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+            print(f"{name}: resuming after {saver.position} from {checkpoint}", flush=True)
 
     plain = dict(trainee.nets)
     trainee.nets.update(distributed.wrap(plain, device))
     try:
         _epochs(trainee, x, y, cfg, name, device, shuffle, start, epochs, full, batch, history,
-                checkpoint, fingerprint, on_epoch if main else None, trace)
+                saver if main else None, resume, on_epoch if main else None, trace)
+    except KeyboardInterrupt:
+        raise saver.interrupted(name) from None
     finally:
         trainee.nets.update(plain)
     return history
@@ -137,10 +183,11 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
 
 def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, name: str,
             device: torch.device, shuffle: torch.Generator, start: int, epochs: int, full: int,
-            batch: int, history: list[dict[str, float]], checkpoint: Path, fingerprint: str,
-            on_epoch: Callable[[dict[str, float]], None] | None,
+            batch: int, history: list[dict[str, float]], saver: _Checkpointer | None,
+            resume: dict, on_epoch: Callable[[dict[str, float]], None] | None,
             trace: list[dict[str, float]] | None) -> None:
-    """The epochs of `fit` from `start`, appending to `history` (and `trace`)."""
+    """The epochs of `fit` from `start` (from step resume["step"] of it, with the running sums
+    of resume["partial"]), appending to `history` (and `trace`); `saver` on rank 0 only."""
     n, main = len(x), distributed.is_main()
     show_bar = main and sys.stderr.isatty()
     for epoch in range(start, epochs + 1):
@@ -148,12 +195,16 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
         steps = full if cfg.max_steps is None else min(full, cfg.max_steps - (epoch - 1) * full)
         for net in trainee.nets.values():
             net.train()
+        shuffle_at_start = shuffle.get_state()  # a mid-epoch checkpoint redraws `order` from it
         order = torch.randperm(n, generator=shuffle).to(device)
-        sums, counts, chunk_sums, chunk_counts = {}, {}, {}, {}
+        partial = resume["partial"] if epoch == start else {}
+        first = resume["step"] if epoch == start else 0
+        sums, counts = partial.get("sums", {}), partial.get("counts", {})
+        chunk_sums, chunk_counts = partial.get("chunk_sums", {}), partial.get("chunk_counts", {})
         trace_ends = {math.ceil(k * steps / TRACE_POINTS) for k in range(1, TRACE_POINTS + 1)}
-        t0 = time.perf_counter()
-        for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{epochs}", disable=not show_bar,
-                      leave=False):
+        t0 = time.perf_counter() - partial.get("seconds", 0.0)
+        for i in tqdm(range(first, steps), desc=f"{name} epoch {epoch}/{epochs}",
+                      disable=not show_bar, leave=False, initial=first, total=steps):
             idx = distributed.share(order[i * batch:(i + 1) * batch])  # this rank's rows
             xb = x[idx].float().div_(255)  # (B,C,S,S) in [0,1]
             # channels_last: with 1 channel only the strides change, but they pick oneDNN's fast
@@ -169,23 +220,27 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
                                   "epoch": round(epoch - 1 + (i + 1) / full, 4),
                                   **_means(chunk_sums, chunk_counts)})
                     chunk_sums, chunk_counts = {}, {}
+            # within the epoch, on time; never a state whose losses already went non-finite
+            if saver is not None and i + 1 < steps and saver.due() and \
+                    all(math.isfinite(float(v)) for v in sums.values()):
+                saver.save(trainee, epoch - 1, i + 1, shuffle_at_start, history, trace,
+                           {"sums": sums, "counts": counts, "chunk_sums": chunk_sums,
+                            "chunk_counts": chunk_counts, "seconds": time.perf_counter() - t0})
         means = _means(sums, counts)
         seconds = time.perf_counter() - t0
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
-            kept = f"last good checkpoint kept at {checkpoint}" if checkpoint.exists() else \
-                "no checkpoint was written before it"
+            ckpt = saver.path if saver is not None else None
+            kept = f"last good checkpoint kept at {ckpt}" if ckpt is not None and ckpt.exists() \
+                else "no checkpoint was written before it"
             raise TrainingDiverged(f"{name}: loss {', '.join(bad)} became non-finite in epoch "
                                    f"{epoch}; training stopped, {kept}")
         row = {"epoch": epoch, **means, "seconds": round(seconds, 2)}
         history.append(row)
-        if not main:
+        if saver is None:
             continue
         losses = "  ".join(f"{k}={v:.4g}" for k, v in means.items())
         print(f"{name} epoch {epoch}/{epochs}  {losses}  ({seconds:.1f} s)", flush=True)
-        with atomic_path(checkpoint) as tmp:
-            torch.save({"fingerprint": fingerprint, "epoch": epoch, "history": history,
-                        "trainee": trainee.state_dict(), "rng": _rng_state(shuffle),
-                        "trace": trace or []}, tmp)
+        saver.save(trainee, epoch, 0, shuffle.get_state(), history, trace, None)
         if on_epoch is not None:
             on_epoch(row)

@@ -1,0 +1,128 @@
+"""Params that parse but must not run: YAML that is ambiguous (a key twice, a key that is not a
+name), that never ends (a FIFO, /dev/zero, recursive anchors, alias bombs), and values pydantic
+would take silently (true for a number, inf, a seed numpy cannot use, a family steered twice).
+Each is one `error:` line naming the file and the key, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from badinput import fails, invoke, params_raw, snapshot, unchanged
+from conftest import write_params
+
+def tiny_yaml() -> str:
+    """The tiny params as YAML text, to which the text cases append."""
+    import yaml
+
+    return yaml.safe_dump(params_raw(), sort_keys=False)
+
+
+VALUE_CASES = [
+    # id, overrides (dotted keys), command, names the error line must hold
+    ("seed-beyond-32-bit", {"seed": 2**32}, ["train", "vae"], ["seed", "4294967294"]),
+    ("epochs-true", {"vae.epochs": True}, ["train", "vae"], ["vae.epochs", "true/false"]),
+    ("batch-size-false", {"classifier.batch_size": False}, ["train-classifier"],
+     ["classifier.batch_size", "true/false"]),
+    ("width-list-with-true", {"ddpm.widths": [True, 16]}, ["train", "ddpm"], ["ddpm.widths"]),
+    ("lr-inf", {"vae.lr": float("inf")}, ["train", "vae"], ["vae.lr", "finite"]),
+    ("lr-nan", {"vae.lr": float("nan")}, ["train", "vae"], ["vae.lr", "finite"]),
+    ("guidance-inf", {"sample.guidance": float("inf")}, ["sample", "vae"],
+     ["sample.guidance", "finite"]),
+    ("guidance-sweep-inf", {"sample.guidance_sweep": [1.0, float("inf")]}, ["sample", "vae"],
+     ["sample.guidance_sweep", "finite"]),
+    ("control-family-twice", {"control.families": ["vae", "vae"]}, ["train", "vae"],
+     ["control.families", "twice"]),
+    ("bootstrap-beyond-bound", {"evaluate.bootstrap": 10**9}, ["evaluate", "vae"],
+     ["evaluate.bootstrap", "10000"]),
+    ("checkpoint-seconds-zero", {"train.checkpoint_seconds": 0}, ["train", "vae"],
+     ["train.checkpoint_seconds"]),
+]
+
+
+@pytest.mark.parametrize("overrides, command, names", [c[1:] for c in VALUE_CASES],
+                         ids=[c[0] for c in VALUE_CASES])
+def test_value_pydantic_would_accept_is_refused(repo, overrides, command, names):
+    write_params(repo / "params.yaml", overrides)
+    before = snapshot(repo)
+    fails(invoke(*command), "params.yaml", *names)
+    unchanged(repo, before)
+
+
+ALIAS_BOMB = "".join(f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 10))
+
+TEXT_CASES = [
+    # id, YAML appended to the tiny params (a later top-level key), names
+    ("duplicate-top-level-key", "seed: 1\n", ["params.yaml", "'seed'", "twice"]),
+    ("duplicate-nested-key", "x_dup:\n  a: 1\n  a: 2\n", ["params.yaml", "'a'", "twice"]),
+    ("yaml-1.1-boolean-key", "on: push\n", ["params.yaml", "True", "not a name"]),
+    ("number-key", "1: x\n", ["params.yaml", "1", "not a name"]),
+    ("recursive-anchor", "loop: &loop [*loop]\n", ["params.yaml", "alias"]),
+    ("alias-bomb", "b0: &b0 [x, x, x, x, x, x, x, x, x]\n" + ALIAS_BOMB,
+     ["params.yaml", "aliases"]),
+    ("nested-too-deep", "deep: " + "[" * 40 + "]" * 40 + "\n", ["params.yaml", "nested"]),
+]
+
+
+@pytest.mark.parametrize("extra, names", [c[1:] for c in TEXT_CASES],
+                         ids=[c[0] for c in TEXT_CASES])
+def test_ambiguous_or_endless_yaml_is_refused(repo, extra, names):
+    (repo / "params.yaml").write_text(tiny_yaml() + extra)
+    before = snapshot(repo)
+    fails(invoke("train", "vae"), *names)
+    unchanged(repo, before)
+
+
+def test_params_path_that_is_a_fifo_is_refused_without_blocking(repo):
+    fifo = repo / "params.fifo"
+    os.mkfifo(fifo)
+    before = snapshot(repo)
+    done = threading.Event()
+
+    def unblock():  # if the stage opened the FIFO for reading, a writer lets it go on
+        if not done.wait(20):
+            with open(fifo, "w") as fh:
+                fh.write("profile: quick\n")
+
+    threading.Thread(target=unblock, daemon=True).start()
+    result = invoke("train", "vae", "--params", str(fifo))
+    done.set()
+    fails(result, "params.fifo", "not a regular file")
+    unchanged(repo, before)
+
+
+def test_params_path_dev_zero_is_refused(repo):
+    before = snapshot(repo)
+    fails(invoke("train", "vae", "--params", "/dev/zero"), "/dev/zero", "not a regular file")
+    unchanged(repo, before)
+
+
+def test_params_file_too_large_is_refused(repo):
+    (repo / "big.yaml").write_text(tiny_yaml() + "# padding\n" * 200_000)
+    before = snapshot(repo)
+    fails(invoke("train", "vae", "--params", "big.yaml"), "big.yaml", "bytes")
+    unchanged(repo, before)
+
+
+def test_stage_run_from_another_folder_writes_no_logs_there(repo, tmp_path, monkeypatch):
+    """The stage log goes beside the params file that ran, never into the working folder."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    log = repo / "logs" / "stages.jsonl"
+    logged = log.read_text().count('"evaluate"') if log.exists() else 0
+    monkeypatch.chdir(elsewhere)
+    fails(invoke("train", "vae"), "params.yaml", "no such params file")
+    assert not (elsewhere / "logs").exists()
+    fails(invoke("evaluate", "vae", "--params", str(repo / "params.yaml")), "data/images.npz")
+    assert not (elsewhere / "logs").exists()
+    assert log.read_text().count('"evaluate"') == logged + 1
+
+
+def test_project_params_file_reads_strictly():
+    """The project's own params.yaml passes the strict reader (no duplicate or non-name key)."""
+    from trilemma.config import load_params
+
+    load_params(Path(__file__).resolve().parents[1] / "params.yaml")
