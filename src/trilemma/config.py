@@ -85,6 +85,10 @@ class LaunchConfig(Section):
     launcher: str = ""
     # seconds between checkpoints within an epoch (one is written after every epoch too)
     checkpoint_seconds: float = Field(60.0, gt=0)
+    # learning curves: the train stages score this many probes, evenly spread over training
+    probes: int = Field(8, ge=0, le=100)
+    probe_n: int = Field(500, ge=16)  # samples (or i2i test images) each probe scores
+    probe_steps: int = Field(10, ge=1)  # DDIM steps of a diffusion family's probe samples
 
 
 class TrainConfig(Section):

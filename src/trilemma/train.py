@@ -37,6 +37,17 @@ class Trainee(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class Probe(Protocol):
+    """A learning-curve callback (trilemma.probes): `fit` calls it at the steps it is `due`, with
+    the optimisation step and the training seconds so far, and leaves its time out of those
+    seconds. Its `rows` travel in the checkpoint."""
+    rows: list[dict[str, float]]
+
+    def due(self, step: int) -> bool: ...
+
+    def __call__(self, step: int, train_seconds: float) -> None: ...
+
+
 def _rng_state(shuffle_at_epoch_start: torch.Tensor) -> dict[str, Any]:
     """Tensors only: a checkpoint loads with weights_only=True."""
     state = {"torch": torch.get_rng_state(), "shuffle": shuffle_at_epoch_start}
@@ -84,14 +95,15 @@ class _Checkpointer:
         return time.monotonic() - self.last >= self.every
 
     def save(self, trainee: "Trainee", epoch: int, step: int, shuffle_at_epoch_start: torch.Tensor,
-             history: list, trace: list | None, partial: dict | None) -> None:
+             history: list, trace: list | None, partial: dict | None,
+             probe: "Probe | None" = None) -> None:
         """`epoch` epochs done and `step` steps of the next one; `partial` holds that epoch's
         running loss sums (and seconds), so that its row comes out as if never interrupted."""
         with atomic_path(self.path) as tmp:
             torch.save({"fingerprint": self.fingerprint, "epoch": epoch, "step": step,
                         "history": history, "trainee": trainee.state_dict(),
                         "rng": _rng_state(shuffle_at_epoch_start), "trace": trace or [],
-                        "partial": partial or {}}, tmp)
+                        "partial": partial or {}, "probe": probe.rows if probe else []}, tmp)
         self.last = time.monotonic()
         self.position = f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
 
@@ -116,11 +128,19 @@ def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, f
     return {k: float(v) / counts[k] for k, v in sums.items()}  # a host sync
 
 
+def total_steps(n: int, cfg: TrainConfig) -> int:
+    """Optimisation steps `fit` takes on n images: full batches per epoch, cfg.epochs of them,
+    cut at cfg.max_steps."""
+    steps = n // min(cfg.batch_size, n) * cfg.epochs
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
+
+
 def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
         name: str, device: torch.device, seed: int, checkpoint: Path, fingerprint: str,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         trace: list[dict[str, float]] | None = None,
-        checkpoint_seconds: float = 60.0) -> list[dict[str, float]]:
+        checkpoint_seconds: float = 60.0,
+        probe: Probe | None = None) -> list[dict[str, float]]:
     """Train for cfg.epochs (or cfg.max_steps steps, whichever ends first) over (x_train
     (N,C,S,S) uint8, y_train (N,) int64), resuming from
     `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
@@ -135,7 +155,7 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
 
     Under torchrun (`distributed`), every rank runs this with the same data and seed; cfg.batch_size
     is the global batch, of which each rank trains on its share through DistributedDataParallel.
-    Only rank 0 prints, writes the checkpoint and calls `on_epoch`; every rank must pass the
+    Only rank 0 prints, writes the checkpoint and calls `on_epoch` and `probe`; every rank must pass the
     same arguments otherwise (`trace` included: its means are averaged across ranks)."""
     set_precision(cfg.precision)
     if cfg.compile:
@@ -166,6 +186,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             trace[:] = state.get("trace", [])
         saver.position = f"epoch {state['epoch']}" + \
             (f", step {resume['step']} of epoch {start}" if resume["step"] else "")
+        if probe is not None:
+            probe.rows[:] = state.get("probe", [])
         if main:
             print(f"{name}: resuming after {saver.position} from {checkpoint}", flush=True)
 
@@ -173,7 +195,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     trainee.nets.update(distributed.wrap(plain, device))
     try:
         _epochs(trainee, x, y, cfg, name, device, shuffle, start, epochs, full, batch, history,
-                saver if main else None, resume, on_epoch if main else None, trace)
+                saver if main else None, resume, on_epoch if main else None, trace,
+                probe if main else None)
     except KeyboardInterrupt:
         raise saver.interrupted(name) from None
     finally:
@@ -185,9 +208,10 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
             device: torch.device, shuffle: torch.Generator, start: int, epochs: int, full: int,
             batch: int, history: list[dict[str, float]], saver: _Checkpointer | None,
             resume: dict, on_epoch: Callable[[dict[str, float]], None] | None,
-            trace: list[dict[str, float]] | None) -> None:
+            trace: list[dict[str, float]] | None, probe: Probe | None = None) -> None:
     """The epochs of `fit` from `start` (from step resume["step"] of it, with the running sums
-    of resume["partial"]), appending to `history` (and `trace`); `saver` on rank 0 only."""
+    of resume["partial"]), appending to `history` (and `trace`); `saver` on rank 0 only;
+    `probe` runs between steps, off the clock."""
     n, main = len(x), distributed.is_main()
     show_bar = main and sys.stderr.isatty()
     for epoch in range(start, epochs + 1):
@@ -203,6 +227,7 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
         chunk_sums, chunk_counts = partial.get("chunk_sums", {}), partial.get("chunk_counts", {})
         trace_ends = {math.ceil(k * steps / TRACE_POINTS) for k in range(1, TRACE_POINTS + 1)}
         t0 = time.perf_counter() - partial.get("seconds", 0.0)
+        probing, before = 0.0, sum(r["seconds"] for r in history)
         for i in tqdm(range(first, steps), desc=f"{name} epoch {epoch}/{epochs}",
                       disable=not show_bar, leave=False, initial=first, total=steps):
             idx = distributed.share(order[i * batch:(i + 1) * batch])  # this rank's rows
@@ -220,14 +245,24 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
                                   "epoch": round(epoch - 1 + (i + 1) / full, 4),
                                   **_means(chunk_sums, chunk_counts)})
                     chunk_sums, chunk_counts = {}, {}
+            step = (epoch - 1) * full + i + 1
+            if probe is not None and probe.due(step):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # the steps so far count as training
+                paused = time.perf_counter()
+                probe(step, before + paused - t0 - probing)
+                for net in trainee.nets.values():  # sampling left them in eval mode
+                    net.train()
+                probing += time.perf_counter() - paused
             # within the epoch, on time; never a state whose losses already went non-finite
             if saver is not None and i + 1 < steps and saver.due() and \
                     all(math.isfinite(float(v)) for v in sums.values()):
                 saver.save(trainee, epoch - 1, i + 1, shuffle_at_start, history, trace,
                            {"sums": sums, "counts": counts, "chunk_sums": chunk_sums,
-                            "chunk_counts": chunk_counts, "seconds": time.perf_counter() - t0})
+                            "chunk_counts": chunk_counts,
+                            "seconds": time.perf_counter() - t0 - probing}, probe)
         means = _means(sums, counts)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - probing
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             ckpt = saver.path if saver is not None else None
@@ -241,6 +276,6 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
             continue
         losses = "  ".join(f"{k}={v:.4g}" for k, v in means.items())
         print(f"{name} epoch {epoch}/{epochs}  {losses}  ({seconds:.1f} s)", flush=True)
-        saver.save(trainee, epoch, 0, shuffle.get_state(), history, trace, None)
+        saver.save(trainee, epoch, 0, shuffle.get_state(), history, trace, None, probe)
         if on_epoch is not None:
             on_epoch(row)
