@@ -108,8 +108,10 @@ def test_steering_leaves_the_networks_gradients_untouched():
     assert all(p.grad is None for p in classifier.parameters())
 
 
-def diffusion_model():
-    return build("ddpm")  # untrained: its EMA net is a copy of the random U-Net
+def diffusion_model(prediction: str = "eps"):
+    model = build("ddpm")  # untrained: its EMA net is a copy of the random U-Net
+    model.cfg = model.cfg.model_copy(update={"prediction": prediction})  # read as eps or as v
+    return model
 
 
 def test_guide_moves_the_predicted_x0_by_scale_times_the_gradient():
@@ -133,8 +135,9 @@ def test_guidance_scale_zero_is_unguided_sampling_exactly():
     assert torch.equal(plain, guided)
 
 
-def test_positive_guidance_raises_the_requested_class_log_probability():
-    model, classifier = diffusion_model(), judge()
+@pytest.mark.parametrize("prediction", ["eps", "v"])  # the guide works on the eps of either
+def test_positive_guidance_raises_the_requested_class_log_probability(prediction):
+    model, classifier = diffusion_model(prediction), judge()
     labels = torch.arange(10)
     x_T = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 

@@ -1,13 +1,12 @@
-"""Denoising diffusion: the noise schedules against golden values and closed forms, the forward
-process, DDPM and DDIM steps against each other and a perfect noise predictor, the U-Net, and the
-`ddpm` / `cfg_diffusion` families' sampling loop, guidance, EMA and label dropout."""
+"""Denoising diffusion as families: the U-Net, and the `ddpm` / `cfg_diffusion` families'
+sampling (timestep grids, guidance, predictions), EMA, training recipe and label dropout. The
+pure functions are tested in test_diffusion_math.py."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from conftest import assert_resume_repeats_the_next_step, params_of, same_params
 
 from trilemma import diffusion, families
 from trilemma.data import ImageSpec
@@ -54,228 +53,6 @@ class CallRecorder:
     @property
     def batches(self) -> list[int]:
         return [len(x) for x, *_ in self.calls]
-
-
-def linear(T: int = 1000) -> torch.Tensor:
-    return diffusion.alpha_bars(diffusion.linear_betas(T))
-
-
-# --- schedules -------------------------------------------------------------------------------
-
-def test_linear_schedule_runs_from_1e4_to_002_in_float64():
-    betas = diffusion.linear_betas(1000)
-    assert betas.shape == (1000,) and betas.dtype == torch.float64
-    assert betas[0].item() == pytest.approx(1e-4, rel=1e-12)
-    assert betas[-1].item() == pytest.approx(0.02, rel=1e-12)
-    assert torch.all(betas[1:] > betas[:-1])
-
-
-def test_linear_alpha_bar_matches_golden_values():
-    """Computed once with numpy: cumprod(1 - linspace(1e-4, 0.02, 1000)) in float64."""
-    ab = linear()
-    assert ab.dtype == torch.float64
-    assert ab[0].item() == pytest.approx(0.9999, rel=1e-12)
-    assert ab[499].item() == pytest.approx(0.07858724288177824, rel=1e-12)
-    assert ab[999].item() == pytest.approx(4.035829765375676e-05, rel=1e-12)
-
-
-def test_linear_schedule_scales_both_ends_by_1000_over_t():
-    betas = diffusion.linear_betas(250)
-    assert betas.shape == (250,)
-    assert betas[0].item() == pytest.approx(4e-4, rel=1e-12)
-    assert betas[-1].item() == pytest.approx(0.08, rel=1e-12)
-    assert diffusion.alpha_bars(betas)[-1].item() < 1e-3  # still almost pure noise at the end
-
-
-@pytest.mark.parametrize("T", [2, 10, 19, 20])
-def test_linear_schedule_stays_a_valid_process_for_every_accepted_t(T):
-    families.REGISTRY["ddpm"].Config(**{**TINY, "timesteps": T})  # accepted
-    betas = diffusion.linear_betas(T)
-    ab = diffusion.alpha_bars(betas)
-    assert torch.all((betas > 0) & (betas < 1))
-    assert torch.all((ab > 0) & (ab <= 1))
-
-
-@pytest.mark.parametrize("T", [10, 100, 1000])
-def test_cosine_alpha_bar_is_the_closed_form_where_betas_are_not_clipped(T):
-    s = 0.008
-    betas = diffusion.cosine_betas(T)
-    ab = diffusion.alpha_bars(betas)
-    assert betas.dtype == torch.float64 and betas.shape == (T,)
-    assert torch.all(betas > 0) and torch.all(betas <= 0.999)
-    assert torch.all(betas[:-1] < 0.999)  # only the last step is clipped
-    assert betas[-1].item() == 0.999
-
-    def f(u: float) -> float:
-        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-
-    # index t is step t+1 of the paper, whose alpha_bar is f((t+1)/T) / f(0)
-    expected = torch.tensor([f((t + 1) / T) / f(0) for t in range(T - 1)], dtype=torch.float64)
-    torch.testing.assert_close(ab[:-1], expected, rtol=1e-12, atol=1e-15)
-
-
-def test_schedules_are_registered_by_name():
-    assert diffusion.SCHEDULES["linear"] is diffusion.linear_betas
-    assert diffusion.SCHEDULES["cosine"] is diffusion.cosine_betas
-
-
-# --- forward process -------------------------------------------------------------------------
-
-def test_q_sample_mixes_signal_and_noise_by_alpha_bar():
-    ab = linear()
-    g = gen(0)
-    x0, noise = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
-    for t in (0, 499, 999):
-        out = diffusion.q_sample(x0, torch.full((3,), t), noise, ab)
-        a = ab[t].item()
-        torch.testing.assert_close(out, math.sqrt(a) * x0 + math.sqrt(1 - a) * noise)
-        assert out.dtype == x0.dtype
-
-
-def test_q_sample_uses_each_examples_own_t():
-    ab = linear()
-    g = gen(1)
-    x0, noise = torch.randn(4, 1, 5, 5, generator=g), torch.randn(4, 1, 5, 5, generator=g)
-    t = torch.tensor([999, 0, 250, 700])
-    out = diffusion.q_sample(x0, t, noise, ab)
-    for i, ti in enumerate(t.tolist()):
-        alone = diffusion.q_sample(x0[i:i + 1], torch.tensor([ti]), noise[i:i + 1], ab)
-        torch.testing.assert_close(out[i:i + 1], alone)
-    at_zero = diffusion.q_sample(x0[:1], torch.tensor([0]), noise[:1], ab)
-    assert not torch.allclose(out[:1], at_zero)  # not the batch's first t for every example
-
-
-def test_q_sample_of_a_zero_image_has_variance_one_minus_alpha_bar():
-    ab = linear()
-    noise = torch.randn(200_000, 1, 1, 1, generator=gen(2), dtype=torch.float64)
-    x0 = torch.zeros_like(noise)
-    for t in (0, 100, 999):
-        out = diffusion.q_sample(x0, torch.full((len(x0),), t), noise, ab)
-        assert out.mean().item() == pytest.approx(0.0, abs=0.01)
-        assert out.var().item() == pytest.approx(1 - ab[t].item(), rel=0.02)
-
-
-def test_t_minus_one_is_the_clean_image():
-    ab = linear()
-    x0, noise = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
-    torch.testing.assert_close(diffusion.q_sample(x0, torch.tensor([-1, -1]), noise, ab), x0)
-
-
-# --- DDPM and DDIM steps ---------------------------------------------------------------------
-
-STEPS = [(0, -1), (1, 0), (10, 9), (500, 499), (999, 998), (999, 949)]  # last: a respaced step
-
-
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-@pytest.mark.parametrize("clip", [False, True])
-@pytest.mark.parametrize("t, t_prev", STEPS)
-def test_ddim_with_eta_one_is_the_ddpm_ancestral_step(schedule, clip, t, t_prev):
-    ab = diffusion.alpha_bars(diffusion.SCHEDULES[schedule](1000))
-    g = gen(t)
-    shape = (4, 1, 6, 6)
-    x_t, eps, z = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3))
-    ddpm = diffusion.ddpm_step(x_t, eps, t, t_prev, ab, z, clip=clip)
-    ddim = diffusion.ddim_step(x_t, eps, t, t_prev, ab, eta=1.0, noise=z, clip=clip)
-    torch.testing.assert_close(ddim, ddpm, rtol=0, atol=1e-10)
-
-
-def test_clipping_changes_the_step_when_x0_leaves_the_data_range():
-    """So that the clip=True case above compares something the clip=False case does not."""
-    ab = linear()
-    g = gen(0)
-    x_t, eps, z = (torch.randn(4, 1, 6, 6, generator=g, dtype=torch.float64) for _ in range(3))
-    x_t = 3 * x_t
-    assert not torch.allclose(diffusion.ddpm_step(x_t, eps, 10, 9, ab, z, clip=True),
-                              diffusion.ddpm_step(x_t, eps, 10, 9, ab, z, clip=False))
-
-
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_posterior_variance_of_consecutive_steps_is_the_beta_formula(schedule):
-    betas = diffusion.SCHEDULES[schedule](1000)
-    ab = diffusion.alpha_bars(betas)
-    for t in (1, 2, 50, 500, 998, 999):
-        expected = betas[t] * (1 - ab[t - 1]) / (1 - ab[t])
-        assert diffusion.posterior_variance(ab, t, t - 1).item() == pytest.approx(
-            expected.item(), rel=1e-10)
-    assert diffusion.posterior_variance(ab, 0, -1).item() == 0.0  # nothing added to x_0
-
-
-@pytest.mark.parametrize("eta", [1.0, 0.5])
-def test_ddim_noise_scale_is_eta_times_the_posterior_std(eta):
-    betas = diffusion.linear_betas(1000)
-    ab = diffusion.alpha_bars(betas)
-    g = gen(3)
-    x_t, eps = (torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
-    for t in (1, 100, 999):
-        with_noise = diffusion.ddim_step(x_t, eps, t, t - 1, ab, eta, torch.ones_like(x_t))
-        without = diffusion.ddim_step(x_t, eps, t, t - 1, ab, eta, torch.zeros_like(x_t))
-        sigma = with_noise - without  # (B,1,4,4), all sigma
-        expected = eta ** 2 * betas[t] * (1 - ab[t - 1]) / (1 - ab[t])
-        torch.testing.assert_close(sigma.square(), expected.expand_as(sigma), rtol=1e-9, atol=0)
-
-
-def test_ddim_with_eta_zero_ignores_the_noise():
-    ab = linear()
-    g = gen(4)
-    x_t, eps, z = (torch.randn(3, 1, 5, 5, generator=g, dtype=torch.float64) for _ in range(3))
-    for t, t_prev in STEPS:
-        assert torch.equal(diffusion.ddim_step(x_t, eps, t, t_prev, ab, 0.0, None),
-                           diffusion.ddim_step(x_t, eps, t, t_prev, ab, 0.0, z))
-
-
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-@pytest.mark.parametrize("t, t_prev", STEPS)
-def test_ddim_with_the_true_noise_lands_on_the_forward_process(schedule, t, t_prev):
-    """eps_theta = the noise x_t was built with: x_{t_prev} = q_sample(x0, t_prev, same noise),
-    and the last step (t_prev = -1) returns x0."""
-    ab = diffusion.alpha_bars(diffusion.SCHEDULES[schedule](1000))
-    g = gen(5)
-    x0 = torch.rand(3, 1, 5, 5, generator=g, dtype=torch.float64) * 2 - 1
-    noise = torch.randn(3, 1, 5, 5, generator=g, dtype=torch.float64)
-    x_t = diffusion.q_sample(x0, torch.full((3,), t), noise, ab)
-    x_prev = diffusion.ddim_step(x_t, noise, t, t_prev, ab, eta=0.0, clip=False)
-    expected = diffusion.q_sample(x0, torch.full((3,), t_prev), noise, ab)
-    atol = 1e-10 if ab[t] > 1e-3 else 1e-8  # dividing by sqrt(alpha_bar) ~ 0.006 near the end
-    torch.testing.assert_close(x_prev, expected, rtol=0, atol=atol)
-    if t_prev == -1:
-        torch.testing.assert_close(x_prev, x0, rtol=0, atol=1e-10)
-
-
-def test_predict_x0_inverts_q_sample():
-    ab = linear()
-    g = gen(7)
-    x0, noise = (torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64) for _ in range(2))
-    x_t = diffusion.q_sample(x0, torch.tensor([300, 300]), noise, ab)
-    torch.testing.assert_close(diffusion.predict_x0(x_t, noise, ab[300]), x0)
-
-
-# --- timesteps and guidance ------------------------------------------------------------------
-
-def test_timesteps_descend_from_t_minus_one_to_zero_without_repeats():
-    for total in (1, 2, 3, 7, 20, 999, 1000):
-        for steps in (1, 2, 3, 5, 19, 20, 21, 50, 1000, 5000):
-            ts = diffusion.timesteps(total, steps)
-            assert len(ts) == min(steps, total)
-            assert ts[0] == total - 1
-            assert ts[-1] == (0 if len(ts) > 1 else total - 1)
-            assert all(a > b for a, b in zip(ts, ts[1:]))  # descending, hence unique
-            assert all(isinstance(t, int) for t in ts)
-            for i, t in enumerate(ts[1:-1], start=1):  # the nearest step to even spacing
-                assert abs(t - (total - 1) * (1 - i / (len(ts) - 1))) <= 0.5
-
-
-def test_one_timestep_is_the_last_and_all_timesteps_are_every_step():
-    assert diffusion.timesteps(1000, 1) == [999]
-    assert diffusion.timesteps(20, 20) == list(range(19, -1, -1))
-    assert diffusion.timesteps(6, 3) == [5, 2, 0]
-
-
-def test_guided_eps_interpolates_and_extrapolates_between_the_two_predictions():
-    g = gen(6)
-    uncond, cond = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
-    torch.testing.assert_close(diffusion.guided_eps(uncond, cond, 0.0), uncond)
-    torch.testing.assert_close(diffusion.guided_eps(uncond, cond, 1.0), cond)
-    torch.testing.assert_close(diffusion.guided_eps(uncond, cond, 2.0), 2 * cond - uncond)
 
 
 # --- U-Net -----------------------------------------------------------------------------------
@@ -422,9 +199,9 @@ def test_classifier_free_guidance_mixes_the_conditional_and_unconditional_predic
         uncond = model.ema(x, tt, torch.full((4,), 10))
         cond = model.ema(x, tt, labels)
         assert not torch.allclose(cond, uncond)  # the labels matter to this net
-        torch.testing.assert_close(model._eps(x, 12, labels, 0.0), uncond)
-        torch.testing.assert_close(model._eps(x, 12, labels, 1.0), cond)
-        torch.testing.assert_close(model._eps(x, 12, labels, 3.0),
+        torch.testing.assert_close(model._output(x, 12, labels, 0.0), uncond)
+        torch.testing.assert_close(model._output(x, 12, labels, 1.0), cond)
+        torch.testing.assert_close(model._output(x, 12, labels, 3.0),
                                    diffusion.guided_eps(uncond, cond, 3.0))
 
 
@@ -495,3 +272,45 @@ def test_half_label_dropout_keeps_some_digits_and_drops_others():
     dropped = labels == 10
     assert 10 < dropped.sum() < 54
     assert torch.equal(labels[~dropped], y[~dropped])
+
+
+# --- the families: fast-learning recipe ------------------------------------------------------
+
+RECIPE = {"schedule": "cosine", "prediction": "v", "min_snr_gamma": 5.0, "warmup_steps": 4,
+          "beta2": 0.99, "spacing": "trailing"}
+
+
+def test_trailing_spacing_puts_the_last_call_at_high_noise():
+    model = build("ddpm", spacing="trailing")
+    jiggle(model.ema)
+    record = CallRecorder(model.ema)
+    model.sample(2, generator=gen(0), steps=2)
+    assert [int(t[0]) for _, t, *_ in record.calls] == [19, 9]  # linspace: [19, 0]
+
+
+@pytest.mark.parametrize("name", ["ddpm", "cfg_diffusion"])
+def test_v_prediction_samples_through_the_eps_it_implies(name):
+    """The same net read as v gives other images than read as eps: the loop converts."""
+    v_model, eps_model = build(name, prediction="v"), build(name)
+    jiggle(v_model.ema), jiggle(eps_model.ema)
+    assert same_params(params_of(v_model), params_of(eps_model))
+    v_images = v_model.sample(3, generator=gen(0), steps=3)
+    assert v_images.dtype == torch.uint8 and v_images.shape == (3, 1, 28, 28)
+    assert not torch.equal(v_images, eps_model.sample(3, generator=gen(0), steps=3))
+
+
+def test_warm_up_raises_the_learning_rate_linearly_and_adam_uses_beta2():
+    model = build("ddpm", **RECIPE)
+    assert model.opt.param_groups[0]["betas"] == (0.9, 0.99)
+    rates = []
+    for step in range(6):
+        model.train_step(*fake_batch(seed=step))
+        rates.append(model.opt.param_groups[0]["lr"])
+    assert rates == pytest.approx([1e-3 * k / 4 for k in (1, 2, 3, 4, 4, 4)])
+
+
+def test_recipe_trains_with_a_finite_loss_and_resumes_exactly():
+    losses = build("cfg_diffusion", **RECIPE).train_step(*fake_batch())
+    assert torch.isfinite(losses["loss"])
+    assert_resume_repeats_the_next_step(lambda seed: build("cfg_diffusion", seed, **RECIPE),
+                                        fake_batch(), steps=2)

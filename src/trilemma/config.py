@@ -127,7 +127,8 @@ class SampleConfig(Section):
     truncation: Truncation | None = None
     truncation_sweep: list[Truncation] = []  # more tau values, sampled and scored for the report
     # diffusion families: "ddim" (eta below; 0 is deterministic) or "ddpm" (ancestral), each on
-    # `steps` timesteps evenly spaced over the T of training (all T when steps >= T)
+    # `steps` timesteps spread over the T of training by the family's `spacing` (all T when
+    # steps >= T)
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: Steps = 50
     eta: float = Field(0.0, ge=0, le=1)

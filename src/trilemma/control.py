@@ -54,8 +54,10 @@ def steer(decode: Decode, classifier: nn.Module, z0: torch.Tensor, target: torch
 
 def x0_guide(classifier: nn.Module, alpha_bar: torch.Tensor, labels: torch.Tensor,
              scale: float) -> Guide:
-    """A `guide` for `Diffusion.denoise`: classifier guidance with a clean-image classifier on
-    the predicted x0 (the judge never saw noisy images, so it is asked about x0_hat instead).
+    """A `guide` for `diffusion.sample_loop` (through `Diffusion.denoise`): classifier guidance
+    with a clean-image classifier on the predicted x0 (the judge never saw noisy images, so it is
+    asked about x0_hat instead). The loop hands it the noise prediction whatever the network
+    predicts (eps or v).
 
     The gradient is taken with eps held constant, not through the U-Net: then
     d x0_hat / d x_t = 1 / sqrt(ab_t), no backward pass through the U-Net is needed (it costs

@@ -1,7 +1,8 @@
-"""The diffusion family as a trainee: epsilon-prediction training, an EMA of the weights for
-sampling, the DDPM / DDIM sampling loop and img2img (noise a real image to step t, denoise it).
-It receives the noise-prediction network and defines no layers; the math is in `diffusion`.
-`ddpm` and `cfg_diffusion` are this class, unconditional and class-conditional."""
+"""The diffusion family as a trainee: eps- or v-prediction training (min-SNR weighting, lr
+warm-up), an EMA of the weights for sampling, sampling and img2img (noise a real image to step t,
+denoise it) through `diffusion.sample_loop`. It receives the network and defines no layers; the
+math is in `diffusion`. `ddpm` and `cfg_diffusion` are this class, unconditional and
+class-conditional; `latent_diffusion` runs it on a latent grid."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import copy
 from typing import Any, Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -22,6 +22,11 @@ from trilemma.train import adam
 class DiffusionConfig(TrainConfig):
     timesteps: int = Field(1000, ge=2)  # T of the forward process
     schedule: Literal["linear", "cosine"] = "linear"
+    prediction: diffusion.Prediction = "eps"  # the network's target: the noise, or v
+    min_snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma loss weights; None: equal
+    warmup_steps: int = Field(0, ge=0)  # lr rises linearly to `lr` over these first steps
+    beta2: float = Field(0.999, ge=0, lt=1)  # Adam's second-moment decay
+    spacing: diffusion.Spacing = "linspace"  # where a sampler's few steps fall in 0..T-1
     widths: list[int] = Field([32, 64, 64], min_length=1, max_length=4)  # U-Net channels per level
     blocks: int = Field(1, ge=1, le=4)  # ResNet blocks per level
     patch: Literal[1, 2] = 1  # 2: the U-Net runs on (4C,S/2,S/2) unshuffled pixels, 4x cheaper
@@ -39,7 +44,7 @@ class DiffusionConfig(TrainConfig):
 
 
 # a hook that shifts the noise prediction eps (n,C,S,S) of x_t at step t: classifier guidance
-Guide = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+Guide = diffusion.Guide
 
 # DDIM steps of the train stage's previews (the grid after each epoch, the figures): they need no
 # more; the sample stage passes its own `sample.steps`
@@ -53,9 +58,11 @@ def _images(x: torch.Tensor) -> torch.Tensor:
 
 class Diffusion:
     def __init__(self, cfg: DiffusionConfig, net: nn.Module, device: torch.device,
-                 image: ImageSpec, *, conditional: bool = False, label_dropout: float = 0.0):
+                 image: ImageSpec, *, conditional: bool = False, label_dropout: float = 0.0,
+                 clip: bool = True):
         self.cfg, self.device, self.image, self.conditional = cfg, device, image, conditional
         self.label_dropout = label_dropout
+        self.clip = clip  # sampling keeps the predicted x0 in [-1,1]: pixels yes, latents no
         self.knobs = ("sampler", "steps", "eta") + (("guidance",) if conditional else ())
         self.timesteps = cfg.timesteps
         self.alpha_bar = diffusion.alpha_bars(diffusion.SCHEDULES[cfg.schedule](cfg.timesteps)) \
@@ -66,7 +73,7 @@ class Diffusion:
         if cfg.compile:  # sampling calls the EMA net `steps` times per batch: compiling pays
             self.ema.compile()
         self.nets = {"unet": self.net}
-        self.opt = adam(self.net.parameters(), cfg.lr)
+        self.opt = adam(self.net.parameters(), cfg.lr, betas=(0.9, cfg.beta2))
         self.steps = 0
         self._shape = (image.channels, image.size, image.size)  # (C,S,S) of one image
 
@@ -87,12 +94,16 @@ class Diffusion:
         if self.conditional:  # drop labels so that one net also learns the unconditional model
             drop = distributed.rand(len(y), device=y.device) < self.label_dropout
             labels = torch.where(drop, self._null(y), y)
-        eps = self.nets["unet"](diffusion.q_sample(x0, t, noise, self.alpha_bar), t, labels)
-        loss = F.mse_loss(eps, noise)
+        output = self.nets["unet"](diffusion.q_sample(x0, t, noise, self.alpha_bar), t, labels)
+        loss = diffusion.denoising_loss(output, x0, noise, t, self.alpha_bar, self.cfg.prediction,
+                                        self.cfg.min_snr_gamma)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        if self.cfg.warmup_steps:  # a function of the step count alone: resuming repeats it
+            for group in self.opt.param_groups:
+                group["lr"] = self.cfg.lr * min(1.0, (self.steps + 1) / self.cfg.warmup_steps)
         self.opt.step()
         self._update_ema()
         self.steps += 1
@@ -104,9 +115,10 @@ class Diffusion:
         decay = min(self.cfg.ema_decay, (1 + self.steps) / (10 + self.steps))
         torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
 
-    def _eps(self, x: torch.Tensor, t: int, labels: torch.Tensor | None,
-             guidance: float) -> torch.Tensor:
-        """The EMA net's noise prediction at step t; classifier-free guided when conditional."""
+    def _output(self, x: torch.Tensor, t: int, labels: torch.Tensor | None,
+                guidance: float) -> torch.Tensor:
+        """The EMA net's prediction (eps or v) at step t; classifier-free guided when
+        conditional."""
         tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
         if not self.conditional:
             return self.ema(x, tt)
@@ -123,47 +135,52 @@ class Diffusion:
     def denoise(self, x: torch.Tensor, start: int, labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, sampler: str = "ddim", steps: int = 50,
                 eta: float = 0.0, guidance: float = 3.0, keep: int = 0,
-                guide: Guide | None = None) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
-        """Run the reverse process from x = x_start (n,C,S,S) in [-1,1] down to x_0 on `steps`
-        timesteps spread over 0..start. Returns x_0 and, if keep > 0, `keep` evenly spaced
-        (t, uint8 x_t) along the way (t = -1: x_0), for a progression figure. Noise comes from
-        `generator` on the CPU. `guide(x_t, eps, t) -> eps` shifts each noise prediction before
-        the step (classifier guidance, `trilemma.control`)."""
+                guide: Guide | None = None,
+                frames: Callable[[torch.Tensor], torch.Tensor] = _images,
+                ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        """Run the reverse process from x = x_start (n,C,S,S) down to x_0 on `steps` timesteps
+        of 0..start (spread by `spacing`). Returns x_0 and, if keep > 0, `keep` evenly spaced
+        (t, frames(x_t)) along the way (t = -1: x_0; `frames` makes uint8 images, by default of
+        pixels in [-1,1]), for a progression figure. Noise comes from `generator` on the CPU.
+        `guide(x_t, eps, t) -> eps` shifts each noise prediction before the step (classifier
+        guidance, `trilemma.control`)."""
         if self.conditional and labels is None:
             labels = torch.arange(len(x)) % self.image.num_classes
         labels = None if labels is None else labels.to(self.device)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        ts = diffusion.timesteps(start + 1, steps)
+        ts = diffusion.timesteps(start + 1, steps, self.cfg.spacing)
         marks = {round(k * (len(ts) - 1) / max(1, keep - 1)) for k in range(keep)}
-        kept = []
-        for i, t in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = self._eps(x, t, labels, guidance)
-            if guide is not None:
-                eps = guide(x, eps, t)
-            noise = None
-            if (sampler == "ddpm" or eta > 0) and t_prev >= 0:
-                noise = torch.randn(x.shape, generator=generator).to(x)
-            if sampler == "ddpm":
-                x = diffusion.ddpm_step(x, eps, t, t_prev, self.alpha_bar, noise)
-            else:
-                x = diffusion.ddim_step(x, eps, t, t_prev, self.alpha_bar, eta, noise)
+        kept: list[tuple[int, torch.Tensor]] = []
+
+        def keep_marked(i: int, t_prev: int, x_prev: torch.Tensor) -> None:
             if i in marks:
-                kept.append((t_prev, _images(x)))
+                kept.append((t_prev, frames(x_prev)))
+
+        x = diffusion.sample_loop(
+            x, lambda x_t, t: self._output(x_t, t, labels, guidance), self.alpha_bar, ts,
+            prediction=self.cfg.prediction, sampler=sampler, eta=eta, clip=self.clip,
+            generator=generator, guide=guide, callback=keep_marked if keep else None)
         return x, kept
 
-    def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, sampler: str = "ddim",
-               steps: int | str = PREVIEW_STEPS, eta: float = 0.0,
-               guidance: float = 3.0, guide: Guide | None = None) -> torch.Tensor:
-        """n images from pure noise. steps="ddpm" means the ancestral sampler on all T steps;
-        `guide` as in `denoise`."""
+    def draw(self, n: int, labels: torch.Tensor | None = None,
+             generator: torch.Generator | None = None, sampler: str = "ddim",
+             steps: int | str = PREVIEW_STEPS, eta: float = 0.0, guidance: float = 3.0,
+             guide: Guide | None = None) -> torch.Tensor:
+        """n samples x_0 (n,C,S,S) from pure noise, as floats in the space the net denoises.
+        steps="ddpm" means the ancestral sampler on all T steps; `guide` as in `denoise`."""
         if steps == "ddpm":
             sampler, steps = "ddpm", self.timesteps
         x_T = torch.randn(n, *self._shape, generator=generator)
         x0, _ = self.denoise(x_T, self.timesteps - 1, labels, generator, sampler, int(steps), eta,
                              guidance, guide=guide)
-        return _images(x0)
+        return x0
+
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, sampler: str = "ddim",
+               steps: int | str = PREVIEW_STEPS, eta: float = 0.0,
+               guidance: float = 3.0, guide: Guide | None = None) -> torch.Tensor:
+        """n uint8 images (n,C,S,S) from pure noise; the arguments as in `draw`."""
+        return _images(self.draw(n, labels, generator, sampler, steps, eta, guidance, guide))
 
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:

@@ -1,18 +1,24 @@
-"""Denoising diffusion as pure functions: noise schedules (float64), the forward process, the DDPM
-ancestral step, the DDIM step, and classifier-free guidance mixing.
+"""Denoising diffusion as pure functions: noise schedules (float64), the forward process, what
+the network predicts (eps or v) and its loss, the DDPM ancestral step, the DDIM step, the
+timestep grids, classifier-free guidance mixing, and the one sampling loop built from them.
 
 Conventions: t runs from 0 (least noise) to T-1; `alpha_bar` is the (T,) float64 tensor of
 cumulative products; t_prev = -1 stands for the clean image (alpha_bar = 1). Images live in
 [-1, 1]. A step maps x_t to x_{t_prev} for any earlier t_prev, so the same functions sample on
-the full T steps or on a respaced subset of them.
+the full T steps or on a respaced subset of them. With a = sqrt(ab), s = sqrt(1 - ab):
+x_t = a x0 + s eps, and v = a eps - s x0 (Salimans & Ho, 2022).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
+import torch.nn.functional as F
+
+Prediction = Literal["eps", "v"]  # what the network outputs: the noise, or v = a eps - s x0
+Spacing = Literal["linspace", "trailing"]  # how `timesteps` spreads a few steps over 0..T-1
 
 
 def linear_betas(timesteps: int) -> torch.Tensor:
@@ -60,6 +66,50 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, ab: torch.Tensor) -> torch.
     return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
 
+def v_target(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(ab) eps - sqrt(1 - ab) x0: the v-prediction network's target."""
+    return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+
+def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """The noise implied by a v prediction: sqrt(1 - ab) x_t + sqrt(ab) v."""
+    return (1 - ab).sqrt() * x_t + ab.sqrt() * v
+
+
+def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """The clean image implied by a v prediction: sqrt(ab) x_t - sqrt(1 - ab) v."""
+    return ab.sqrt() * x_t - (1 - ab).sqrt() * v
+
+
+def to_eps(output: torch.Tensor, x_t: torch.Tensor, ab: torch.Tensor,
+           prediction: Prediction) -> torch.Tensor:
+    """The network's output at x_t as a noise prediction, the samplers' and guidance's currency;
+    an eps output is returned as it is."""
+    return output if prediction == "eps" else eps_from_v(x_t, output, ab)
+
+
+def min_snr_weight(ab: torch.Tensor, gamma: float, prediction: Prediction) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al., 2023) for alpha_bar values ab: the x0-error weight
+    min(SNR, gamma) with SNR = ab / (1 - ab), divided by what the prediction's own MSE already
+    weighs x0 errors by: SNR for eps, SNR + 1 for v."""
+    snr = ab / (1 - ab)
+    return snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)
+
+
+def denoising_loss(output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   alpha_bar: torch.Tensor, prediction: Prediction,
+                   min_snr_gamma: float | None = None) -> torch.Tensor:
+    """The training loss of a network's `output` (B,...) at x_t = q_sample(x0, t, noise): the MSE
+    to its target (the noise, or v), each example weighted by min-SNR-gamma when gamma is set."""
+    ab = _at(alpha_bar, t, x0)  # (B,1,...)
+    target = noise if prediction == "eps" else v_target(x0, noise, ab)
+    if min_snr_gamma is None:
+        return F.mse_loss(output, target)
+    weight = min_snr_weight(alpha_bar[t], min_snr_gamma, prediction)  # (B,) float64
+    per_example = (output - target).square().flatten(1).mean(1)  # (B,)
+    return (weight.to(per_example) * per_example).mean()
+
+
 def _x0_and_eps(x_t, eps, ab, clip):
     """Predicted x0, clipped to the data range when asked, and the noise consistent with it."""
     x0 = predict_x0(x_t, eps, ab)
@@ -103,13 +153,51 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, alpha_b
     return x_prev
 
 
-def timesteps(total: int, steps: int) -> list[int]:
-    """`steps` timesteps from T-1 down to 0, evenly spaced (all T when steps >= T)."""
+def timesteps(total: int, steps: int, spacing: Spacing = "linspace") -> list[int]:
+    """`steps` descending timesteps of 0..total-1 (all of them when steps >= total). "linspace":
+    evenly spaced from total-1 down to 0, so the last network call works at almost no noise.
+    "trailing" (Lin et al., 2024): total-1, then every total/steps down, ending at
+    round(total/steps) - 1; the step after it lands on the clean image."""
     steps = min(steps, total)
+    if spacing == "trailing":
+        grid = total - torch.arange(steps, dtype=torch.float64) * (total / steps)
+        return (grid.round().long() - 1).tolist()
     return torch.linspace(total - 1, 0, steps, dtype=torch.float64).round().long().tolist()
 
 
 def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans): eps_u + w (eps_c - eps_u). w=0 is the
-    unconditional model, w=1 the conditional one, w>1 pushes further toward the label."""
+    unconditional model, w=1 the conditional one, w>1 pushes further toward the label. The same
+    mix of two v predictions is the mix of their eps (eps is affine in v at a given x_t)."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+Predict = Callable[[torch.Tensor, int], torch.Tensor]  # (x_t, t) -> the network's output
+Guide = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x_t, eps, t) -> eps
+Callback = Callable[[int, int, torch.Tensor], None]  # (i, t_prev, x_{t_prev}) after step i
+
+
+def sample_loop(x: torch.Tensor, predict: Predict, alpha_bar: torch.Tensor, ts: list[int], *,
+                prediction: Prediction = "eps", sampler: str = "ddim", eta: float = 0.0,
+                clip: bool = True, generator: torch.Generator | None = None,
+                guide: Guide | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """The reverse process from x = x_{ts[0]} (n,...) through the descending timesteps `ts` to
+    the clean x_0, returned. At each t the network's output is turned into a noise prediction,
+    which `guide` may shift (classifier guidance), then one DDPM (ancestral) or DDIM step goes to
+    the next t, or to x_0 after the last. `clip` keeps the predicted x0 in [-1,1] (pixels, not
+    latents). Noise is drawn from `generator` on the CPU; `callback` sees every new x."""
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        eps = to_eps(predict(x, t), x, _at(alpha_bar, t, x), prediction)
+        if guide is not None:
+            eps = guide(x, eps, t)
+        noise = None
+        if (sampler == "ddpm" or eta > 0) and t_prev >= 0:
+            noise = torch.randn(x.shape, generator=generator).to(x)
+        if sampler == "ddpm":
+            x = ddpm_step(x, eps, t, t_prev, alpha_bar, noise, clip)
+        else:
+            x = ddim_step(x, eps, t, t_prev, alpha_bar, eta, noise, clip)
+        if callback is not None:
+            callback(i, t_prev, x)
+    return x

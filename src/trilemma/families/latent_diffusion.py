@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from trilemma import diffusion, distributed
+from trilemma import distributed
 from trilemma.data import ImageSpec
 from trilemma.denoising import PREVIEW_STEPS, Diffusion, DiffusionConfig
 from trilemma.errors import ConfigError
@@ -77,8 +77,9 @@ class LatentDiffusion:
         unet = UNet(cfg.widths, cfg.blocks, cfg.attention, cfg.dropout, classes=image.num_classes,
                     channels=cfg.latent_channels, patch=cfg.patch)
         latent_image = ImageSpec(cfg.latent_channels, grid, image.classes)
+        # unclipped: x0 predictions are unit-variance latents, not pixels in [-1,1]
         self.diffusion = Diffusion(cfg, unet, device, latent_image, conditional=True,
-                                   label_dropout=cfg.label_dropout)
+                                   label_dropout=cfg.label_dropout, clip=False)
         self.knobs, self.timesteps = self.diffusion.knobs, self.diffusion.timesteps
         # one dict with the diffusion's: `fit` swaps DDP wrappers into it for both trainees
         self.nets = self.diffusion.nets
@@ -116,47 +117,14 @@ class LatentDiffusion:
         scale = 1.0 if self.scale is None else self.scale.to(z)  # untrained: any scale will do
         return _pixels(self.ae.decoder(z / scale))
 
-    @torch.no_grad()
-    def reverse(self, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None,
-                sampler: str = "ddim", steps: int = PREVIEW_STEPS, eta: float = 0.0,
-                guidance: float = 3.0, keep: int = 0) -> tuple[torch.Tensor, list]:
-        """The reverse process on latents z = z_T (n,L,s,s) -> z_0, and `keep` evenly spaced
-        (t, decoded uint8 images) along the way. Written out rather than `Diffusion.denoise`:
-        that clips the predicted x_0 to the pixel range [-1,1], which would cut unit-variance
-        latents, and it keeps its intermediate steps as uint8 pixels, which cannot be decoded."""
-        d = self.diffusion
-        labels = labels.to(self.device)
-        z = z.to(self.device).contiguous(memory_format=torch.channels_last)
-        ts = diffusion.timesteps(self.timesteps, steps)
-        marks = {round(k * (len(ts) - 1) / max(1, keep - 1)) for k in range(keep)}
-        kept = []
-        for i, t in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = d._eps(z, t, labels, guidance)
-            noise = None
-            if (sampler == "ddpm" or eta > 0) and t_prev >= 0:
-                noise = torch.randn(z.shape, generator=generator).to(z)
-            if sampler == "ddpm":
-                z = diffusion.ddpm_step(z, eps, t, t_prev, d.alpha_bar, noise, clip=False)
-            else:
-                z = diffusion.ddim_step(z, eps, t, t_prev, d.alpha_bar, eta, noise, clip=False)
-            if i in marks:
-                kept.append((t_prev, self.decode(z)))
-        return z, kept
-
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None, sampler: str = "ddim",
                steps: int | str = PREVIEW_STEPS, eta: float = 0.0,
                guidance: float = 3.0) -> torch.Tensor:
-        """n images (n,C,S,S) uint8 of classes `labels` (default 0, 1, ..., K-1, 0, ...).
-        steps="ddpm": the ancestral sampler on all T steps."""
-        if steps == "ddpm":
-            sampler, steps = "ddpm", self.timesteps
-        if labels is None:
-            labels = torch.arange(n) % self.image.num_classes
-        z_T = torch.randn(n, *self.latent_shape, generator=generator)
-        z0, _ = self.reverse(z_T, labels, generator, sampler, int(steps), eta, guidance)
-        return self.decode(z0)
+        """n images (n,C,S,S) uint8 of classes `labels` (default 0, 1, ..., K-1, 0, ...): latents
+        drawn by the diffusion (steps="ddpm": the ancestral sampler on all T steps), decoded."""
+        return self.decode(self.diffusion.draw(n, labels, generator, sampler, steps, eta,
+                                               guidance))
 
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -179,7 +147,8 @@ class LatentDiffusion:
 
         gen = torch.Generator().manual_seed(0)
         z_T = torch.randn(8, *self.latent_shape, generator=gen)
-        _, kept = self.reverse(z_T, y[:8], gen, keep=9)  # at the guidance of the training grids
+        _, kept = self.diffusion.denoise(z_T, self.timesteps - 1, y[:8], gen, steps=PREVIEW_STEPS,
+                                         keep=9, frames=self.decode)  # the training grids' guidance
         frames = [(self.timesteps - 1, self.decode(z_T.to(self.device))), *kept]
         return {"reconstruction": fig, "denoising": denoising_figure(frames)}
 
