@@ -14,7 +14,7 @@ from trilemma import families
 from trilemma.config import TrainConfig
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import TrainingDiverged
-from trilemma.gan import gradient_penalty
+from trilemma.gan_losses import gradient_penalty
 from trilemma.nets import dcgan as dcgan_nets
 from trilemma.train import fit
 

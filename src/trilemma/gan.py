@@ -1,20 +1,20 @@
 """The adversarial game shared by every GAN family: it receives a generator and a discriminator
-(or critic) and owns the losses, the optimisers, conditioning and sampling; it defines no layers.
-
-Two games: "bce", the non-saturating GAN of Goodfellow et al. (2014) as used by DCGAN, and
-"wgan-gp", the Wasserstein critic with a gradient penalty (Gulrajani et al., 2017).
+(or critic) and owns the optimisers, the critic schedule, conditioning and sampling; it defines no
+layers, and its losses come from `trilemma.gan_losses` by name: "non-saturating" (Goodfellow et
+al., 2014, as used by DCGAN) or "wasserstein" with a gradient penalty (WGAN-GP, Gulrajani et al.,
+2017), optionally ProGAN's drift term; "hinge" and "least-squares" are there too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from trilemma import distributed, latent
+from trilemma import distributed, ema, gan_losses, latent
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.train import adam
@@ -27,20 +27,15 @@ class GANConfig(TrainConfig):
     beta2: float = Field(0.999, ge=0, lt=1)
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """E[(||grad critic(x_hat)||_2 - 1)^2] at random points x_hat between real and fake samples:
-    keeps the critic near 1-Lipschitz, as the Wasserstein distance's dual form requires."""
-    eps = distributed.rand(len(real), 1, 1, 1, device=real.device)  # (B,1,1,1)
-    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
-
-
 def pair_state(model: Any) -> dict[str, Any]:
     """The trained state of a model with one generator `g`, one discriminator `d` and their
-    optimisers `opt_g` and `opt_d`: the layout of every GAN-like model file."""
-    return {"generator": model.g.state_dict(), "discriminator": model.d.state_dict(),
-            "opt_g": model.opt_g.state_dict(), "opt_d": model.opt_d.state_dict()}
+    optimisers `opt_g` and `opt_d` (and the generator's EMA when it keeps one, `ema`): the layout
+    of every GAN-like model file."""
+    state = {"generator": model.g.state_dict(), "discriminator": model.d.state_dict(),
+             "opt_g": model.opt_g.state_dict(), "opt_d": model.opt_d.state_dict()}
+    if getattr(model, "ema", None) is not None:
+        state["generator_ema"] = model.ema.net.state_dict()
+    return state
 
 
 def load_pair_state(model: Any, state: dict[str, Any]) -> None:
@@ -49,6 +44,8 @@ def load_pair_state(model: Any, state: dict[str, Any]) -> None:
     model.d.load_state_dict(state["discriminator"])
     model.opt_g.load_state_dict(state["opt_g"])
     model.opt_d.load_state_dict(state["opt_d"])
+    if getattr(model, "ema", None) is not None:
+        model.ema.net.load_state_dict(state["generator_ema"])
 
 
 class GAN:
@@ -56,16 +53,19 @@ class GAN:
 
     def __init__(self, cfg: GANConfig, generator: nn.Module, discriminator: nn.Module,
                  device: torch.device, image: ImageSpec, *, conditional: bool = False,
-                 game: Literal["bce", "wgan-gp"] = "bce", n_critic: int = 1, gp_weight: float = 10.0):
+                 loss: str = "non-saturating", n_critic: int = 1, gp_weight: float = 0.0,
+                 eps_drift: float = 0.0, ema_decay: float | None = None):
         self.cfg, self.device, self.image, self.conditional = cfg, device, image, conditional
         self.num_classes = image.num_classes  # the width of the one-hot label
         self.latent_dim = cfg.latent_dim
-        self.game, self.n_critic, self.gp_weight = game, n_critic, gp_weight
+        self.loss = gan_losses.LOSSES[loss]
+        self.n_critic, self.gp_weight, self.eps_drift = n_critic, gp_weight, eps_drift
         # channels_last: DCGAN's convolutions train 1.2-1.7x faster on a CPU (oneDNN), and it is
         # the tensor-core layout on a GPU
         self.g = generator.to(device, memory_format=torch.channels_last)
         self.d = discriminator.to(device, memory_format=torch.channels_last)
         self.nets = {"generator": self.g, "discriminator": self.d}
+        self.ema = ema.maybe(self.g, ema_decay)  # None: the trained generator samples
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = adam(self.g.parameters(), cfg.lr, betas)
         self.opt_d = adam(self.d.parameters(), cfg.lr, betas)
@@ -94,14 +94,14 @@ class GAN:
         real_in, fake_in = self._d_input(real, y), self._d_input(fake, y)
 
         d_real, d_fake = d(real_in), d(fake_in.detach())  # (B,) each
-        if self.game == "bce":
-            d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-            logs = {"d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
-        else:
-            penalty = gradient_penalty(d, real_in, fake_in.detach())
-            d_loss = d_fake.mean() - d_real.mean() + self.gp_weight * penalty
-            logs = {"wasserstein": d_real.mean() - d_fake.mean(), "gradient_penalty": penalty}
+        d_loss = self.loss.discriminator(d_real, d_fake)
+        logs = gan_losses.score_logs(self.loss, d_real, d_fake)
+        if self.gp_weight > 0:
+            logs["gradient_penalty"] = gan_losses.gradient_penalty(d, real_in, fake_in.detach())
+            d_loss = d_loss + self.gp_weight * logs["gradient_penalty"]
+        if self.eps_drift > 0:  # keeps the critic's scores near 0 (ProGAN)
+            logs["drift"] = gan_losses.drift(d_real)
+            d_loss = d_loss + self.eps_drift * logs["drift"]
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
@@ -110,15 +110,21 @@ class GAN:
         if self.steps % self.n_critic == 0:
             # D's gradients from this backward are discarded (its next zero_grad): not synced
             with distributed.no_sync(d):
-                score = d(fake_in)
-                g_loss = (F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
-                          if self.game == "bce" else -score.mean())  # non-saturating / critic
+                g_loss = self.loss.generator(d(fake_in))
                 self.opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
             self.opt_g.step()
+            if self.ema is not None:
+                self.ema.update(self.g, self.steps // self.n_critic)
             logs["g_loss"] = g_loss
         self.steps += 1
         return {k: v.detach() for k, v in logs.items()}
+
+    @property
+    def g_sampling(self) -> nn.Module:
+        """The generator that samples, decodes (steering) and draws figures: the EMA of the
+        trained one when the family keeps one."""
+        return self.g if self.ema is None else self.ema.net
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (n,L) [+ classes (n,)] -> float images (n,C,S,S) in [0,1], differentiable
@@ -126,11 +132,12 @@ class GAN:
         rest of its batch."""
         if self.conditional and labels is None:
             labels = torch.arange(len(z)) % self.num_classes
-        training = self.g.training
-        self.g.eval()
+        g = self.g_sampling
+        training = g.training
+        g.eval()
         z = z.to(self.device)
-        out = self.g(self._g_input(z, None if labels is None else labels.to(self.device)))
-        self.g.train(training)
+        out = g(self._g_input(z, None if labels is None else labels.to(self.device)))
+        g.train(training)
         return ((out + 1) / 2).clamp(0, 1)  # tanh range [-1,1] -> [0,1]
 
     @torch.no_grad()

@@ -10,6 +10,9 @@ Under torchrun the blocks of levels not yet (or no longer) in use get no gradien
 DistributedDataParallel cannot follow from step to step: both nets say so (`partial`), stay
 unwrapped, and the step averages their gradients across ranks itself.
 
+EMA: with `ema_decay` set, sampling, decoding (steering) and the growth figure use an
+exponential moving average of the generator's weights, as the paper samples (decay 0.999).
+
 Games: "wgan-gp", the paper's (WGAN-GP, n_critic 1, drift penalty eps_drift * E[D(real)^2] that
 keeps the critic's scores near 0), or "logistic", the non-saturating GAN loss.
 """
@@ -23,12 +26,12 @@ import torch.nn.functional as F
 from matplotlib import pyplot as plt
 from pydantic import Field
 
-from trilemma import distributed, latent
+from trilemma import distributed, ema, gan_losses, latent
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.figures import _image_row
-from trilemma.gan import gradient_penalty, load_pair_state, pair_state
+from trilemma.gan import load_pair_state, pair_state
 from trilemma.nets import progan
 from trilemma.train import adam
 
@@ -46,6 +49,7 @@ class Config(TrainConfig):
     mbstd_group: int = Field(4, ge=1)  # minibatch stddev group size (shrinks to divide the batch)
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
+    ema_decay: float | None = Field(None, ge=0, lt=1)  # sampling uses this EMA of G; None/0: off
 
 
 def phase(step: int, levels: int, resolution_steps: int, fade_steps: int) -> tuple[int, float]:
@@ -79,10 +83,13 @@ class ProGAN:
         self.g = g.to(device, memory_format=torch.channels_last)
         self.d = d.to(device, memory_format=torch.channels_last)
         self.nets = {"generator": self.g, "discriminator": self.d}
+        self.ema = ema.maybe(self.g, cfg.ema_decay)  # None: the trained generator samples
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = adam(self.g.parameters(), cfg.lr, betas)
         self.opt_d = adam(self.d.parameters(), cfg.lr, betas)
         self.steps = 0  # optimisation steps taken: the schedule's clock
+        # the paper's WGAN-GP critic, or the logistic D of the non-saturating loss
+        self.loss = gan_losses.LOSSES["wasserstein" if cfg.loss == "wgan-gp" else "non-saturating"]
 
     def phase(self) -> tuple[int, float]:
         """(level, alpha) of the next step: the nets as trained so far."""
@@ -99,37 +106,42 @@ class ProGAN:
         fake = g(z, level, alpha)  # (B,C,R,R)
 
         d_real, d_fake = d(real, level, alpha), d(fake.detach(), level, alpha)  # (B,) each
+        d_loss = self.loss.discriminator(d_real, d_fake)
+        logs = gan_losses.score_logs(self.loss, d_real, d_fake)
         if self.cfg.loss == "wgan-gp":
-            penalty = gradient_penalty(lambda v: d(v, level, alpha), real, fake.detach())
-            drift = d_real.square().mean()
-            d_loss = (d_fake.mean() - d_real.mean() + self.cfg.gp_weight * penalty
-                      + self.cfg.eps_drift * drift)
-            logs = {"wasserstein": d_real.mean() - d_fake.mean(), "gradient_penalty": penalty}
-        else:
-            d_loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
-            logs = {"d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
+            penalty = gan_losses.gradient_penalty(lambda v: d(v, level, alpha), real, fake.detach())
+            d_loss = (d_loss + self.cfg.gp_weight * penalty
+                      + self.cfg.eps_drift * gan_losses.drift(d_real))
+            logs["gradient_penalty"] = penalty
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         distributed.average_gradients(self.d)  # torchrun: not DDP-wrapped (`partial`)
         self.opt_d.step()
 
-        score = d(fake, level, alpha)  # D's gradients from this backward are discarded
-        g_loss = -score.mean() if self.cfg.loss == "wgan-gp" else F.softplus(-score).mean()
+        g_loss = self.loss.generator(d(fake, level, alpha))  # D's gradients here are discarded
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         distributed.average_gradients(self.g)
         self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.g, self.steps)
         self.steps += 1
         schedule = torch.tensor([real.shape[-1], alpha], device=x.device)  # logged: the growth
         logs |= {"d_loss": d_loss, "g_loss": g_loss, "resolution": schedule[0],
                  "alpha": schedule[1]}
         return {k: v.detach() for k, v in logs.items()}
 
+    @property
+    def g_sampling(self) -> progan.Generator:
+        """The generator that samples, decodes (steering) and draws figures: its EMA when
+        `ema_decay` is set."""
+        return self.g if self.ema is None else self.ema.net
+
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (n,L) -> float images (n,C,S,S) in [0,1], differentiable in z: G at its current
         level and alpha, nearest-upsampled to the full size if it has not grown that far."""
         level, alpha = self.phase()
-        out = self.g(z.to(self.device), level, alpha)  # (n,C,R,R); no batch statistics in G
+        out = self.g_sampling(z.to(self.device), level, alpha)  # (n,C,R,R); no batch statistics
         if out.shape[-1] != self.image.size:
             out = F.interpolate(out, size=self.image.size, mode="nearest")
         return ((out + 1) / 2).clamp(0, 1)
@@ -150,7 +162,7 @@ class ProGAN:
         from that level's toRGB head (nearest-upsampled to the full size for display)."""
         level, _ = self.phase()
         z = latent.noise(n, self.latent_dim, torch.Generator().manual_seed(0)).to(self.device)
-        rows = self.g.every_level(z, level + 1)
+        rows = self.g_sampling.every_level(z, level + 1)
         fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n + 0.8, 0.9 * len(rows)),
                                  squeeze=False)
         for ax_row, out in zip(axes, rows):

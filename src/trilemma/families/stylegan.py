@@ -12,17 +12,20 @@ Noise: training draws per-pixel noise maps through `trilemma.distributed` like e
 `sample` draws them from its CPU `generator` (seeded, device independent, as in training);
 `generate` and `decode` use fixed maps stored in the generator, so they are a deterministic
 function of z (smooth interpolations, a differentiable decoder for steering).
+
+EMA: with `ema_decay` set, sampling, decoding (steering) and the figures use an exponential
+moving average of the generator's weights, as both StyleGAN papers sample; w_avg is the trained
+generator's.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from trilemma import distributed, figures
+from trilemma import distributed, figures, gan_losses
 from trilemma.data import ImageSpec
 from trilemma.gan import GAN, GANConfig
 from trilemma.train import adam
@@ -46,6 +49,7 @@ class Config(GANConfig):
     # D's learning rate is lr * d_lr_mult: the generator's equalised weights move lr relative to
     # their size per step, DCGAN's N(0, 0.02) discriminator weights about lr / 0.02
     d_lr_mult: float = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, ge=0, lt=1)  # sampling uses this EMA of G; None/0: off
 
 
 class StyleGAN(GAN):
@@ -57,7 +61,7 @@ class StyleGAN(GAN):
 
     def __init__(self, cfg: Config, generator: Generator, discriminator: nn.Module,
                  device: torch.device, image: ImageSpec):
-        super().__init__(cfg, generator, discriminator, device, image)
+        super().__init__(cfg, generator, discriminator, device, image, ema_decay=cfg.ema_decay)
         self.opt_d = adam(self.d.parameters(), cfg.lr * cfg.d_lr_mult, (cfg.beta1, cfg.beta2))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -78,12 +82,10 @@ class StyleGAN(GAN):
         if cfg.r1_gamma > 0:
             real = real.detach().requires_grad_(True)
         d_real, d_fake = d(real), d(fake.detach())  # (B,) each
-        d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        logs = {"d_real": torch.sigmoid(d_real).mean(), "d_fake": torch.sigmoid(d_fake).mean()}
+        d_loss = self.loss.discriminator(d_real, d_fake)
+        logs = gan_losses.score_logs(self.loss, d_real, d_fake)
         if cfg.r1_gamma > 0:  # penalise D's slope at real data: no overshooting around it
-            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
-            logs["r1"] = grad.square().sum((1, 2, 3)).mean()
+            logs["r1"] = gan_losses.r1(d_real, real)
             d_loss = d_loss + cfg.r1_gamma / 2 * logs["r1"]
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -91,8 +93,7 @@ class StyleGAN(GAN):
         logs["d_loss"] = d_loss
 
         with distributed.no_sync(d):  # D's gradients here are discarded by its next zero_grad
-            score = d(fake)
-            g_loss = F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
+            g_loss = self.loss.generator(d(fake))
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
         self.opt_g.step()
@@ -101,16 +102,19 @@ class StyleGAN(GAN):
         with torch.no_grad():  # w_avg follows the global batch's mean w
             w_mean = distributed.average({"w": self.g.mapping(z).mean(0)})["w"]
             self.g.w_avg.lerp_(w_mean, 1 - cfg.w_avg_beta)
+        if self.ema is not None:  # after w_avg: the EMA copies the generator's buffers
+            self.ema.update(self.g, self.steps)
         self.steps += 1
         return {k: v.detach() for k, v in logs.items()}
 
     def _images(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Per-layer styles (n,L,w_dim) -> float images (n,C,S,S) in [0,1]."""
-        return (self.g.synthesis(ws, noise) + 1) / 2
+        return (self.g_sampling.synthesis(ws, noise) + 1) / 2
 
     def _ws(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
         """Latents (n,latent_dim) -> the same truncated w at every layer (n,L,w_dim)."""
-        return self.g.styles(z.to(self.device), psi)[:, None].expand(-1, self.g.num_styles, -1)
+        w = self.g_sampling.styles(z.to(self.device), psi)  # (n,w_dim)
+        return w[:, None].expand(-1, self.g.num_styles, -1)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (n,latent_dim) -> float images (n,C,S,S) in [0,1], differentiable w.r.t. z;

@@ -1,12 +1,11 @@
-"""What the three translators share: the config fields, the GAN losses on patch logits,
-translation in eval mode, and the state of one generator-discriminator pair."""
+"""What the three translators share: the config fields, translation in eval mode, and the state
+of one generator-discriminator pair (their GAN losses are `trilemma.gan_losses`')."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -35,12 +34,6 @@ def check_image(family: str, image: ImageSpec, multiple: int) -> None:
     if image.size % multiple:
         raise ConfigError(f"data.image_size: {family} needs a side divisible by {multiple}, "
                           f"got {image.size}")
-
-
-def gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
-    """Non-saturating BCE of patch logits against all-real or all-fake targets."""
-    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-    return F.binary_cross_entropy_with_logits(logits, target)
 
 
 def prepare(net: nn.Module, device: torch.device) -> nn.Module:

@@ -11,10 +11,9 @@ from itertools import chain
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from trilemma import distributed
+from trilemma import distributed, gan_losses
 from trilemma.data import ImageSpec
 from trilemma.i2i import nets
 from trilemma.i2i.base import I2IConfig, check_image, prepare, translate_with
@@ -29,14 +28,10 @@ class Config(I2IConfig):
     identity_weight: float = Field(5.0, ge=0)  # the paper's 0.5 lambda
 
 
-def _lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
-    return F.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
-
-
 def _critic_loss(d: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Half the least-squares loss of D on real (-> 1) and fake (-> 0) images, in one call."""
     scores = d(torch.cat([real, fake]))
-    return 0.5 * (_lsgan(scores[:len(real)], True) + _lsgan(scores[len(real):], False))
+    return 0.5 * gan_losses.least_squares_d(scores[:len(real)], scores[len(real):])
 
 
 class CycleGAN:
@@ -62,7 +57,8 @@ class CycleGAN:
         fake_a, same_a = n["g_ba"](torch.cat([b, a])).split(half)
         fake_b, same_b = n["g_ab"](torch.cat([a, b])).split(half)
         with distributed.no_sync(n["d_a"]), distributed.no_sync(n["d_b"]):
-            adversarial = _lsgan(n["d_b"](fake_b), True) + _lsgan(n["d_a"](fake_a), True)
+            adversarial = (gan_losses.least_squares_g(n["d_b"](fake_b))
+                           + gan_losses.least_squares_g(n["d_a"](fake_a)))
             back_a, back_b = n["g_ba"](fake_b), n["g_ab"](fake_a)
             cycle = (back_a - a).abs().mean() + (back_b - b).abs().mean()
             identity = (same_a - a).abs().mean() + (same_b - b).abs().mean()

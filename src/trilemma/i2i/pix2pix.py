@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from trilemma import distributed
+from trilemma import distributed, gan_losses
 from trilemma.data import ImageSpec
 from trilemma.i2i import nets
-from trilemma.i2i.base import (GeneratorDiscriminatorPair, I2IConfig, check_image, gan_loss,
-                               prepare, translate_with)
+from trilemma.i2i.base import (GeneratorDiscriminatorPair, I2IConfig, check_image, prepare,
+                               translate_with)
 from trilemma.i2i.tasks import edges_task
 from trilemma.train import adam
 
@@ -37,14 +37,14 @@ class Pix2Pix(GeneratorDiscriminatorPair):
         inputs, target = self.task.pair(x)  # (B,1,S,S) edges, (B,1,S,S) digits
         fake = g(inputs)
         # the paper halves D's loss so that it learns slower than G
-        d_loss = 0.5 * (gan_loss(d(torch.cat([inputs, target], 1)), True)
-                        + gan_loss(d(torch.cat([inputs, fake.detach()], 1)), False))
+        d_loss = 0.5 * gan_losses.nonsaturating_d(d(torch.cat([inputs, target], 1)),
+                                                  d(torch.cat([inputs, fake.detach()], 1)))
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
 
         with distributed.no_sync(d):  # D's gradients from G's loss are discarded
-            adversarial = gan_loss(d(torch.cat([inputs, fake], 1)), True)
+            adversarial = gan_losses.nonsaturating_g(d(torch.cat([inputs, fake], 1)))
             l1 = (fake - target).abs().mean()
             g_loss = adversarial + self.cfg.l1_weight * l1
             self.opt_g.zero_grad(set_to_none=True)

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trilemma import distributed
+from trilemma import distributed, gan_losses
 from trilemma.classifier import Judge
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.i2i import nets
-from trilemma.i2i.base import (GeneratorDiscriminatorPair, I2IConfig, check_image, gan_loss,
-                               prepare, translate_with)
+from trilemma.i2i.base import (GeneratorDiscriminatorPair, I2IConfig, check_image, prepare,
+                               translate_with)
 from trilemma.i2i.tasks import super_resolution_task
 from trilemma.train import adam
 
@@ -48,13 +48,13 @@ class SRGAN(GeneratorDiscriminatorPair):
         g, d = self.nets["generator"], self.nets["discriminator"]
         inputs, target = self.task.pair(x)  # (B,1,S/f,S/f), (B,1,S,S)
         fake = g(inputs)  # (B,1,S,S)
-        d_loss = gan_loss(d(target), True) + gan_loss(d(fake.detach()), False)
+        d_loss = gan_losses.nonsaturating_d(d(target), d(fake.detach()))
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
 
         with distributed.no_sync(d):
-            adversarial = gan_loss(d(fake), True)
+            adversarial = gan_losses.nonsaturating_g(d(fake))
             pixel = F.mse_loss(fake, target)
             with torch.no_grad():
                 wanted = self.judge.features(target)  # (B,F)
