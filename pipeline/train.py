@@ -58,15 +58,8 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         run.log_params(tracking.flatten(settings))
         probe.on_row = log_probe(run)
 
-        logged = 0
-
         def after_epoch(row: dict) -> None:
-            nonlocal logged
-            run.log_metrics(row, step=row["epoch"])
-            for point in trace[logged:]:  # the finer curve, by optimisation step
-                run.log_metrics({f"step_{k}": v for k, v in point.items()
-                                 if k not in ("step", "epoch")}, step=int(point["step"]))
-            logged = len(trace)
+            run.log_training(row, trace)  # each loss by optimisation step
             # the same noise every epoch: the grids show one set of digits being learned
             images = model.sample(p.sample.grid, grid_labels, generator(p.seed))
             figures.save_grid(images, out / "grid.png")

@@ -52,9 +52,10 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     def train_loop(on_epoch=None) -> list[dict]:
         return fit(trainee, x_train, y_train, cfg, name="classifier", device=dev, seed=p.seed,
                    checkpoint=paths.checkpoint("classifier"), fingerprint=fingerprint(settings),
-                   on_epoch=on_epoch,
+                   on_epoch=on_epoch, trace=trace,
                    checkpoint_seconds=p.train.checkpoint_seconds)
 
+    trace: list[dict] = []  # the loss curve by optimisation step, for MLflow
     if not distributed.is_main():  # the other torchrun ranks train their share; rank 0 writes
         train_loop()
         return
@@ -62,7 +63,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     with tracking.stage_run("train-classifier", None, p.profile) as run:
         run.log_params(tracking.flatten({**settings, **scoring}))
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
-        history = train_loop(lambda row: run.log_metrics(row, step=row["epoch"]))
+        history = train_loop(lambda row: run.log_training(row, trace))
         save_judge(trainee.net, cfg, images.spec, paths.CLASSIFIER)
         paths.checkpoint("classifier").unlink(missing_ok=True)
 

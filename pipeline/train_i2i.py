@@ -68,7 +68,7 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
         probe.on_row = log_probe(run)
 
         def after_epoch(row: dict) -> None:
-            run.log_metrics(row, step=row["epoch"])
+            run.log_training(row, trace)  # each loss by optimisation step
 
         run.wait_started()
         with BusySampler(dev) as busy:

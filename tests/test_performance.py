@@ -204,9 +204,12 @@ def test_a_failing_stage_ends_its_run_failed_after_the_queue_drains(tiny_repo):
             run.log_metrics({"samples_per_second": 3.0})
             raise RuntimeError("boom")
     mlflow.set_tracking_uri(f"sqlite:///{tiny_repo / 'mlflow.db'}")
-    (found,) = mlflow.search_runs(experiment_names=["trilemma"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=["trilemma"], output_format="list")
+    (found,) = [r for r in runs if r.info.run_name == "sample:vae"]
     assert found.info.status == "FAILED"
     assert found.data.metrics == {"samples_per_second": 3.0}
+    (parent,) = [r for r in runs if r.info.run_id == found.data.tags["mlflow.parentRunId"]]
+    assert parent.info.status == "FAILED"  # the pipeline run shows its latest stage failed
 
 
 def entry(stage, family, started, wall, status="ok", profile="quick", startup=3.0, gpu=None):

@@ -1,0 +1,99 @@
+"""What a stage's report files give MLflow: its summary scores as metrics, its per-class tables
+as table artifacts, and a digest that tells `sync` whether those files are in MLflow already.
+Plain file reading: no MLflow here."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from trilemma import paths
+
+# per-class rows (class histogram, per-class accuracy): one table each, not ten metrics
+TABLES = ("per_class.csv",)
+
+
+def synced_stages(families: list[str], i2i: list[str] = (),
+                  control: list[str] = ()) -> list[tuple[str, str | None]]:
+    """(stage, family) of every stage that writes metric files, in pipeline order."""
+    return ([("train-classifier", None)] + [("train", f) for f in families]
+            + [("evaluate", f) for f in families] + [("train-i2i", f) for f in i2i]
+            + [("evaluate-i2i", f) for f in i2i]
+            + ([("train-referee", None)] if control else []) + [("control", f) for f in control])
+
+
+def report_files(stage: str, family: str | None) -> dict[Path, str]:
+    """The JSON metric files a stage writes under reports/, each with the prefix its metric names
+    get in MLflow."""
+    if stage == "train-classifier":
+        folder = paths.CLASSIFIER_REPORTS
+        return {folder / "metrics.json": "", folder / "timing.json": "",
+                paths.REAL_METRICS: "floor_"}
+    if stage == "train-referee":
+        folder = paths.REFEREE_REPORTS
+    else:
+        folder = {"train": paths.train_reports, "evaluate": paths.eval_reports,
+                  "train-i2i": paths.train_reports, "evaluate-i2i": paths.eval_reports,
+                  "control": paths.control_reports}[stage](family)
+    return {folder / "metrics.json": "", folder / "timing.json": ""}
+
+
+def file_metrics(files: dict[Path, str]) -> dict[str, float]:
+    """The top-level numbers of JSON metric files: the summary scores. Nested mappings (the class
+    histogram, per-class values) are left to the tables, so that the scores lead in MLflow's
+    chart view instead of ten histogram bins."""
+    found: dict[str, Any] = {}
+    for path, prefix in files.items():
+        found.update({prefix + k: v for k, v in json.loads(path.read_text()).items()})
+    return {k: float(v) for k, v in found.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def stage_metrics(stage: str, family: str | None) -> dict[str, float]:
+    """file_metrics of the stage's report files, and for `evaluate` the family's training time
+    (from train's timing.json, when there), so that one evaluate run holds every score the
+    comparison needs."""
+    found = file_metrics(report_files(stage, family))
+    if stage == "evaluate":
+        timing = paths.train_reports(family) / "timing.json"
+        if timing.is_file():
+            seconds = json.loads(timing.read_text()).get("train_seconds")
+            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+                found["train_seconds"] = float(seconds)
+    return found
+
+
+def tables(stage: str, family: str | None) -> dict[str, dict[str, list]]:
+    """The stage's per-class CSV files as columns ({'per_class.json': {'digit': [...], ...}}),
+    named as MLflow's table artifacts; values stay the CSV's text, numbers as numbers."""
+    folder = next(iter(report_files(stage, family))).parent
+    found = {}
+    for name in TABLES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            found[Path(name).with_suffix(".json").name] = {
+                column: [_number(row[column]) for row in rows] for column in rows[0]}
+    return found
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def reports_digest(files: dict[Path, str]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

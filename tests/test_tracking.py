@@ -1,0 +1,163 @@
+"""MLflow tracking as the stages use it: bounded when the server is unreachable (without any
+test-only MLflow settings), imported on the logging thread only, one parent run per pipeline
+execution, the experiment made a model-training one, losses by optimisation step."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from pipeline.cli import app
+from trilemma import tracking
+
+BOUND_S = 10  # what an unreachable MLflow may cost a whole stage, at most
+
+
+@pytest.fixture
+def no_mlflow_overrides(monkeypatch):
+    """The project's own HTTP bounds, not the environment's: none of MLflow's request settings."""
+    for name in [n for n in os.environ if n.startswith("MLFLOW_HTTP_REQUEST_")]:
+        monkeypatch.delenv(name)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback listener that accepts connections (the kernel does, from its backlog) and
+    never answers a byte: the URL of it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def train_untracked(monkeypatch, root, uri: str) -> tuple[float, list[str]]:
+    """`trilemma train vae` with MLflow at `uri`, the second of two runs (the first imports the
+    family's modules, slow on a loaded machine): its seconds and its warning lines."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for _ in range(2):
+        (root / "models" / "vae.pt").unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        result = CliRunner().invoke(app, ["train", "vae"])
+        seconds = time.perf_counter() - t0
+        assert result.exit_code == 0, result.output
+        assert "Traceback" not in result.output
+        assert (root / "models" / "vae.pt").is_file()
+    return seconds, [line for line in result.output.splitlines() if line.startswith("warning:")]
+
+
+def test_a_closed_port_costs_a_stage_seconds_and_one_warning(tiny_repo, monkeypatch,
+                                                            no_mlflow_overrides):
+    seconds, warnings = train_untracked(monkeypatch, tiny_repo,
+                                        f"http://127.0.0.1:{closed_port()}")
+    assert len(warnings) == 1 and "MLflow unavailable" in warnings[0], warnings
+    assert seconds < BOUND_S, f"{seconds:.1f} s"
+
+
+def test_a_server_that_never_answers_costs_a_stage_seconds_and_one_warning(
+        tiny_repo, monkeypatch, no_mlflow_overrides, silent_server):
+    seconds, warnings = train_untracked(monkeypatch, tiny_repo, silent_server)
+    assert len(warnings) == 1 and "does not answer" in warnings[0], warnings
+    assert seconds < BOUND_S, f"{seconds:.1f} s"
+
+
+IMPORT_WATCH = textwrap.dedent("""
+    import sys, threading
+    importers = set()
+
+    class Watch:  # notes which thread asks for mlflow first, then lets the import go on
+        def find_spec(self, name, path=None, target=None):
+            if name == "mlflow":
+                importers.add(threading.current_thread().name)
+
+    sys.meta_path.insert(0, Watch())
+    from pipeline.cli import app
+    try:
+        app(["train", "vae"])
+    except SystemExit as end:
+        assert end.code == 0, end.code
+    print("importers:", sorted(importers))
+""")
+
+
+def test_only_the_logging_thread_imports_mlflow(tiny_repo):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-c", IMPORT_WATCH], cwd=tiny_repo, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "importers: ['mlflow']\n" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def runs_of(root):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("trilemma")
+    return client, experiment, client.search_runs([experiment.experiment_id])
+
+
+def test_stage_runs_of_one_execution_share_a_parent_that_spans_them(tiny_repo, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "seed1")
+    for stage in ("train", "sample"):
+        with tracking.stage_run(stage, "vae", "quick") as run:
+            run.log_metrics({"x": 1.0})
+    monkeypatch.setenv("DVC_EXP_NAME", "seed2")  # another experiment: another parent
+    with tracking.stage_run("train", "vae", "quick"):
+        pass
+    client, experiment, runs = runs_of(tiny_repo)
+    assert experiment.tags[tracking.KIND_TAG] == "custom_model_development"
+    parents = {r.data.tags["dvc_exp"]: r for r in runs if tracking.PIPELINE_TAG in r.data.tags}
+    assert sorted(parents) == ["seed1", "seed2"]
+    children = {}
+    for run in runs:
+        if tracking.PIPELINE_TAG not in run.data.tags:
+            children.setdefault(run.data.tags[tracking.PARENT_TAG], []).append(run.info.run_name)
+    assert sorted(children[parents["seed1"].info.run_id]) == ["sample:vae", "train:vae"]
+    assert children[parents["seed2"].info.run_id] == ["train:vae"]
+    seed1 = parents["seed1"].info
+    assert seed1.status == "FINISHED" and seed1.run_name.startswith("pipeline seed1 ")
+    last_child_end = max(r.info.end_time for r in runs
+                         if r.data.tags.get(tracking.PARENT_TAG) == seed1.run_id)
+    assert seed1.end_time >= last_child_end
+
+
+def test_an_existing_experiment_without_a_kind_gets_one(tiny_repo):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    client.create_experiment("trilemma")  # as stores made before the kind was set
+    with tracking.stage_run("train", "vae", "quick"):
+        pass
+    _, experiment, _ = runs_of(tiny_repo)
+    assert experiment.tags[tracking.KIND_TAG] == "custom_model_development"
+
+
+def test_losses_are_logged_by_optimisation_step_under_their_own_names(tiny_repo):
+    trace = [{"step": 5, "epoch": 0.5, "loss": 2.0, "kl": 0.5},
+             {"step": 10, "epoch": 1.0, "loss": 1.0, "kl": 0.25}]
+    with tracking.stage_run("train", "vae", "quick") as run:
+        run.log_training({"epoch": 1, "seconds": 3.0, "loss": 1.5, "kl": 0.4}, trace)
+        trace.append({"step": 15, "epoch": 1.5, "loss": 0.5, "kl": 0.125})
+        run.log_training({"epoch": 2, "seconds": 2.0, "loss": 0.5, "kl": 0.1}, trace)
+    client, _, runs = runs_of(tiny_repo)
+    (train,) = [r for r in runs if r.info.run_name == "train:vae"]
+    history = {name: sorted((m.step, m.value)
+                            for m in client.get_metric_history(train.info.run_id, name))
+               for name in train.data.metrics}
+    assert history["loss"] == [(5, 2.0), (10, 1.0), (15, 0.5)]
+    assert history["kl"] == [(5, 0.5), (10, 0.25), (15, 0.125)]
+    assert history["epoch_seconds"] == [(10, 3.0), (15, 2.0)]
+    assert not [name for name in history if name.startswith("step_")]
