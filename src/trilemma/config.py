@@ -116,8 +116,9 @@ class EvaluateConfig(Section):
     # FID of this many resamples of each family's samples, for FID's +- (0: none)
     bootstrap: int = Field(200, ge=0)
     # Inception-V3 FID/IS as well, with the pt_inception-2015-12-05 weights file at this path
-    # (no package ships it); null or a missing file: those columns read n/a, with the reason
-    inception_weights: Path | None = None
+    # (no package ships it); auto: downloaded once into torch's cache, hash checked; null or a
+    # missing file: those columns read n/a, with the reason
+    inception_weights: Literal["auto"] | Path | None = None
 
     @field_validator("bootstrap")
     @classmethod
