@@ -11,6 +11,7 @@ from pipeline.control import control, train_referee
 from pipeline.download import download
 from pipeline.evaluate import evaluate
 from pipeline.evaluate_i2i import evaluate_i2i
+from pipeline.generate import generate
 from pipeline.report import report
 from pipeline.sample import sample
 from pipeline.sync_mlflow import sync_mlflow
@@ -31,6 +32,7 @@ app.command("train-referee")(train_referee)
 app.command("control")(control)
 app.command("report")(report)
 app.command("sync-mlflow")(sync_mlflow)
+app.command("generate")(generate)
 
 
 def main() -> None:

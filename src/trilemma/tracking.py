@@ -52,10 +52,13 @@ class Run:
         while (call := self._calls.get()) is not None:
             method, args, kwargs, cleanup = call
             try:
-                if mlflow is not None:
+                if mlflow is not None and callable(method):  # see `call`
+                    method(mlflow, *args, **kwargs)
+                elif mlflow is not None:
                     getattr(mlflow, method)(*args, **kwargs)
             except Exception as err:  # tracking is best effort by design
-                warn(f"MLflow {method} failed, tracking off for this stage: {err}")
+                name = getattr(method, "__name__", method)
+                warn(f"MLflow {name} failed, tracking off for this stage: {err}")
                 mlflow = None
             finally:
                 if cleanup is not None:
@@ -74,6 +77,12 @@ class Run:
         self._call("end_run", status=status)
         self._calls.put(None)
         self._thread.join()
+
+    def call(self, function: Callable[..., None], *args: Any,
+             cleanup: Callable[[], None] | None = None) -> None:
+        """`function(mlflow, *args)` on the thread, in order with the other calls (e.g. logging
+        a model); then `cleanup()`, whatever happened."""
+        self._call(function, *args, cleanup=cleanup)
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._call("log_params", {k: str(v)[:500] for k, v in params.items()})
