@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -45,6 +46,8 @@ def log_generator(mlflow_module, family: str, model_file: Path, settings: dict) 
     """Log `model_file` as the pyfunc into the active run and register it (called on the
     tracking thread with the `mlflow` module, or by `sync-mlflow`)."""
     from trilemma.mlflow_pyfunc import Generator  # imports mlflow.pyfunc: seconds
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not in stage logs
 
     with tempfile.TemporaryDirectory(prefix="trilemma-model-") as tmp:
         settings_file = Path(tmp) / "settings.json"
