@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -48,7 +49,8 @@ def log_generator(mlflow_module, family: str, model_file: Path, settings: dict) 
     from trilemma.mlflow_pyfunc import Generator  # imports mlflow.pyfunc: seconds
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not in stage logs
-
+    # its warnings (no signature inferred, a pickled model) are by design here: not in stage logs
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="trilemma-model-") as tmp:
         settings_file = Path(tmp) / "settings.json"
         settings_file.write_text(json.dumps(settings, sort_keys=True))
