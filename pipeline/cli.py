@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-
-import importlib
 
 import typer
 from typer.core import DEFAULT_MARKUP_MODE, TyperGroup
@@ -25,6 +24,7 @@ STAGES = {
     "control": "pipeline.control:control",
     "report": "pipeline.report:report",
     "sync-mlflow": "pipeline.sync_mlflow:sync_mlflow",
+    "generate": "pipeline.generate:generate",
 }
 
 

@@ -216,7 +216,7 @@ def guidance(model, kind: str, judge, referee, images: data.ImageData, p: Params
     """Balanced requested labels sampled at each guidance scale from the same noise: per scale
     label accuracy by the judge and the referee and FID against the test set in the judge's
     features (the results), and images/s (the timing)."""
-    from pipeline.sample import batch_generator
+    from trilemma.generation import batch_generator
     from trilemma import metrics
 
     metrics.preload()

@@ -4,61 +4,19 @@ value of the family's sampling sweeps (e.g. truncation); grid, interpolation and
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
 from trilemma import distributed, families, figures, latent, paths, provenance, tracking
 from trilemma.config import SWEEPS, SampleConfig
 from trilemma.errors import ConfigError
+from trilemma.generation import draw
 from trilemma.io import atomic_dir, write_npz
 from trilemma.runtime import (autocast, device_name, generator, peak_memory,
                               reset_peak_memory, set_precision)
-
-
-WARMUP = 64  # images drawn untimed before the first timed run: lazy initialisation, kernels
-
-
-def batch_generator(seed: int, batch: int) -> torch.Generator:
-    """The noise of batch number `batch`: its own stream, so that a batch is the same whichever
-    process draws it (torchrun shares the batches out) and whatever was drawn before it."""
-    return generator(int(np.random.SeedSequence([seed, batch]).generate_state(1)[0]))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    distributed.barrier()
-
-
-def draw(model: families.Family, n: int, batch_size: int, seed: int, device: torch.device,
-         warmup: bool = False, **knobs) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """n images (n,C,S,S) uint8, the requested labels (balanced classes) for a conditional family,
-    and the sampling time in seconds (after an untimed warm-up batch if `warmup`). Under torchrun
-    rank r draws batches r, r+N, ... and every rank gets all n images: the same n images as one
-    process, and the time is the wall time of all of them."""
-    labels = torch.arange(n) % model.image.num_classes if model.conditional else None
-    if warmup:
-        size = min(batch_size, n, WARMUP)
-        model.sample(size, None if labels is None else labels[:size], generator(seed), **knobs)
-    starts = range(0, n, batch_size)
-    _sync(device)
-    t0 = time.perf_counter()
-    mine = {}
-    for k in range(distributed.rank(), len(starts), distributed.world_size()):
-        start = starts[k]
-        batch_labels = None if labels is None else labels[start:start + batch_size]
-        mine[k] = model.sample(min(batch_size, n - start), batch_labels, batch_generator(seed, k),
-                               **knobs).cpu()
-    chunks = distributed.gather_dict(mine)
-    _sync(device)
-    seconds = time.perf_counter() - t0
-    images = torch.cat([chunks[k] for k in range(len(starts))]).numpy()  # (n,C,S,S)
-    return images, None if labels is None else labels.numpy(), seconds
 
 
 def knob_settings(model: families.Family, cfg: SampleConfig) -> tuple[dict, list[tuple[str, object]]]:

@@ -17,17 +17,21 @@ class TrackingError(TrilemmaError):
 def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
     """Log the metric files of the classifier and of every family's train and evaluate stages
     (the image-to-image families', the referee's and the control stage's too) to MLflow, one run each, unless a finished run with the same files is there already (a stage run
-    by `dvc repro`, or an earlier sync): running it twice adds nothing. Uses $MLFLOW_TRACKING_URI,
+    by `dvc repro`, or an earlier sync); register each family's model as trilemma-<family>
+    unless a version holds it already: running it twice adds nothing. Uses $MLFLOW_TRACKING_URI,
     else sqlite:///mlflow.db in this directory."""
     single_process("sync-mlflow")
     p = load_params(params)
-    from trilemma import tracking
+    from trilemma import mlflow_model, tracking
 
     try:
         done = tracking.sync(p.families, p.profile, p.i2i_families, p.control.families)
+        models = mlflow_model.sync_registry(p.families, p)  # the train runs exist by now
     except Exception as err:  # here MLflow is the whole job: its failure is the command's
         raise TrackingError(f"MLflow: {brief(err)}") from None
-    for name, what in done:
+    for name, what in done + models:
         log(f"{name}: {what}")
+    log(f"{sum(what == 'registered' for _, what in models)} model(s) registered, "
+        f"{sum(what == 'up to date' for _, what in models)} up to date")
     logged = sum(what == "logged" for _, what in done)
     log(f"{logged} run(s) logged, {sum(what == 'up to date' for _, what in done)} up to date")

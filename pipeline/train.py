@@ -8,7 +8,7 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import data, distributed, families, figures, paths, probes, tracking
+from trilemma import data, distributed, families, figures, mlflow_model, paths, probes, tracking
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
 from trilemma.runtime import BusySampler, device_name, generator, peak_memory
@@ -70,6 +70,10 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
             history = train_loop(after_epoch, probe)
         families.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
+        # registered as trilemma-<family>, on the thread like every MLflow call
+        log_model, cleanup = mlflow_model.queued(family, paths.model(family),
+                                                 mlflow_model.settings(family, p))
+        run.call(log_model, cleanup=cleanup)
 
         timing = write_training_reports(out, history, trace, p.profile, dev, busy, probe)
         x_test = torch.from_numpy(images.x_test[:5000]).float() / 255  # (n,C,S,S)

@@ -61,6 +61,15 @@ TINY = {
 }
 
 
+# every family of params.yaml, in its order (the image-to-image families and control have stage
+# tests of their own; test_e2e runs one family of each kind under dvc repro)
+FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan", "ddpm",
+            "cfg_diffusion", "latent_diffusion"]
+CHAIN = [["download"], ["train-classifier"],
+         *[[stage, family] for family in FAMILIES for stage in ("train", "sample", "evaluate")],
+         ["report"]]
+
+
 def base_params() -> dict[str, Any]:
     """The project's params.yaml as a plain mapping."""
     return yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -127,6 +136,29 @@ def make_repo(root: Path, npz: Path) -> Path:
     os.symlink(npz, root / "data" / "images.npz")
     write_params(root / "params.yaml")
     return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_chain(tmp_path_factory):
+    """The whole pipeline (CHAIN) run once per session, in order, in a fresh repo without data:
+    (root, {"stage [family]": result}). Stops at the first failing stage. Shared by the stage
+    tests (test_cli) and the tests of what the trained models give (test_generate)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root = tmp_path_factory.mktemp("repo")
+    write_params(root / "params.yaml", {"families": FAMILIES, "i2i_families": []})
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TRILEMMA_DEVICE", "cpu")
+        for args in CHAIN:
+            results[" ".join(args)] = result = CliRunner().invoke(app, args)
+            if result.exit_code != 0:
+                break
+    return root, results
 
 
 @pytest.fixture

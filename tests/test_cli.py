@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import base_params, write_params
+from conftest import CHAIN, FAMILIES, base_params, write_params
 from pipeline.cli import app
 from pipeline.common import STAGE_LOG
 
@@ -22,14 +22,6 @@ STAGES = [
     ("evaluate", ["evaluate", "vae"]),
     ("report", ["report"]),
 ]
-# every family of params.yaml, in its order (the image-to-image families and control have stage
-# tests of their own; test_e2e runs one family of each kind under dvc repro)
-FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan", "ddpm",
-            "cfg_diffusion", "latent_diffusion"]
-CHAIN = [["download"], ["train-classifier"],
-         *[[stage, family] for family in FAMILIES for stage in ("train", "sample", "evaluate")],
-         ["report"]]
-
 
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
@@ -50,22 +42,15 @@ def write_samples(path, images, **extra):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """The whole pipeline run once, in order, in a fresh repo without data: {"stage [family]":
-    result}. Stops at the first failing stage; the working directory stays in the repo."""
-    root = tmp_path_factory.mktemp("repo")
-    write_params(root / "params.yaml", {"families": FAMILIES, "i2i_families": []})
-    results = {}
+def chain(pipeline_chain):
+    """The whole pipeline run once (conftest `pipeline_chain`), with the working directory in
+    its repo for this module's tests."""
+    root, results = pipeline_chain
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("TRILEMMA_DEVICE", "cpu")
-        for args in CHAIN:
-            results[" ".join(args)] = result = invoke(*args)
-            if result.exit_code != 0:
-                break
         yield root, results
-
 
 def stage_ok(chain, stage: str):
     root, results = chain
@@ -297,19 +282,27 @@ def test_sync_mlflow_logs_only_what_is_missing_and_twice_adds_nothing(chain, mon
     result = invoke("sync-mlflow")
     assert result.exit_code == 0, result.output
     assert "0 run(s) logged, 21 up to date" in result.output
+    assert "0 model(s) registered, 10 up to date" in result.output  # each train stage's
     # a store that has never seen these reports, as after `git clone`: one run per stage
     uri = f"sqlite:///{root / 'fresh.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     result = invoke("sync-mlflow")
     assert result.exit_code == 0, result.output
     assert "21 run(s) logged, 0 up to date" in result.output
-    assert invoke("sync-mlflow").output.endswith("0 run(s) logged, 21 up to date\n")
+    assert "10 model(s) registered, 0 up to date" in result.output
+    again = invoke("sync-mlflow").output
+    assert again.endswith("0 run(s) logged, 21 up to date\n")
+    assert "0 model(s) registered, 10 up to date" in again
     mlflow.set_tracking_uri(uri)
     found = mlflow.search_runs(experiment_names=["trilemma"], output_format="list")
     (parent,) = [r for r in found if "pipeline_run" in r.data.tags]  # this commit's pipeline run
     runs = [r for r in found if r is not parent]
     assert len(runs) == 21
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    for family in FAMILIES:  # one version each, in the synced train run
+        versions = mlflow.MlflowClient().search_model_versions(f"name = 'trilemma-{family}'")
+        assert [next(r.info.run_name for r in runs if r.info.run_id == v.run_id)
+                for v in versions] == [f"train:{family}"]
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["train-classifier", *[f"{stage}:{family}" for family in FAMILIES
                                                   for stage in ("train", "evaluate")]])

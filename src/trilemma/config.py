@@ -147,8 +147,9 @@ class EvaluateConfig(Section):
     # 10000, beyond which the spread no longer moves and the stage runs for hours
     bootstrap: int = Field(200, ge=0, le=10_000)
     # Inception-V3 FID/IS as well, with the pt_inception-2015-12-05 weights file at this path
-    # (no package ships it); null or a missing file: those columns read n/a, with the reason
-    inception_weights: Path | None = None
+    # (no package ships it); auto: downloaded once into torch's cache, hash checked; null or a
+    # missing file: those columns read n/a, with the reason
+    inception_weights: Literal["auto"] | Path | None = None
 
     @field_validator("bootstrap")
     @classmethod

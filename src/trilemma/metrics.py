@@ -335,12 +335,18 @@ def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray,
     return rows
 
 
-def inception(weights: Path | None, device: torch.device) -> tuple[nn.Module | None, str]:
+def inception(weights: Path | str | None, device: torch.device) -> tuple[nn.Module | None, str]:
     """The Inception network and a note on it, or None and the reason it is not there: no package
-    ships its weights, so their absence is never a failure. A file that is there but is not the
-    weights is bad input (DataError): call this before long work."""
+    ships its weights, so their absence is never a failure; "auto" downloads them once (see
+    `inception_weights`). A file that is there but is not the weights is bad input (DataError):
+    call this before long work."""
     if weights is None:
         return None, "no weights file given (evaluate.inception_weights is null)"
+    if weights == "auto":
+        from trilemma.inception_weights import fetch
+
+        path, note = fetch()
+        return (None, note) if path is None else (load_inception(path, device), note)
     if not Path(weights).exists():
         return None, f"weights file {weights} not found"
     return load_inception(Path(weights), device), f"weights {Path(weights).name}"

@@ -111,6 +111,12 @@ class Run:
                      "and its run stays unfinished")
                 return
 
+    def call(self, function: Callable[..., None], *args: Any,
+             cleanup: Callable[[], None] | None = None) -> None:
+        """`function(mlflow, *args)` on the thread, in order with the other calls (e.g. logging
+        a model); then `cleanup()`, whatever happened."""
+        self._call(function, *args, cleanup=cleanup)
+
     def log_params(self, params: dict[str, Any]) -> None:
         self._call("log_params", {k: str(v)[:500] for k, v in params.items()})
 
