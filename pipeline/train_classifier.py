@@ -44,8 +44,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
                      "against the test set")
     require_scorable(min(p.sample.n, len(images.x_train)), "data.train_size",
                      "the real-data floor scores min(sample.n, training images) of them")
-    steps = cfg.epochs * (len(images.x_train) // min(cfg.batch_size, len(images.x_train)))
-    trainee = ClassifierTrainee(cfg, dev, steps, images.spec,
+    trainee = ClassifierTrainee(cfg, dev, len(images.x_train), images.spec,
                                 *pixel_stats(images.x_train, images.source))
     x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
     distributed.check_batch(min(cfg.batch_size, len(x_train)), "classifier")  # before MLflow starts
