@@ -229,7 +229,8 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
         return f"{key}: unknown key"
     if e["type"] == "missing":
         return f"{key}: missing"
-    return f"{key}: {e['msg']} (got {e.get('input')!r})"
+    message = e["msg"].removeprefix("Value error, ")  # our own validators' words, as written
+    return f"{key}: {message} (got {e.get('input')!r})"
 
 
 def _check_listed(names: list, registry: dict, resolved: dict[str, Any], key: str,
