@@ -1,7 +1,8 @@
 """The MLflow UI in a real browser: a tiny pipeline run (classifier, then train, sample and evaluate
 for two families) fills a store, `mlflow server` serves it on a free loopback port, and headless
-Chromium reads the runs page and the compare view as a user would. Screenshots land in
-test-artifacts/mlflow-ui/.
+Chromium reads it as a user would: the experiment opens on the runs table, one parent run groups
+the stage runs, the evaluate runs' chart view leads with a score, and the compare view shows each
+family's FID. Screenshots land in test-artifacts/mlflow-ui/.
 
 Skipped only where no browser can be driven: /usr/bin/chromium missing (`make browser` installs
 Debian's) or the `playwright` package not importable (the test extra of pyproject.toml).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -90,14 +92,17 @@ def run_stages(root: Path, stages: list[list[str]]) -> None:
 
 
 def read_store(uri: str) -> dict:
-    """The experiment id, the run names and, per family, the evaluate run's id and METRIC, as
-    the store holds them (through mlflow's client, not the UI)."""
+    """The experiment id and kind, the parent run's name, the stage run names and, per family,
+    the evaluate run's id and METRIC, as the store holds them (through mlflow's client)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("trilemma")
     assert experiment is not None, f"no experiment 'trilemma' in {uri}"
-    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    found = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in found if "pipeline_run" in run.data.tags]
+    runs = {run.info.run_name: run for run in found if run is not parent}
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs.values()} == {parent.info.run_id}
     evaluate = {}
     for family in FAMILIES:
         run = runs.get(f"evaluate:{family}")
@@ -105,7 +110,8 @@ def read_store(uri: str) -> dict:
         assert METRIC in run.data.metrics, f"evaluate:{family} lacks {METRIC}: {run.data.metrics}"
         evaluate[family] = {"run_id": run.info.run_id, METRIC: run.data.metrics[METRIC]}
     return {"experiment_id": experiment.experiment_id, "run_names": sorted(runs),
-            "evaluate": evaluate}
+            "kind": experiment.tags.get("mlflow.experimentKind"),
+            "parent": parent.info.run_name, "evaluate": evaluate}
 
 
 @pytest.fixture(scope="module")
@@ -161,19 +167,75 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
+# The UI's GenAI / Model training switch (remembered by the browser): MLflow 3.17 follows it over
+# the experiment's kind tag, so the README says to switch once, and the links below carry it.
+MODEL_TRAINING = "workflowType=machine_learning"
+EVALUATE_FILTER = "attributes.run_name LIKE 'evaluate:%'"
+# the summary scores an evaluate run leads with (tracking_files.file_metrics)
+SCORES = {"fid_classifier", "kid_classifier", "is_classifier", "precision", "recall",
+          "min_class_fraction", "class_kl_uniform", "label_accuracy", "samples_per_second",
+          "train_seconds"}
+
+
+def expand(page, parent: str, child: str) -> None:
+    """Open the parent run's group in the runs table (its name cell's +) unless it is open (the
+    UI remembers it): `child` shows."""
+    cell = page.get_by_role("gridcell").filter(has_text=parent)
+    expect(cell).to_be_visible(timeout=WAIT_MS)
+    next_frames(page)  # the rows of an open group render with their parent
+    if page.get_by_text(child, exact=True).count() == 0:
+        cell.get_by_role("button").first.click()
+    expect(page.get_by_text(child, exact=True).first).to_be_visible(timeout=WAIT_MS)
+
+
 @needs_browser
-def test_runs_page_lists_the_runs_of_both_families(page, served):
+def test_the_experiment_opens_on_the_runs_table(page, served):
     server, store = served
-    page.goto(f"{server}/#/experiments/{store['experiment_id']}/runs")
+    assert store["kind"] == "custom_model_development"
+    page.goto(f"{server}/#/experiments")  # as the README says: switch, then open the experiment
+    page.get_by_text("Model training", exact=True).click()
+    page.get_by_role("link", name="trilemma", exact=True).click()
+    expect(page).to_have_url(re.compile(f"/experiments/{store['experiment_id']}/runs"),
+                             timeout=WAIT_MS)
+    expect(page.get_by_text(store["parent"], exact=True)).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text("Overview", exact=True)).to_have_count(0)  # not GenAI's landing page
+
+
+@needs_browser
+def test_a_parent_run_groups_the_stage_runs(page, served):
+    server, store = served
+    page.goto(f"{server}/#/experiments/{store['experiment_id']}/runs?{MODEL_TRAINING}")
     names = ["train-classifier"] + [f"{stage}:{f}" for f in FAMILIES
                                     for stage in ("train", "sample", "evaluate")]
     assert sorted(names) == store["run_names"]  # the store holds what the stages logged
+    expect(page.get_by_text(f"{len(names) + 1} matching runs")).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(store["parent"], exact=True)).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_text(names[0], exact=True)).to_have_count(0)  # folded into the parent
+    expand(page, store["parent"], names[0])
     for name in names:
         expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=WAIT_MS)
-    expect(page.get_by_text(f"{len(names)} matching runs")).to_be_visible(timeout=WAIT_MS)
     page.set_viewport_size({"width": 1600, "height": 900})  # a short list: no blank page below
     screenshot(page, "runs.png")
     page.set_viewport_size(VIEWPORT)
+
+
+@needs_browser
+def test_the_evaluate_runs_chart_view_leads_with_a_score(page, served):
+    server, store = served
+    page.goto(f"{server}/#/experiments/{store['experiment_id']}/runs?{MODEL_TRAINING}"
+              f"&compareRunsMode=CHART&searchFilter={quote(EVALUATE_FILTER)}")
+    expand(page, store["parent"], f"evaluate:{FAMILIES[0]}")
+    for family in FAMILIES:
+        expect(page.get_by_role("link", name=f"evaluate:{family}", exact=True)).to_be_visible(
+            timeout=WAIT_MS)  # in the runs list; the charts' legends name it too
+    titles = page.locator('[data-testid="draggable-chart-cards-grid"]').first.locator("h4[title]")
+    expect(titles.first).to_be_visible(timeout=WAIT_MS)
+    shown = titles.evaluate_all("hs => hs.map(h => h.title)")
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    path = screenshot(page, "charts.png")
+    page.set_viewport_size(VIEWPORT)
+    assert shown[0] in SCORES, f"first chart {shown[0]!r} of {shown} (screenshot {path})"
+    assert not [t for t in shown if t.startswith("class_histogram")], shown
 
 
 def cells(grid) -> list[dict]:
