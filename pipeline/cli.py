@@ -5,35 +5,56 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
+import importlib
 
-from pipeline.control import control, train_referee
-from pipeline.download import download
-from pipeline.evaluate import evaluate
-from pipeline.evaluate_i2i import evaluate_i2i
-from pipeline.generate import generate
-from pipeline.report import report
-from pipeline.sample import sample
-from pipeline.sync_mlflow import sync_mlflow
-from pipeline.train import train
-from pipeline.train_classifier import train_classifier
-from pipeline.train_i2i import train_i2i
+import typer
+from typer.core import DEFAULT_MARKUP_MODE, TyperGroup
+from typer.main import CommandInfo, get_command_from_info
+
+# command -> "module:function". A stage's module (and torch, MLflow, the families it needs) is
+# imported only when that command runs: importing every stage cost each command seconds of start-up.
+STAGES = {
+    "download": "pipeline.download:download",
+    "train-classifier": "pipeline.train_classifier:train_classifier",
+    "train": "pipeline.train:train",
+    "sample": "pipeline.sample:sample",
+    "evaluate": "pipeline.evaluate:evaluate",
+    "train-i2i": "pipeline.train_i2i:train_i2i",
+    "evaluate-i2i": "pipeline.evaluate_i2i:evaluate_i2i",
+    "train-referee": "pipeline.control:train_referee",
+    "control": "pipeline.control:control",
+    "report": "pipeline.report:report",
+    "sync-mlflow": "pipeline.sync_mlflow:sync_mlflow",
+    "generate": "pipeline.generate:generate",
+}
+
+
+class LazyStages(TyperGroup):
+    """The stage commands, each built from its module on first use."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return list(STAGES)
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):
+        if cmd_name not in STAGES:
+            return None
+        if cmd_name not in self.commands:
+            module, function = STAGES[cmd_name].split(":")
+            callback = getattr(importlib.import_module(module), function)
+            self.commands[cmd_name] = get_command_from_info(
+                CommandInfo(name=cmd_name, callback=callback),
+                pretty_exceptions_short=True, rich_markup_mode=DEFAULT_MARKUP_MODE)
+        return self.commands[cmd_name]
+
 
 app = typer.Typer(help="trilemma: train, sample and measure image generator families side by side.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-app.command("download")(download)
-app.command("train-classifier")(train_classifier)
-app.command("train")(train)
-app.command("sample")(sample)
-app.command("evaluate")(evaluate)
-app.command("train-i2i")(train_i2i)
-app.command("evaluate-i2i")(evaluate_i2i)
-app.command("train-referee")(train_referee)
-app.command("control")(control)
-app.command("report")(report)
-app.command("sync-mlflow")(sync_mlflow)
-app.command("generate")(generate)
+                  cls=LazyStages, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 
+
+@app.callback()
+def stages() -> None:
+    """trilemma: train, sample and measure image generator families side by side."""
 
 def main() -> None:
     """The `trilemma` console script: the app, then an immediate exit with its code. Python's

@@ -63,10 +63,7 @@ def train_referee(params: ParamsOption = Path("params.yaml"), device: DeviceOpti
         write_json(out / "timing.json", {"train_seconds": 0.0, "device": device_name(dev)})
         write_csv(out / "per_class.csv", [], columns=["digit", "class", "n", "correct", "accuracy"])
         return
-    batches = len(images.x_train) // min(cfg.batch_size, len(images.x_train))
-    steps = cfg.epochs * batches if cfg.max_steps is None else min(cfg.epochs * batches,
-                                                                   cfg.max_steps)
-    trainee = ClassifierTrainee(cfg, dev, steps, images.spec,
+    trainee = ClassifierTrainee(cfg, dev, len(images.x_train), images.spec,
                                 *pixel_stats(images.x_train, images.source))
     with tracking.stage_run("train-referee", None, p.profile) as run:
         run.log_params(tracking.flatten(settings))

@@ -39,8 +39,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     images = data.load_npz(paths.DATA, p.data)
     if not images.spec.labelled:  # nothing to train; rank 0 writes why
         return no_judge(images, inception, p, dev) if distributed.is_main() else None
-    steps = cfg.epochs * (len(images.x_train) // min(cfg.batch_size, len(images.x_train)))
-    trainee = ClassifierTrainee(cfg, dev, steps, images.spec,
+    trainee = ClassifierTrainee(cfg, dev, len(images.x_train), images.spec,
                                 *pixel_stats(images.x_train, images.source))
     x_train, y_train = torch.from_numpy(images.x_train), torch.from_numpy(images.y_train)
     distributed.check_batch(min(cfg.batch_size, len(x_train)), "classifier")  # before MLflow starts

@@ -68,11 +68,19 @@ def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-class ClassifierTrainee:
-    """The judge as a trainee of the generic loop; one-cycle LR over all `total_steps`."""
+def planned_steps(cfg: ClassifierConfig, n_train: int) -> int:
+    """The optimisation steps `train.fit` will take: `epochs` passes of full batches, cut at
+    `max_steps`. The one-cycle schedule must span exactly these."""
+    steps = cfg.epochs * (n_train // min(cfg.batch_size, n_train))
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
 
-    def __init__(self, cfg: ClassifierConfig, device: torch.device, total_steps: int,
+
+class ClassifierTrainee:
+    """The judge as a trainee of the generic loop; one-cycle LR over all the steps it will take."""
+
+    def __init__(self, cfg: ClassifierConfig, device: torch.device, n_train: int,
                  image: ImageSpec = MNIST_SPEC, mean: float = MNIST_MEAN, std: float = MNIST_STD):
+        total_steps = planned_steps(cfg, n_train)
         self.cfg = cfg
         self.net = Judge(cfg.width, cfg.features, image, mean, std).to(
             device, memory_format=torch.channels_last)

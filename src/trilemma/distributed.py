@@ -70,13 +70,12 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def check_batch(batch_size: int, name: str) -> int:
-    """The per-process share of a global batch; ConfigError if it does not split evenly."""
+def check_batch(batch_size: int, name: str) -> None:
+    """ConfigError unless a global batch splits evenly over the processes."""
     world = world_size()
     if batch_size % world:
         raise ConfigError(f"{name}.batch_size: {batch_size} does not split evenly over {world} "
                           f"processes; use a multiple of {world}")
-    return batch_size // world
 
 
 def share(rows: torch.Tensor) -> torch.Tensor:
