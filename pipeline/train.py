@@ -70,10 +70,6 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
             history = train_loop(after_epoch, probe)
         families.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
-        # registered as trilemma-<family>, on the thread like every MLflow call
-        log_model, cleanup = mlflow_model.queued(family, paths.model(family),
-                                                 mlflow_model.settings(family, p))
-        run.call(log_model, cleanup=cleanup)
 
         timing = write_training_reports(out, history, trace, p.profile, dev, busy, probe)
         x_test = torch.from_numpy(images.x_test[:5000]).float() / 255  # (n,C,S,S)
@@ -82,6 +78,11 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
             run.log_artifact(out / f"{name}.png")
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
+        # registered as trilemma-<family>, on the thread like every MLflow call; last, since a
+        # failure turns tracking off for what would follow
+        log_model, cleanup = mlflow_model.queued(family, paths.model(family),
+                                                 mlflow_model.settings(family, p))
+        run.call(log_model, cleanup=cleanup)
         log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training"
             f"{probe_note(timing)}")
 

@@ -68,8 +68,10 @@ def queued(family: str, model_file: Path, settings: dict) -> tuple[Callable, Cal
     stage may rewrite it before the thread gets to it."""
     snapshot = Path(tempfile.mkdtemp(prefix="trilemma-model-"))
     copy = Path(shutil.copy2(model_file, snapshot / Path(model_file).name))
-    return (lambda mlflow_module: log_generator(mlflow_module, family, copy, settings),
-            lambda: shutil.rmtree(snapshot, ignore_errors=True))
+    def log_model(mlflow_module) -> None:
+        log_generator(mlflow_module, family, copy, settings)
+
+    return log_model, lambda: shutil.rmtree(snapshot, ignore_errors=True)
 
 
 def is_registered(client, family: str, digest: str) -> bool:
