@@ -8,19 +8,20 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import data, distributed, families, figures, paths, tracking
+from trilemma import data, distributed, families, figures, paths, probes, tracking
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
 from trilemma.runtime import BusySampler, device_name, generator, peak_memory
-from trilemma.train import fit
+from trilemma.train import fit, total_steps
 
 
 @user_errors
 def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
           device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
     """Train one family; write models/<family>.pt and reports/train/<family>/ (loss.csv per
-    epoch, loss_steps.csv ten points per epoch, metrics.json with the final losses, timing.json
-    with the training time and device, grid.png of fixed noise after the last epoch, family
+    epoch, loss_steps.csv ten points per epoch, curve.csv the judge's probes at train.probes
+    steps, metrics.json with the final losses, timing.json with the training time (probes left
+    out, their own time beside it) and device, grid.png of fixed noise after the last epoch, family
     figures). Under `torchrun --nproc-per-node N --no-python trilemma train <family>` the N
     processes train data-parallel (the batch size is the global batch); rank 0 writes."""
     p, dev = setup(params, device)
@@ -37,10 +38,10 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
 
     trace: list[dict] = []  # TRACE_POINTS rows of mean losses per epoch (every rank: collective)
 
-    def train_loop(on_epoch=None) -> list[dict]:
+    def train_loop(on_epoch=None, probe=None) -> list[dict]:
         return fit(model, x_train, y_train, cfg, name=family, device=dev, seed=p.seed,
                    checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
-                   on_epoch=on_epoch, trace=trace)
+                   on_epoch=on_epoch, trace=trace, probe=probe)
 
     if not distributed.is_main():  # the other torchrun ranks train their share; rank 0 writes
         train_loop()
@@ -49,8 +50,12 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     grid_labels = torch.arange(p.sample.grid) % images.spec.num_classes if model.conditional \
         else None
 
+    # the judge's files are checked before the run starts: a missing one stops the stage here
+    probe = probes.generator_probe(model, p, images, dev, total_steps(len(x_train), cfg),
+                                   min(cfg.batch_size, len(x_train)))
     with tracking.stage_run("train", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))
+        probe.on_row = log_probe(run)
 
         logged = 0
 
@@ -68,31 +73,49 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
 
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         with BusySampler(dev) as busy:
-            history = train_loop(after_epoch)
+            history = train_loop(after_epoch, probe)
         families.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
 
-        timing = write_training_reports(out, history, trace, p.profile, dev, busy)
+        timing = write_training_reports(out, history, trace, p.profile, dev, busy, probe)
         x_test = torch.from_numpy(images.x_test[:5000]).float() / 255  # (n,C,S,S)
         for name, fig in model.figures(x_test, torch.from_numpy(images.y_test[:5000])).items():
             figures.save_figure(fig, out / f"{name}.png")
             run.log_artifact(out / f"{name}.png")
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
-        log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training")
+        log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training"
+            f"{probe_note(timing)}")
+
+
+def log_probe(run: tracking.Run):
+    """A probe's rows as MLflow metrics by optimisation step: the chart view overlays runs."""
+    def on_row(row: dict) -> None:
+        run.log_metrics({f"probe_{k}": v for k, v in row.items() if k != "step"},
+                        step=int(row["step"]))
+        log("  probe at step " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    return on_row
+
+
+def probe_note(timing: dict) -> str:
+    return (f" and {timing['probe_seconds']:.1f} s of {timing['probes']} probes"
+            if timing.get("probes") else "")
 
 
 def write_training_reports(out: Path, history: list[dict], trace: list[dict], profile: str,
-                           dev: torch.device, busy: BusySampler) -> dict:
-    """loss.csv (per epoch), loss_steps.csv (the finer trace), metrics.json (the final losses:
-    results only, identical on every rerun) and timing.json (time, device, memory, GPU use) of a
-    finished training run in `out`; returns the timing."""
+                           dev: torch.device, busy: BusySampler, probe: probes.Probe) -> dict:
+    """loss.csv (per epoch), loss_steps.csv (the finer trace), curve.csv (the probes' rows; their
+    train_seconds vary between reruns, the scores do not), metrics.json (the final losses:
+    results only, identical on every rerun) and timing.json (time, device, memory, GPU use, probe
+    time) of a finished training run in `out`; returns the timing."""
     write_csv(out / "loss.csv", history)
     write_csv(out / "loss_steps.csv", trace)
+    write_csv(out / "curve.csv", probe.rows, columns=probe.columns)
     summary = {"epochs": len(history), "profile": profile,
                **{f"final_{k}": round(v, 6) for k, v in history[-1].items()
                   if k not in ("epoch", "seconds")}}
     timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
+              "probes": len(probe.rows), "probe_seconds": round(probe.seconds, 2),
               "device": device_name(dev), "processes": distributed.world_size(),
               **peak_memory(dev), **busy.summary()}
     write_json(out / "metrics.json", summary)

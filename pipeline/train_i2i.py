@@ -10,12 +10,12 @@ import typer
 
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
-from pipeline.train import write_training_reports
-from trilemma import data, distributed, figures, i2i, paths, tracking
+from pipeline.train import log_probe, probe_note, write_training_reports
+from trilemma import data, distributed, figures, i2i, paths, probes, tracking
 from trilemma.config import fingerprint
 from trilemma.i2i.scores import examples_figure
 from trilemma.runtime import BusySampler
-from trilemma.train import fit
+from trilemma.train import fit, total_steps
 
 I2IArgument = Annotated[str, typer.Argument(
     help="Image-to-image family, as listed in params.yaml `i2i_families`.")]
@@ -35,7 +35,8 @@ def judge_for(family: str, device: torch.device):
 def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
               device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
     """Train one image-to-image family on its task derived from the training digits; write
-    models/<family>.pt and reports/train/<family>/ (loss.csv per epoch, loss_steps.csv, metrics.json
+    models/<family>.pt and reports/train/<family>/ (loss.csv per epoch, loss_steps.csv, curve.csv
+    with PSNR and judge accuracy at train.probes steps, metrics.json
     with the final losses, timing.json, examples.png: input | baseline | output | target on test
     digits)."""
     p, dev = setup(params, device)
@@ -50,27 +51,30 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
     distributed.check_batch(min(cfg.batch_size, len(x_train)), family)
     trace: list[dict] = []
 
-    def train_loop(on_epoch=None) -> list[dict]:
+    def train_loop(on_epoch=None, probe=None) -> list[dict]:
         return fit(model, x_train, y_train, cfg, name=family, device=dev, seed=p.seed,
                    checkpoint=paths.checkpoint(family), fingerprint=fingerprint(settings),
-                   on_epoch=on_epoch, trace=trace)
+                   on_epoch=on_epoch, trace=trace, probe=probe)
 
     if not distributed.is_main():
         train_loop()
         return
     out = paths.train_reports(family)
+    probe = probes.translator_probe(model, p, images, dev, total_steps(len(x_train), cfg),
+                                    min(cfg.batch_size, len(x_train)))
     with tracking.stage_run("train-i2i", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))
+        probe.on_row = log_probe(run)
 
         def after_epoch(row: dict) -> None:
             run.log_metrics(row, step=row["epoch"])
 
         run.wait_started()
         with BusySampler(dev) as busy:
-            history = train_loop(after_epoch)
+            history = train_loop(after_epoch, probe)
         i2i.save(model, family, cfg, paths.model(family))
         paths.checkpoint(family).unlink(missing_ok=True)
-        timing = write_training_reports(out, history, trace, p.profile, dev, busy)
+        timing = write_training_reports(out, history, trace, p.profile, dev, busy, probe)
         x_test = torch.from_numpy(images.x_test[:EXAMPLES]).float() / 255
         figure = examples_figure(model.task, model.translate, x_test,
                                  f"{family}: {model.task.description}")
@@ -78,4 +82,5 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
         run.log_artifact(out / "examples.png")
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
-        log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training")
+        log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training"
+            f"{probe_note(timing)}")

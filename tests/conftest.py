@@ -50,6 +50,7 @@ TINY = {
     "sample.batch_size": 32,
     "sample.grid": 16,
     "evaluate.batch_size": 100,
+    "train.probes": 0,  # learning curves need the judge first: tests/test_curves.py turns them on
     "control.referee_width": 4,
     "control.per_class": 2,
     "control.steps": 3,

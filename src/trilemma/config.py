@@ -60,6 +60,10 @@ class LaunchConfig(Section):
     # prefix of the train stage's command in dvc.yaml: "" runs one process; e.g.
     # "torchrun --nproc-per-node 4 --no-python" trains data-parallel on 4 GPUs
     launcher: str = ""
+    # learning curves: the train stages score this many probes, evenly spread over training
+    probes: int = Field(8, ge=0, le=100)
+    probe_n: int = Field(500, ge=16)  # samples (or i2i test images) each probe scores
+    probe_steps: int = Field(10, ge=1)  # DDIM steps of a diffusion family's probe samples
 
 
 class TrainConfig(Section):

@@ -37,6 +37,17 @@ class Trainee(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class Probe(Protocol):
+    """A learning-curve callback (trilemma.probes): `fit` calls it at the steps it is `due`, with
+    the optimisation step and the training seconds so far, and leaves its time out of those
+    seconds. Its `rows` travel in the checkpoint."""
+    rows: list[dict[str, float]]
+
+    def due(self, step: int) -> bool: ...
+
+    def __call__(self, step: int, train_seconds: float) -> None: ...
+
+
 def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
     if torch.cuda.is_available():
@@ -81,10 +92,18 @@ def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, f
     return {k: float(v) / counts[k] for k, v in sums.items()}  # a host sync
 
 
+def total_steps(n: int, cfg: TrainConfig) -> int:
+    """Optimisation steps `fit` takes on n images: full batches per epoch, cfg.epochs of them,
+    cut at cfg.max_steps."""
+    steps = n // min(cfg.batch_size, n) * cfg.epochs
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
+
+
 def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
         name: str, device: torch.device, seed: int, checkpoint: Path, fingerprint: str,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        trace: list[dict[str, float]] | None = None) -> list[dict[str, float]]:
+        trace: list[dict[str, float]] | None = None,
+        probe: Probe | None = None) -> list[dict[str, float]]:
     """Train for cfg.epochs (or cfg.max_steps steps, whichever ends first) over (x_train
     (N,C,S,S) uint8, y_train (N,) int64), resuming from
     `checkpoint` when it matches `fingerprint`. Returns one row per epoch: epoch, mean losses,
@@ -95,7 +114,7 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
 
     Under torchrun (`distributed`), every rank runs this with the same data and seed; cfg.batch_size
     is the global batch, of which each rank trains on its share through DistributedDataParallel.
-    Only rank 0 prints, writes the checkpoint and calls `on_epoch`; every rank must pass the
+    Only rank 0 prints, writes the checkpoint and calls `on_epoch` and `probe`; every rank must pass the
     same arguments otherwise (`trace` included: its means are averaged across ranks)."""
     set_precision(cfg.precision)
     if cfg.compile:
@@ -122,6 +141,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         history, start = state["history"], state["epoch"] + 1
         if trace is not None:
             trace[:] = state.get("trace", [])
+        if probe is not None:
+            probe.rows[:] = state.get("probe", [])
         if main:
             print(f"{name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
 
@@ -129,7 +150,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     trainee.nets.update(distributed.wrap(plain, device))
     try:
         _epochs(trainee, x, y, cfg, name, device, shuffle, start, epochs, full, batch, history,
-                checkpoint, fingerprint, on_epoch if main else None, trace)
+                checkpoint, fingerprint, on_epoch if main else None, trace,
+                probe if main else None)
     finally:
         trainee.nets.update(plain)
     return history
@@ -139,8 +161,9 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
             device: torch.device, shuffle: torch.Generator, start: int, epochs: int, full: int,
             batch: int, history: list[dict[str, float]], checkpoint: Path, fingerprint: str,
             on_epoch: Callable[[dict[str, float]], None] | None,
-            trace: list[dict[str, float]] | None) -> None:
-    """The epochs of `fit` from `start`, appending to `history` (and `trace`)."""
+            trace: list[dict[str, float]] | None, probe: Probe | None = None) -> None:
+    """The epochs of `fit` from `start`, appending to `history` (and `trace`); `probe` runs
+    between steps, off the clock."""
     n, main = len(x), distributed.is_main()
     show_bar = main and sys.stderr.isatty()
     for epoch in range(start, epochs + 1):
@@ -151,7 +174,7 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
         order = torch.randperm(n, generator=shuffle).to(device)
         sums, counts, chunk_sums, chunk_counts = {}, {}, {}, {}
         trace_ends = {math.ceil(k * steps / TRACE_POINTS) for k in range(1, TRACE_POINTS + 1)}
-        t0 = time.perf_counter()
+        t0, probing, before = time.perf_counter(), 0.0, sum(r["seconds"] for r in history)
         for i in tqdm(range(steps), desc=f"{name} epoch {epoch}/{epochs}", disable=not show_bar,
                       leave=False):
             idx = distributed.share(order[i * batch:(i + 1) * batch])  # this rank's rows
@@ -169,8 +192,17 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
                                   "epoch": round(epoch - 1 + (i + 1) / full, 4),
                                   **_means(chunk_sums, chunk_counts)})
                     chunk_sums, chunk_counts = {}, {}
+            step = (epoch - 1) * full + i + 1
+            if probe is not None and probe.due(step):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # the steps so far count as training
+                paused = time.perf_counter()
+                probe(step, before + paused - t0 - probing)
+                for net in trainee.nets.values():  # sampling left them in eval mode
+                    net.train()
+                probing += time.perf_counter() - paused
         means = _means(sums, counts)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - probing
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             kept = f"last good checkpoint kept at {checkpoint}" if checkpoint.exists() else \
@@ -186,6 +218,6 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
         with atomic_path(checkpoint) as tmp:
             torch.save({"fingerprint": fingerprint, "epoch": epoch, "history": history,
                         "trainee": trainee.state_dict(), "rng": _rng_state(shuffle),
-                        "trace": trace or []}, tmp)
+                        "trace": trace or [], "probe": probe.rows if probe else []}, tmp)
         if on_epoch is not None:
             on_epoch(row)
