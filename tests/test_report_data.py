@@ -238,3 +238,34 @@ def test_confusion_figure_is_k_by_k_with_class_names():
     assert [t.get_text() for t in ax.texts] == ["5", "6", "7"]
     assert ax.images[0].get_array().shape == (3, 3)
     figures.plt.close(fig)
+
+
+# the quick profile's summary rows where labels used to collide (vae/progan, ddpm/cfg_diffusion)
+CROWDED = [{"family": "vae", "fid_classifier": 218.2, "samples_per_second": 6926.0, "recall": 0.50},
+           {"family": "progan", "fid_classifier": 289.0, "samples_per_second": 6549.0,
+            "recall": 0.18},
+           {"family": "wgan_gp", "fid_classifier": 507.5, "samples_per_second": 9189.0,
+            "recall": 0.0},
+           {"family": "ddpm", "fid_classifier": 435.1, "samples_per_second": 136.4, "recall": 0.14},
+           {"family": "cfg_diffusion", "fid_classifier": 525.1, "samples_per_second": 52.9,
+            "recall": 0.17},
+           {"family": "latent_diffusion", "fid_classifier": 102.6, "samples_per_second": 189.3,
+            "recall": 0.50}]
+FLOOR = {"fid_classifier": 1.737645, "fid_classifier_std": 0.603627}
+
+
+def test_trilemma_floor_line_sits_at_the_floors_fid_and_no_labels_overlap():
+    fig = figures.trilemma(CROWDED, FLOOR)
+    ax = fig.axes[0]
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1
+    assert list(dashed[0].get_ydata()) == [FLOOR["fid_classifier"]] * 2  # not its std, 0.60
+    assert any("FID 1.74" in t.get_text() for t in ax.texts)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts
+             if t.get_text().split("\n")[0] in {r["family"] for r in CROWDED}]
+    assert len(boxes) == len(CROWDED)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    figures.plt.close(fig)

@@ -190,10 +190,12 @@ def trilemma(rows: list[dict], floor: dict, fid_key: str = "fid_classifier") -> 
     speed (images/s, log, faster right), marker area = coverage (k-NN recall). One point per
     family (rows with family, the FID, samples_per_second, recall); rows without that FID are
     left out, and without a recall (no judge) every marker has one size. The real-data floor is
-    a dashed line when the floor has that FID."""
+    a dashed line at the floor's FID, labelled with it, when the floor has that FID. Labels are
+    moved apart so that none overlaps another."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
     colours = plt.get_cmap("tab10")
     has_recall = any(not _missing(r.get("recall")) for r in rows)
+    labels = []
     for i, row in enumerate(rows):
         if _missing(row.get(fid_key)) or _missing(row.get("samples_per_second")):
             continue
@@ -204,12 +206,13 @@ def trilemma(rows: list[dict], floor: dict, fid_key: str = "fid_classifier") -> 
                    linewidths=0.6, zorder=3)
         note = (f"\nrecall {recall:.2f}" if recall is not None
                 else "\nrecall n/a" if has_recall else "")  # the title says why there is none
-        ax.annotate(f"{row['family']}{note}", point, fontsize=8, xytext=(8, -4),
+        labels.append((f"{row['family']}{note}", point, size))
+    floor_fid = None if _missing(floor.get(fid_key)) else float(floor[fid_key])
+    if floor_fid is not None:
+        ax.axhline(floor_fid, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(f"real data (floor): FID {floor_fid:.3g}", (0.01, floor_fid),
+                    xycoords=("axes fraction", "data"), fontsize=8, color="grey", xytext=(0, 3),
                     textcoords="offset points")
-    if not _missing(floor.get(fid_key)):
-        ax.axhline(floor[fid_key], color="grey", linestyle="--", linewidth=1)
-        ax.annotate("real data (floor)", (0.01, floor[fid_key]), xycoords=("axes fraction",
-                    "data"), fontsize=8, color="grey", xytext=(0, 3), textcoords="offset points")
     if has_recall:
         for recall in (0.25, 0.5, 1.0):  # a size key
             ax.scatter([], [], s=30 + 900 * recall, color="white", edgecolors="black",
@@ -223,7 +226,42 @@ def trilemma(rows: list[dict], floor: dict, fid_key: str = "fid_classifier") -> 
     ax.invert_yaxis()  # lower FID is better: the good corner is top right
     ax.margins(x=0.25, y=0.15)
     fig.tight_layout()
+    _place_labels(fig, ax, labels)
     return fig
+
+
+def _place_labels(fig: plt.Figure, ax: plt.Axes, labels: list[tuple[str, tuple, float]],
+                  fontsize: int = 8) -> None:
+    """Annotate each (text, data point, marker area) beside its marker, moving a label up or
+    down (then to the left) in small steps until its box overlaps no label placed before it.
+    Deterministic: boxes are estimated from the text's length, the top labels placed first."""
+    fig.canvas.draw()  # final limits and layout: data -> display (pixels) is now fixed
+    to_pixels, dpi = ax.transData.transform, fig.dpi
+    char_w, line_h = 0.6 * fontsize * dpi / 72, 1.25 * fontsize * dpi / 72  # pixels
+    placed: list[tuple[float, float, float, float]] = []
+    order = sorted(labels, key=lambda lab: -to_pixels(lab[1])[1])  # top of the figure first
+
+    def free(box: tuple[float, float, float, float]) -> bool:
+        return all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3]
+                   for b in placed)
+
+    for text, point, area in order:
+        px, py = to_pixels(point)
+        radius = (area ** 0.5) / 2 * dpi / 72  # the marker's radius in pixels
+        lines = text.split("\n")
+        w, h = char_w * max(map(len, lines)) + 2, line_h * len(lines)
+        for dy, side in [(k * sign * line_h / 2, side) for side in (1, -1) for k in range(12)
+                         for sign in ((1,) if k == 0 else (1, -1))]:
+            x0 = px + radius + 3 if side == 1 else px - radius - 3 - w
+            box = (x0, py - h / 2 + dy, x0 + w, py + h / 2 + dy)
+            if free(box):
+                break
+        placed.append(box)
+        offset = ((box[0] - px) * 72 / dpi, (box[1] + h / 2 - py) * 72 / dpi)  # points
+        moved = abs(box[1] + h / 2 - py) > 1
+        ax.annotate(text, point, xytext=offset, textcoords="offset points", fontsize=fontsize,
+                    va="center", ha="left",
+                    arrowprops=dict(arrowstyle="-", color="grey", lw=0.5) if moved else None)
 
 
 def _image_row(ax_row, images: torch.Tensor, label: str) -> None:
