@@ -269,3 +269,66 @@ def test_trilemma_floor_line_sits_at_the_floors_fid_and_no_labels_overlap():
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), (a, b)
     figures.plt.close(fig)
+
+
+def _curve(root: Path, family: str, seconds: list[float], fids: list[float], step: int) -> None:
+    rows = [{"step": step * (i + 1), "images_seen": 64 * step * (i + 1), "train_seconds": s,
+             "n": 500, "fid_classifier": f, "precision": 0.5, "recall": 0.5,
+             "label_accuracy": None} for i, (s, f) in enumerate(zip(seconds, fids))]
+    _csv(root / "reports" / "train" / family / "curve.csv", rows, list(rows[0]))
+
+
+def test_learning_curves_give_verdicts_an_equal_budget_table_and_a_warning_first(
+        tmp_path, monkeypatch, no_commit):
+    digits = [str(d) for d in range(10)]
+    write_reports(tmp_path, {"cgan": {"sweeps": [], "conditional": True},
+                             "ddpm": {"sweeps": [], "conditional": False}},
+                  digits, {"real": None, "cgan": None, "ddpm": None})
+    # cgan: 1500/s until 10 s, then flat: 90 -> 88 over the last third, plateaued at 30 s
+    _curve(tmp_path, "cgan", [5, 10, 15, 20, 25, 30], [300, 150, 100, 90, 89, 88], step=10)
+    # ddpm: FID = 1000/s to the end (80 s): a third less over its last third, still improving
+    _curve(tmp_path, "ddpm", [10 * k for k in range(1, 9)], [100 / k for k in range(1, 9)],
+           step=100)
+    monkeypatch.chdir(tmp_path)
+    readme = report.build(["cgan", "ddpm"])
+
+    first = readme.split("Profile **")[0]
+    assert "compares training budgets, not families" in first and "`ddpm` was still" in first
+    assert "`cgan`" not in first
+    assert summary_line(readme, "cgan")["verdict"] == "plateaued"
+    assert summary_line(readme, "ddpm")["verdict"] == "still improving"
+    assert summary_line(readme, "real data (floor)")["verdict"] == "–"
+    table = readme.split("**FID at equal training budgets**")[1]
+    # budgets: the shortest total (cgan's 30 s) and its halvings; log-log interpolation is exact
+    # on a power law; ddpm's first probe comes after 7.5 s
+    assert "| family | FID at 7.5 s | FID at 15 s | FID at 30 s | train s | final probe FID |" \
+        in table
+    assert "| cgan | 200.0 | 100.0 | 88.0 | 30.0 | 88.0 |" in table
+    assert "| ddpm | – | 66.7 | 33.3 | 80.0 | 12.5 |" in table
+    assert "n = 500" in readme
+    assert (tmp_path / "reports" / "figures" / "learning_curves.png").is_file()
+    summary = pd.read_csv(tmp_path / "reports" / "summary.csv")
+    assert summary["verdict"].tolist()[1:] == ["plateaued", "still improving"]
+
+
+def test_without_curves_there_is_no_warning_and_no_curve_figure(tmp_path, monkeypatch, no_commit):
+    write_reports(tmp_path, {"vae": {"sweeps": [], "conditional": False}}, ["0", "1"],
+                  {"real": None, "vae": None})
+    _png(tmp_path / "reports" / "figures" / "learning_curves.png")  # from an earlier build
+    monkeypatch.chdir(tmp_path)
+    readme = report.build(["vae"])
+    assert readme.startswith(f"# trilemma report\n\nData **{DATA}** · Profile **quick**")
+    assert "No learning curves" in readme and summary_line(readme, "vae")["verdict"] == "–"
+    assert not (tmp_path / "reports" / "figures" / "learning_curves.png").exists()
+
+
+def test_curves_figure_draws_the_floor_at_its_fid():
+    from trilemma import report_curves
+
+    curve = pd.DataFrame({"step": [1, 2], "train_seconds": [1.0, 2.0],
+                          "fid_classifier": [50.0, 20.0]})
+    fig = report_curves.curves_figure({"vae": curve}, 1.737645)
+    dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in dashed] == [[1.737645] * 2]
+    assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
+    figures.plt.close(fig)

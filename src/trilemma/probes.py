@@ -20,8 +20,8 @@ from trilemma.runtime import generator
 
 # curve.csv's columns: where the model stands, then what the judge says of it
 POSITION = ["step", "images_seen", "train_seconds"]
-GENERATOR_SCORES = ["fid_classifier", "precision", "recall", "label_accuracy"]
-TRANSLATOR_SCORES = ["psnr", "judge_accuracy"]
+GENERATOR_SCORES = ["n", "fid_classifier", "precision", "recall", "label_accuracy"]
+TRANSLATOR_SCORES = ["n", "psnr", "judge_accuracy"]
 
 
 def _own_rng():
@@ -56,7 +56,7 @@ class Probe:
             scores = self.score()
         row = {"step": step, "images_seen": step * self.batch_size,
                "train_seconds": round(train_seconds, 2),
-               **{k: round(float(v), 6) for k, v in scores.items()}}
+               **{k: v if isinstance(v, int) else round(float(v), 6) for k, v in scores.items()}}
         self.rows.append(row)
         self.seconds += time.perf_counter() - t0
         if self.on_row is not None:
@@ -79,7 +79,7 @@ def generator_scores(model, judge: Judge, real: metrics.Embedded, n: int, seed: 
                             for part in torch.arange(n).split(batch_size)])  # (n,C,S,S) uint8
         fake = metrics.embed(judge, images, device)
         precision, recall = metrics.precision_recall(same_size.features, fake.features)
-        row = {"fid_classifier": metrics.fid(real.features, fake.features),
+        row = {"n": n, "fid_classifier": metrics.fid(real.features, fake.features),
                "precision": precision, "recall": recall}
         if labels is not None:
             row["label_accuracy"] = float((fake.predictions == labels.numpy()).mean())
@@ -100,7 +100,7 @@ def translator_scores(model, judge: Judge, x: torch.Tensor, labels: np.ndarray,
     def score() -> dict[str, float]:
         out = quantise(model.translate(inputs).cpu())  # (n,C,S,S) uint8, as evaluate-i2i scores
         embedded = metrics.embed(judge, out, device)
-        return {"psnr": float(psnr(out.float() / 255, true).mean()),
+        return {"n": len(out), "psnr": float(psnr(out.float() / 255, true).mean()),
                 "judge_accuracy": float((embedded.predictions == labels).mean())}
 
     return score

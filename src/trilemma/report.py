@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from trilemma import figures, paths
+from trilemma import figures, paths, report_curves
 from trilemma.config import SWEEPS
 from trilemma.io import atomic_path, read_json, write_csv
 from trilemma.tracking import git_commit
@@ -24,7 +24,7 @@ SUMMARY_COLUMNS = {"family": "family", "fid_classifier": "FID ↓", "fid_over_fl
                    "precision": "precision ↑", "recall": "recall ↑",
                    "min_class_fraction": "rarest digit ↑", "class_kl_uniform": "KL to uniform ↓",
                    "label_accuracy": "label accuracy ↑", "samples_per_second": "images/s ↑",
-                   "train_seconds": "train s", "train_peak_memory_gib": "train peak GiB"}
+                   "verdict": "verdict", "train_seconds": "train s", "train_peak_memory_gib": "train peak GiB"}
 # summary.csv also keeps the spreads (the README shows them as ±) and both peak memories (the
 # README shows the GPU's, else the process's RAM)
 CSV_COLUMNS = [*list(SUMMARY_COLUMNS)[:-1], "fid_classifier_std", "fid_classifier_ci_low",
@@ -87,6 +87,7 @@ def summary_rows(families: list[str]) -> list[dict]:
     """One row per family plus the real-data floor: quality, coverage, speed, conditional
     accuracy, each straight from the metric files."""
     floor = read_json(paths.REAL_METRICS)
+    verdicts = report_curves.verdicts(report_curves.read_curves(families))
     rows = [{"family": "real data (floor)", **{k: floor.get(k) for k in METRIC_KEYS},
              "fid_over_floor": _over_floor(floor.get("fid_classifier"),
                                            floor.get("fid_classifier")), "n": floor["n"]}]
@@ -98,7 +99,7 @@ def summary_rows(families: list[str]) -> list[dict]:
                      "fid_over_floor": _over_floor(ev.get("fid_classifier"),
                                                    floor.get("fid_classifier")),
                      "samples_per_second": speed["samples_per_second"],
-                     "sample_device": speed["device"], "train_seconds": tr["train_seconds"],
+                     "verdict": verdicts.get(name), "sample_device": speed["device"], "train_seconds": tr["train_seconds"],
                      "train_device": tr["device"], "n": ev["n_samples"],
                      "train_peak_gpu_memory_gib": tr.get("peak_gpu_memory_gib"),
                      "train_peak_rss_gib": tr.get("peak_rss_gib")})
@@ -458,6 +459,8 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
     inception = ("; ".join(n for n in notes if n) if any(r["fid_inception"] is not None for r in rows)
                  else "n/a: " + "; ".join(notes))
     data_line = "" if data.mnist else f"Data **{data.name}** · "
+    curves = report_curves.read_curves(families)
+    banner = report_curves.banner({r["family"]: r["verdict"] for r in rows[1:]})
 
     grids = "\n".join(f"| {f} | ![{f} samples]({os.path.relpath(paths.sample_figures(f), out)}"
                       f"/grid.png) |" for f in families)
@@ -469,7 +472,7 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
                   + "\n".join(sweep_sections)) if sweep_sections else ""
     text = f"""# trilemma report
 
-{data_line}Profile **{clf['profile']}** · device **{', '.join(devices)}** · git commit `{git_commit()}` ·
+{banner}{data_line}Profile **{clf['profile']}** · device **{', '.join(devices)}** · git commit `{git_commit()}` ·
 built {datetime.now(timezone.utc):%Y-%m-%d} · torch {torch.__version__} · Python {platform.python_version()}.
 Built by `trilemma report` from the metric files under `reports/`; every number below comes from
 those files.
@@ -486,6 +489,7 @@ generator can be expected to beat.
 
 {shown["trilemma"]}
 
+{report_curves.section(curves, floor.get("fid_classifier"), out, _fmt)}
 ## Samples
 
 | family | first samples (fixed seed) |

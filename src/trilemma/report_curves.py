@@ -1,0 +1,169 @@
+"""The report's learning-curve parts, from the train stages' curve.csv files: quality against
+training cost (a figure), FID at equal training budgets (a table) and a convergence verdict per
+family (a column of the main table)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trilemma import paths
+from trilemma.figures import plt
+
+PLATEAU = 0.10  # "plateaued": FID fell by less than this share over the last third of training
+PLATEAUED, IMPROVING = "plateaued", "still improving"
+FIGURE = "learning_curves.png"
+
+
+def read_curves(families: list[str]) -> dict[str, pd.DataFrame]:
+    """Each family's probe rows that have a FID (none without a judge, or with train.probes 0),
+    in step order; families without such rows are left out."""
+    curves = {}
+    for name in families:
+        path = paths.train_reports(name) / "curve.csv"
+        if not path.exists():
+            continue
+        curve = pd.read_csv(path)
+        if "fid_classifier" in curve:
+            curve = curve[curve["fid_classifier"].notna()].sort_values("step")
+            if len(curve):
+                curves[name] = curve.reset_index(drop=True)
+    return curves
+
+
+def _log_interp(x: float, xs: np.ndarray, ys: np.ndarray, log_x: bool) -> float:
+    """log y linearly interpolated at x between the points (xs, ys) (log x too if `log_x`)."""
+    tx = np.log(xs) if log_x else xs
+    return float(np.exp(np.interp(math.log(x) if log_x else x, tx, np.log(ys))))
+
+
+def verdict(curve: pd.DataFrame) -> str | None:
+    """PLATEAUED when FID at the end is less than PLATEAU lower than at 2/3 of the training steps
+    (interpolated on the curve), else IMPROVING; None with fewer than two probes, or when the
+    first probe comes after 2/3 of training."""
+    steps, fid = curve["step"].to_numpy(float), curve["fid_classifier"].to_numpy(float)
+    two_thirds = steps[-1] * 2 / 3
+    if len(curve) < 2 or steps[0] > two_thirds:
+        return None
+    before = _log_interp(two_thirds, steps, fid, log_x=False)
+    return PLATEAUED if (before - fid[-1]) < PLATEAU * before else IMPROVING
+
+
+def verdicts(curves: dict[str, pd.DataFrame]) -> dict[str, str | None]:
+    return {name: verdict(curve) for name, curve in curves.items()}
+
+
+def budgets(curves: dict[str, pd.DataFrame], count: int = 3) -> list[float]:
+    """`count` training-second budgets every family reached: the shortest family's total and
+    halvings of it, each cut to two significant digits (rounded down)."""
+    if not curves:
+        return []
+    shortest = min(float(c["train_seconds"].iloc[-1]) for c in curves.values())
+    if shortest <= 0:
+        return []
+    return [_two_digits(shortest / 2 ** k) for k in reversed(range(count))]
+
+
+def _two_digits(x: float) -> float:
+    scale = 10 ** (math.floor(math.log10(x)) - 1)
+    return math.floor(x / scale) * scale
+
+
+def fid_at(curve: pd.DataFrame, seconds: float) -> float | None:
+    """The family's probe FID after `seconds` of training: interpolated log-log between the
+    probes around it; None before its first probe (not measured) or after its last."""
+    xs, ys = curve["train_seconds"].to_numpy(float), curve["fid_classifier"].to_numpy(float)
+    keep = xs > 0  # a probe at 0 s has no place on a log axis
+    xs, ys = xs[keep], ys[keep]
+    if not len(xs) or seconds < xs[0] or seconds > xs[-1]:
+        return None
+    return _log_interp(seconds, xs, ys, log_x=True)
+
+
+def equal_budget_rows(curves: dict[str, pd.DataFrame], spent: list[float]) -> list[dict]:
+    """A row per family: its probe FID at each budget in `spent`, its total training seconds,
+    its final probe FID and the probes' n."""
+    return [{"family": name, **{f"at_{b:g}": fid_at(curve, b) for b in spent},
+             "total": float(curve["train_seconds"].iloc[-1]),
+             "final": float(curve["fid_classifier"].iloc[-1]),
+             "n": int(curve["n"].iloc[-1]) if "n" in curve else None}
+            for name, curve in curves.items()]
+
+
+def curves_figure(curves: dict[str, pd.DataFrame], floor_fid: float | None) -> plt.Figure:
+    """Probe FID against training seconds, log-log: a line per family, the real-data floor as a
+    dashed line (its FID at the main table's n: a lower bound, not a target at the probes' n)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab10")
+    for i, (name, curve) in enumerate(curves.items()):
+        keep = curve["train_seconds"] > 0
+        ax.plot(curve["train_seconds"][keep], curve["fid_classifier"][keep], marker="o", ms=3,
+                color=colours(i % 10), label=name)
+    if floor_fid:
+        ax.axhline(floor_fid, color="grey", linestyle="--", linewidth=1,
+                   label=f"real data (floor), FID {floor_fid:.3g}")
+    ax.set(xscale="log", yscale="log", xlabel="training seconds (log; probes excluded)",
+           ylabel="probe FID (classifier, log)",
+           title="quality against training cost: the judge's probes during training")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def banner(shown: dict[str, str | None]) -> str:
+    """The report's first lines when a family was still improving when training stopped."""
+    improving = [name for name, v in shown.items() if v == IMPROVING]
+    if not improving:
+        return ""
+    names = ", ".join(f"`{n}`" for n in improving)
+    return (f"> **The ranking below compares training budgets, not families.** {names} "
+            f"{'was' if len(improving) == 1 else 'were'} still improving when training stopped "
+            f"(FID fell by {PLATEAU:.0%} or more over the last third of training): more training "
+            f"would change {'its' if len(improving) == 1 else 'their'} numbers. See "
+            f"[quality against training cost](#quality-against-training-cost) for the curves and "
+            f"FID at equal budgets.\n\n")
+
+
+def section(curves: dict[str, pd.DataFrame], floor_fid: float | None, out: Path,
+            fmt) -> str:
+    """The figure (drawn to out/figures/) and the equal-budget table; `fmt` formats a cell.
+    Without curves, a line saying why and no figure."""
+    from trilemma.figures import save_figure
+
+    figure = out / "figures" / FIGURE
+    if not curves:
+        figure.unlink(missing_ok=True)
+        return ("## Quality against training cost\n\nNo learning curves: the train stages wrote "
+                "no probe with a FID (params `train.probes` is 0, or there is no judge).\n")
+    save_figure(curves_figure(curves, floor_fid), figure)
+    spent = budgets(curves)
+    rows = equal_budget_rows(curves, spent)
+    head = ["family", *(f"FID at {b:g} s" for b in spent), "train s", "final probe FID"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["family"], *(fmt(r[f"at_{b:g}"]) for b in spent), fmt(r["total"]),
+                 fmt(r["final"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = sorted({r["n"] for r in rows if r["n"] is not None})
+    n_text = f"n = {', '.join(map(str, n))}" if n else "the probes' n"
+    return f"""## Quality against training cost
+
+![quality against training cost](figures/{FIGURE})
+
+At evenly spaced steps of its training, each train stage scored a probe of the model as it
+stood: the judge's FID of {n_text} samples (diffusion families: a few DDIM steps), which is
+higher than the main table's FID at its larger n, so compare the curves with each other. Training
+seconds leave the probes' own time out; they vary a little between reruns (the scores do not).
+
+**FID at equal training budgets**: each family's probe FID after the same training time,
+interpolated log-log between its probes; budgets up to the shortest family's whole training.
+– : before the family's first probe.
+
+{chr(10).join(lines)}
+
+**verdict** in the main table: *{PLATEAUED}* when FID fell by less than {PLATEAU:.0%} over the
+last third of training, else *{IMPROVING}* (its rank would change with more training).
+"""
