@@ -93,7 +93,8 @@ def log_probe(run: tracking.Run):
     def on_row(row: dict) -> None:
         run.log_metrics({f"probe_{k}": v for k, v in row.items() if k != "step"},
                         step=int(row["step"]))
-        log("  probe at step " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        log(f"  probe at step {row['step']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
     return on_row
 
 

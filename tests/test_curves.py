@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pandas as pd
@@ -102,11 +103,25 @@ def test_a_resumed_fit_keeps_the_probe_rows_of_the_checkpoint(tmp_path):
     assert resumed.rows[:2] == first.rows
 
 
-@pytest.fixture
-def judged_repo(tiny_repo):
-    """The tiny repo with the judge trained: what every probe scores with."""
-    result = invoke("train-classifier")
+@pytest.fixture(scope="module")
+def judge_files(tmp_path_factory, mnist_npz):
+    """models/ with a tiny judge and its test embedding, trained once for this module."""
+    from conftest import make_repo
+
+    root = make_repo(tmp_path_factory.mktemp("judge"), mnist_npz)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("TRILEMMA_DEVICE", "cpu")
+        result = invoke("train-classifier")
     assert result.exit_code == 0, result.output
+    return root / "models"
+
+
+@pytest.fixture
+def judged_repo(tiny_repo, judge_files):
+    """The tiny repo with the judge trained: what every probe scores with."""
+    shutil.copytree(judge_files, tiny_repo / "models")
     return tiny_repo
 
 
