@@ -94,7 +94,8 @@ def log_probe(run: tracking.Run):
         run.log_metrics({f"probe_{k}": v for k, v in row.items() if k != "step"},
                         step=int(row["step"]))
         log(f"  probe at step {row['step']}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+            if k != "step"))
     return on_row
 
 
