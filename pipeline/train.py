@@ -12,7 +12,7 @@ from trilemma import data, distributed, families, figures, paths, probes, tracki
 from trilemma.config import fingerprint
 from trilemma.io import write_csv, write_json
 from trilemma.runtime import BusySampler, device_name, generator, peak_memory
-from trilemma.train import fit, total_steps
+from trilemma.train import fit, planned_steps
 
 
 @user_errors
@@ -51,7 +51,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         else None
 
     # the judge's files are checked before the run starts: a missing one stops the stage here
-    probe = probes.generator_probe(model, p, images, dev, total_steps(len(x_train), cfg),
+    probe = probes.generator_probe(model, p, images, dev, planned_steps(cfg, len(x_train)),
                                    min(cfg.batch_size, len(x_train)))
     with tracking.stage_run("train", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))

@@ -15,7 +15,7 @@ from trilemma import data, distributed, figures, i2i, paths, probes, tracking
 from trilemma.config import fingerprint
 from trilemma.i2i.scores import examples_figure
 from trilemma.runtime import BusySampler
-from trilemma.train import fit, total_steps
+from trilemma.train import fit, planned_steps
 
 I2IArgument = Annotated[str, typer.Argument(
     help="Image-to-image family, as listed in params.yaml `i2i_families`.")]
@@ -60,7 +60,7 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
         train_loop()
         return
     out = paths.train_reports(family)
-    probe = probes.translator_probe(model, p, images, dev, total_steps(len(x_train), cfg),
+    probe = probes.translator_probe(model, p, images, dev, planned_steps(cfg, len(x_train)),
                                     min(cfg.batch_size, len(x_train)))
     with tracking.stage_run("train-i2i", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))

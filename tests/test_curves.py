@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from trilemma import probes
 from trilemma.config import TrainConfig
-from trilemma.train import fit, total_steps
+from trilemma.train import fit, planned_steps
 
 CPU = torch.device("cpu")
 
@@ -55,7 +55,7 @@ class Line:
 def test_fit_runs_the_probe_off_the_clock_and_leaves_training_as_it_was(tmp_path):
     x, y = torch.randint(0, 255, (64, 1, 2, 2), dtype=torch.uint8), torch.zeros(64, dtype=torch.long)
     cfg = TrainConfig(epochs=3, batch_size=8, lr=0.1)  # 8 steps an epoch, 24 in all
-    assert total_steps(len(x), cfg) == 24
+    assert planned_steps(cfg, len(x)) == 24
 
     def trained(with_probe: bool, name: str) -> tuple[Line, probes.Probe | None, list[dict]]:
         torch.manual_seed(0)
@@ -150,7 +150,7 @@ def test_train_writes_the_judges_curve_identically_on_a_rerun_and_trains_the_sam
         assert result.exit_code == 0, result.output
         curves.append(pd.read_csv("reports/train/cgan/curve.csv"))
     curve = curves[0]
-    steps = total_steps(256, TrainConfig(epochs=1, batch_size=64, lr=1.0))
+    steps = planned_steps(TrainConfig(epochs=1, batch_size=64, lr=1.0), 256)
     assert list(curve["step"]) == probes.probe_steps(steps, 3) == [1, 3, 4]
     assert list(curve["images_seen"]) == [64, 192, 256]
     assert curve[probes.GENERATOR_SCORES].notna().all().all()  # cgan is conditional

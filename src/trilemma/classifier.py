@@ -17,7 +17,7 @@ from trilemma.config import ClassifierConfig
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import DataError, NoJudge, brief
 from trilemma.io import atomic_path
-from trilemma.train import adam
+from trilemma.train import adam, planned_steps
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -66,13 +66,6 @@ def random_shift(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     theta[:, 1, 2] = -2 * shift[:, 1] / h
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-
-
-def planned_steps(cfg: ClassifierConfig, n_train: int) -> int:
-    """The optimisation steps `train.fit` will take: `epochs` passes of full batches, cut at
-    `max_steps`. The one-cycle schedule must span exactly these."""
-    steps = cfg.epochs * (n_train // min(cfg.batch_size, n_train))
-    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
 
 
 class ClassifierTrainee:

@@ -92,10 +92,10 @@ def _means(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, f
     return {k: float(v) / counts[k] for k, v in sums.items()}  # a host sync
 
 
-def total_steps(n: int, cfg: TrainConfig) -> int:
-    """Optimisation steps `fit` takes on n images: full batches per epoch, cfg.epochs of them,
-    cut at cfg.max_steps."""
-    steps = n // min(cfg.batch_size, n) * cfg.epochs
+def planned_steps(cfg: TrainConfig, n_train: int) -> int:
+    """The optimisation steps `fit` will take: `epochs` passes of full batches, cut at
+    `max_steps` (what a one-cycle schedule must span, and where the probes go)."""
+    steps = cfg.epochs * (n_train // min(cfg.batch_size, n_train))
     return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
 
 
