@@ -98,7 +98,7 @@ def test_train_vae_writes_model_and_reports(chain):
     assert {"final_loss", "profile", "epochs"} <= set(metrics)
     timing = read_json(out / "timing.json")
     assert {"train_seconds", "device", "processes", "peak_gpu_memory_gib", "peak_rss_gib",
-            "gpu_busy_percent", "gpu_busy_samples"} == set(timing)
+            "gpu_busy_percent", "gpu_busy_samples", "probes", "probe_seconds"} == set(timing)
     assert timing["gpu_busy_percent"] is None and timing["gpu_busy_samples"] == 0  # no GPU
     assert timing["processes"] == 1  # not under torchrun
     assert not (root / "checkpoints" / "vae.pt").exists()
