@@ -16,6 +16,7 @@ from torch import nn
 from trilemma import diffusion, distributed
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
+from trilemma.ema import warmed_up
 from trilemma.train import adam
 
 
@@ -111,8 +112,7 @@ class Diffusion:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        # warm-up (1+n)/(10+n): early on the average follows the weights, so short runs sample well
-        decay = min(self.cfg.ema_decay, (1 + self.steps) / (10 + self.steps))
+        decay = warmed_up(self.cfg.ema_decay, self.steps)  # short runs sample well too
         torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
 
     def _output(self, x: torch.Tensor, t: int, labels: torch.Tensor | None,
