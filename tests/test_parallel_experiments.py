@@ -192,9 +192,12 @@ def test_both_queued_experiments_succeed_with_their_own_metrics(queued, shown):
 
 
 def test_server_holds_every_stage_of_both_experiments(queued, shown, runs):
+    parents = {r.data.tags["dvc_exp"]: r.info.run_id for r in runs if "pipeline_run" in r.data.tags}
+    assert sorted(parents) == sorted(SEEDS), f"one parent run per experiment: {parents}"
     by_key = {}
-    for run in runs:
+    for run in (r for r in runs if "pipeline_run" not in r.data.tags):
         tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parents[tags["dvc_exp"]], (tags["dvc_exp"], tags)
         key = (tags.get("dvc_exp"), run.info.run_name)
         assert key not in by_key, f"two runs {key} on the server"
         by_key[key] = run

@@ -33,7 +33,7 @@ PIPELINE_TAG = "pipeline_run"  # on a parent run: the execution it groups (see p
 # would wait ~4 min on a closed port and far longer on a server that never answers. These bound
 # one failing call to about 2 * 5 s; a variable set in the environment wins.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
 PROBE_S = 3.0  # a server must answer its first request within this, or the stage runs untracked
 LOCK_WAIT = 2.0  # seconds to wait for a locked SQLite store before running untracked
@@ -185,11 +185,16 @@ def _check_server_answers(uri: str) -> None:
     """Fail within PROBE_S seconds if the tracking server at `uri` does not answer (a closed
     port fails at once, a listener that never answers after PROBE_S); before importing mlflow,
     so that an unreachable server costs nothing more."""
+    import ssl
     import urllib.error
     import urllib.request
 
+    # a server mlflow is told to trust without checking its certificate: so does the probe
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+    context = ssl._create_unverified_context() if insecure else None
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_S).close()
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_S,
+                               context=context).close()
     except urllib.error.HTTPError:
         return  # it answered, if not at /health (a proxy in front of it)
     except (OSError, ValueError) as err:
