@@ -14,11 +14,13 @@ import pytest
 from badinput import fails, invoke, params_raw, snapshot, unchanged
 from conftest import write_params
 
-def tiny_yaml() -> str:
-    """The tiny params as YAML text, to which the text cases append."""
+def tiny_yaml(without: str | None = None) -> str:
+    """The tiny params as YAML text (`without` that section), to which the text cases append."""
     import yaml
 
-    return yaml.safe_dump(params_raw(), sort_keys=False)
+    raw = params_raw()
+    raw.pop(without, None)
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 VALUE_CASES = [
@@ -54,23 +56,27 @@ def test_value_pydantic_would_accept_is_refused(repo, overrides, command, names)
 
 ALIAS_BOMB = "".join(f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 10))
 
+VAE_TWICE = "vae:\n  epochs: 1\n  lr: 0.001\n  width: 8\n  latent_dim: 2\n  batch_size: 64\n"
+
 TEXT_CASES = [
-    # id, YAML appended to the tiny params (a later top-level key), names
-    ("duplicate-top-level-key", "seed: 1\n", ["params.yaml", "'seed'", "twice"]),
-    ("duplicate-nested-key", "x_dup:\n  a: 1\n  a: 2\n", ["params.yaml", "'a'", "twice"]),
-    ("yaml-1.1-boolean-key", "on: push\n", ["params.yaml", "True", "not a name"]),
-    ("number-key", "1: x\n", ["params.yaml", "1", "not a name"]),
-    ("recursive-anchor", "loop: &loop [*loop]\n", ["params.yaml", "alias"]),
-    ("alias-bomb", "b0: &b0 [x, x, x, x, x, x, x, x, x]\n" + ALIAS_BOMB,
+    # id, the section left out of the tiny params, YAML appended in its place, names
+    ("duplicate-top-level-key", None, "seed: 1\n", ["params.yaml", "'seed'", "twice"]),
+    ("duplicate-nested-key", "vae", VAE_TWICE + "  epochs: 3\n",
+     ["params.yaml", "'epochs'", "twice"]),
+    ("yaml-1.1-boolean-key", None, "on: push\n", ["params.yaml", "True", "not a name"]),
+    ("number-key", None, "1: x\n", ["params.yaml", "1", "not a name"]),
+    ("recursive-anchor", None, "loop: &loop [*loop]\n", ["params.yaml", "alias"]),
+    ("alias-bomb", None, "b0: &b0 [x, x, x, x, x, x, x, x, x]\n" + ALIAS_BOMB,
      ["params.yaml", "aliases"]),
-    ("nested-too-deep", "deep: " + "[" * 40 + "]" * 40 + "\n", ["params.yaml", "nested"]),
+    ("nested-too-deep", None, "deep: " + "[" * 3000 + "]" * 3000 + "\n",
+     ["params.yaml", "nested"]),
 ]
 
 
-@pytest.mark.parametrize("extra, names", [c[1:] for c in TEXT_CASES],
+@pytest.mark.parametrize("without, extra, names", [c[1:] for c in TEXT_CASES],
                          ids=[c[0] for c in TEXT_CASES])
-def test_ambiguous_or_endless_yaml_is_refused(repo, extra, names):
-    (repo / "params.yaml").write_text(tiny_yaml() + extra)
+def test_ambiguous_or_endless_yaml_is_refused(repo, without, extra, names):
+    (repo / "params.yaml").write_text(tiny_yaml(without) + extra)
     before = snapshot(repo)
     fails(invoke("train", "vae"), *names)
     unchanged(repo, before)
