@@ -237,7 +237,7 @@ def test_confusion_figure_is_k_by_k_with_class_names():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog", "fox"]
     assert [t.get_text() for t in ax.texts] == ["5", "6", "7"]
     assert ax.images[0].get_array().shape == (3, 3)
-    figures.plt.close(fig)
+    figures.pyplot().close(fig)
 
 
 # the quick profile's summary rows where labels used to collide (vae/progan, ddpm/cfg_diffusion)
@@ -268,7 +268,7 @@ def test_trilemma_floor_line_sits_at_the_floors_fid_and_no_labels_overlap():
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), (a, b)
-    figures.plt.close(fig)
+    figures.pyplot().close(fig)
 
 
 def _curve(root: Path, family: str, seconds: list[float], fids: list[float], step: int) -> None:
@@ -331,4 +331,4 @@ def test_curves_figure_draws_the_floor_at_its_fid():
     dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
     assert [list(line.get_ydata()) for line in dashed] == [[1.737645] * 2]
     assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
-    figures.plt.close(fig)
+    figures.pyplot().close(fig)

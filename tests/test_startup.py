@@ -35,6 +35,13 @@ def test_light_commands_never_import_torch(command):
     assert "torch" not in imported_by(command)
 
 
+@pytest.mark.parametrize("command", sorted(STAGES))
+def test_no_command_imports_pyplot_mlflow_or_torchmetrics_to_start(command):
+    # each is imported where it is used: figures when they are drawn, MLflow on the thread that
+    # logs, torchmetrics while images are embedded
+    assert not {"matplotlib.pyplot", "mlflow", "torchmetrics"} & set(imported_by(command))
+
+
 def test_every_stage_module_resolves():
     import importlib
 

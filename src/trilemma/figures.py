@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import torch
+from PIL import Image
 
-matplotlib.use("Agg")  # files only, never a window
+from trilemma.io import atomic_path
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
-from trilemma.io import atomic_path  # noqa: E402
+
+@functools.cache
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, never a window), imported on first use:
+    importing it costs a stage about a second of start-up that most never need."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int | None = None) -> None:
@@ -31,14 +43,14 @@ def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int | N
 def save_figure(fig: plt.Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def message_figure(text: str) -> plt.Figure:
     """A figure that only says something: in place of one that cannot be drawn, and why."""
     import textwrap
 
-    fig, ax = plt.subplots(figsize=(6, 2))
+    fig, ax = pyplot().subplots(figsize=(6, 2))
     ax.text(0.5, 0.5, textwrap.fill(text, 70), ha="center", va="center", fontsize=9, wrap=True)
     ax.set_axis_off()
     return fig
@@ -46,7 +58,7 @@ def message_figure(text: str) -> plt.Figure:
 
 def latent_scatter(z: np.ndarray, labels: np.ndarray) -> plt.Figure:
     """2-D latent means (n,2) coloured by class (labels -1: no classes, one colour)."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 5))
     k = int(labels.max()) + 1
     if k > 0:
         points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10" if k <= 10 else "viridis",
@@ -63,7 +75,7 @@ def confusion_figure(matrix: np.ndarray, labels: list[str] | None = None) -> plt
     when given, else the class indices."""
     k = len(matrix)
     size = max(5.0, 0.45 * k)  # room for a count in every cell as K grows
-    fig, ax = plt.subplots(figsize=(size * 1.1, size))
+    fig, ax = pyplot().subplots(figsize=(size * 1.1, size))
     ax.imshow(np.log1p(matrix), cmap="Blues")
     for i in range(k):
         for j in range(k):
@@ -86,7 +98,7 @@ def _rotation(names: list[str]) -> int:
 def loss_curves(histories: dict[str, list[dict]], columns: int = 3) -> plt.Figure:
     """One panel per family: every logged loss against the (fractional) epoch."""
     rows_n = -(-len(histories) // columns)
-    fig, axes = plt.subplots(rows_n, min(columns, len(histories)), squeeze=False,
+    fig, axes = pyplot().subplots(rows_n, min(columns, len(histories)), squeeze=False,
                              figsize=(4.5 * min(columns, len(histories)), 3.2 * rows_n))
     for ax in axes.flat[len(histories):]:
         ax.set_visible(False)
@@ -107,7 +119,7 @@ def class_histograms(hists: dict[str, list[float]], labels: list[str] | None = N
     """Fraction of samples the classifier assigns to each of the K classes, per family
     (uniform = 1/K); ticks show `labels` (class names) when given."""
     k = max(len(fractions) for fractions in hists.values())
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * k), 3.4))
+    fig, ax = pyplot().subplots(figsize=(max(7.0, 0.6 * k), 3.4))
     width = 0.8 / len(hists)
     for i, (name, fractions) in enumerate(hists.items()):
         ax.bar(np.arange(len(fractions)) + (i - (len(hists) - 1) / 2) * width, fractions, width,
@@ -134,7 +146,7 @@ def sweep_curves(knob: str, sweeps: dict[str, list[dict]], n_classes: int = 10,
     position = {v: i for i, v in enumerate(values)}
     accuracy = any(not _missing(r["label_accuracy"]) for rows in sweeps.values() for r in rows)
     panels = 3 if accuracy else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+    fig, axes = pyplot().subplots(1, panels, figsize=(5 * panels, 3.6))
     for name, rows in sweeps.items():
         xs = [position[r["value"]] for r in rows]
         axes[0].plot(xs, [r["fid_classifier"] for r in rows], marker="o", label=name)
@@ -164,7 +176,7 @@ def speed_corner(steps: dict[str, list[dict]], others: dict[str, dict]) -> plt.F
     steps_sweep.csv), and one point per other family (rows with fid_classifier and
     samples_per_second; those without a FID are left out). The fast-and-good corner is bottom
     right."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for name, rows in steps.items():
         xs, ys = [r["samples_per_second"] for r in rows], [r["fid_classifier"] for r in rows]
         ax.plot(xs, ys, marker="o", label=name)
@@ -192,8 +204,8 @@ def trilemma(rows: list[dict], floor: dict, fid_key: str = "fid_classifier") -> 
     left out, and without a recall (no judge) every marker has one size. The real-data floor is
     a dashed line at the floor's FID, labelled with it, when the floor has that FID. Labels are
     moved apart so that none overlaps another."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    colours = plt.get_cmap("tab10")
+    fig, ax = pyplot().subplots(figsize=(8, 5.5))
+    colours = pyplot().get_cmap("tab10")
     has_recall = any(not _missing(r.get("recall")) for r in rows)
     labels = []
     for i, row in enumerate(rows):
@@ -278,7 +290,7 @@ def denoising_figure(frames: list[tuple[int, torch.Tensor]]) -> plt.Figure:
     """The reverse process: one column per kept step (t, uint8 (n,1,28,28)), x_T left, x_0 right;
     one row per sample."""
     n = len(frames[0][1])
-    fig, axes = plt.subplots(n, len(frames), figsize=(1.0 * len(frames), 1.0 * n), squeeze=False)
+    fig, axes = pyplot().subplots(n, len(frames), figsize=(1.0 * len(frames), 1.0 * n), squeeze=False)
     for col, (t, images) in enumerate(frames):
         for row in range(n):
             ax = axes[row, col]
@@ -296,7 +308,7 @@ def reconstruction_figure(real: torch.Tensor, rows: list[tuple[int, torch.Tensor
     """img2img: real digits (n,1,28,28), then for each (t, noised, denoised, mse) the digits
     noised to step t and the model's reconstruction from there."""
     n = len(real)
-    fig, axes = plt.subplots(1 + 2 * len(rows), n, figsize=(0.9 * n + 1.6, 0.9 * (1 + 2 * len(rows))),
+    fig, axes = pyplot().subplots(1 + 2 * len(rows), n, figsize=(0.9 * n + 1.6, 0.9 * (1 + 2 * len(rows))),
                              squeeze=False)
     _image_row(axes[0], real, "real")
     for i, (t, noisy, recon, mse) in enumerate(rows):

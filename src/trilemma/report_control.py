@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from trilemma import paths
-from trilemma.figures import _image_row, plt
+from trilemma.figures import _image_row, pyplot
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 FIGURE = "before_after.png"  # the control stage's figure, in reports/control/<family>/
 
@@ -18,7 +22,7 @@ FIGURE = "before_after.png"  # the control stage's figure, in reports/control/<f
 def rows_figure(rows: list[tuple[str, torch.Tensor]]) -> plt.Figure:
     """Rows of uint8 images (m,C,S,S), each labelled at the left (e.g. "3 before", "3 after")."""
     cols = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(0.7 * cols + 0.8, 0.7 * len(rows)),
+    fig, axes = pyplot().subplots(len(rows), cols, figsize=(0.7 * cols + 0.8, 0.7 * len(rows)),
                              squeeze=False)
     for ax_row, (label, images) in zip(axes, rows):
         for ax in ax_row[len(images):]:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from trilemma import paths
-from trilemma.figures import plt
+from trilemma.figures import pyplot
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 PLATEAU = 0.10  # "plateaued": FID fell by less than this share over the last third of training
 PLATEAUED, IMPROVING = "plateaued", "still improving"
@@ -96,8 +100,8 @@ def equal_budget_rows(curves: dict[str, pd.DataFrame], spent: list[float]) -> li
 def curves_figure(curves: dict[str, pd.DataFrame], floor_fid: float | None) -> plt.Figure:
     """Probe FID against training seconds, log-log: a line per family, the real-data floor as a
     dashed line (its FID at the main table's n: a lower bound, not a target at the probes' n)."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colours = plt.get_cmap("tab10")
+    fig, ax = pyplot().subplots(figsize=(8, 5))
+    colours = pyplot().get_cmap("tab10")
     for i, (name, curve) in enumerate(curves.items()):
         keep = curve["train_seconds"] > 0
         ax.plot(curve["train_seconds"][keep], curve["fid_classifier"][keep], marker="o", ms=3,

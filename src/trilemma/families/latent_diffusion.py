@@ -129,7 +129,9 @@ class LatentDiffusion:
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Test images and their reconstructions; the latent reverse process, decoded."""
-        import matplotlib.pyplot as plt
+        from trilemma.figures import pyplot
+
+        plt = pyplot()
 
         from trilemma.figures import _image_row, denoising_figure
 

@@ -23,14 +23,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from matplotlib import pyplot as plt
 from pydantic import Field
 
 from trilemma import distributed, ema, gan_losses, latent
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
-from trilemma.figures import _image_row
+from trilemma.figures import _image_row, pyplot
 from trilemma.gan import load_pair_state, pair_state
 from trilemma.nets import progan
 from trilemma.train import adam
@@ -163,7 +162,7 @@ class ProGAN:
         level, _ = self.phase()
         z = latent.noise(n, self.latent_dim, torch.Generator().manual_seed(0)).to(self.device)
         rows = self.g_sampling.every_level(z, level + 1)
-        fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n + 0.8, 0.9 * len(rows)),
+        fig, axes = pyplot().subplots(len(rows), n, figsize=(0.9 * n + 0.8, 0.9 * len(rows)),
                                  squeeze=False)
         for ax_row, out in zip(axes, rows):
             images = F.interpolate(out, size=self.image.size, mode="nearest")

@@ -20,7 +20,8 @@ generator's.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+from typing import TYPE_CHECKING
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -31,6 +32,9 @@ from trilemma.gan import GAN, GANConfig
 from trilemma.train import adam
 from trilemma.nets import dcgan
 from trilemma.nets.stylegan import Discriminator, Generator
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 
 class Config(GANConfig):
@@ -159,8 +163,8 @@ class StyleGAN(GAN):
             torch.randn(cols, self.latent_dim, generator=g)
         cells = self.mix(row_z.repeat_interleave(cols, 0), col_z.repeat(rows, 1)).cpu()
         row_src, col_src = self.generate(row_z).cpu(), self.generate(col_z).cpu()
-        fig, axes = plt.subplots(rows + 1, cols + 1, figsize=(cols + 1.8, rows + 1.2),
-                                 squeeze=False)
+        fig, axes = figures.pyplot().subplots(rows + 1, cols + 1, squeeze=False,
+                                              figsize=(cols + 1.8, rows + 1.2))
         figures._image_row(axes[0, 1:], col_src, "")
         axes[0, 0].set_axis_off()
         for i in range(rows):
@@ -176,8 +180,8 @@ class StyleGAN(GAN):
     def _truncation_figure(self, g: torch.Generator, rows: int = 6) -> plt.Figure:
         psis = torch.linspace(1, 0, 6).tolist()
         z = torch.randn(rows, self.latent_dim, generator=g)
-        fig, axes = plt.subplots(rows, len(psis), figsize=(len(psis) + 0.8, rows + 0.6),
-                                 squeeze=False)
+        fig, axes = figures.pyplot().subplots(rows, len(psis), squeeze=False,
+                                              figsize=(len(psis) + 0.8, rows + 0.6))
         strips = torch.stack([self.generate(z, truncation=p).cpu() for p in psis], 1)  # (R,P,...)
         for i in range(rows):
             figures._image_row(axes[i], strips[i], "")
