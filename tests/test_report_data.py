@@ -332,3 +332,9 @@ def test_curves_figure_draws_the_floor_at_its_fid():
     assert [list(line.get_ydata()) for line in dashed] == [[1.737645] * 2]
     assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
     figures.pyplot().close(fig)
+
+
+def test_report_names_the_preview_steps_the_figures_use():
+    from trilemma import denoising, report
+
+    assert report.PREVIEW_STEPS == denoising.PREVIEW_STEPS

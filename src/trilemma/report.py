@@ -64,6 +64,11 @@ class Data:
         return "MNIST test set" if self.mnist else f"test images of {self.name}"
 
 
+# the DDIM steps of the diffusion families' figures: denoising.PREVIEW_STEPS (a test keeps the
+# two equal; the report reads files and imports no torch)
+PREVIEW_STEPS = 20
+
+
 def data_info(clf: dict, per_class: list[dict]) -> Data:
     """Read from the judge's metrics.json (older files name no data and no classes: MNIST, with
     the per-class table's digits as names)."""
@@ -228,8 +233,8 @@ def _family_figures_section(families: list[str], out: Path, data: Data) -> str:
     if not blocks:
         return ""
     return ("## Family figures\n\nDrawn by each family's train stage from the test set: the "
-            "diffusion families show the reverse process from noise (DDIM, 50 steps, EMA "
-            f"weights) and reconstructions of test {data.things} noised to step t and denoised "
+            f"diffusion families show the reverse process from noise (DDIM, {PREVIEW_STEPS} steps, "
+            f"EMA weights) and reconstructions of test {data.things} noised to step t and denoised "
             "from there (img2img).\n\n" + "\n".join(blocks))
 
 
