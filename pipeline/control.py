@@ -18,7 +18,7 @@ from trilemma.config import ClassifierConfig, Params, fingerprint
 from trilemma.control import steer, x0_guide
 from trilemma.denoising import Diffusion
 from trilemma.errors import ConfigError, DataError, NoJudge
-from trilemma.io import write_csv, write_json
+from trilemma.io import atomic_dir, write_csv, write_json
 from trilemma.runtime import autocast, device_name, generator, set_precision
 
 STEER_COLUMNS = ["digit", "class", "n", "judge_before", "judge_after", "referee_before",
@@ -59,9 +59,12 @@ def train_referee(params: ParamsOption = Path("params.yaml"), device: DeviceOpti
         reason = f"{images.description} has no class labels, so no referee was trained"
         log(f"no referee: {reason}")
         save_no_judge(reason, images.spec, paths.REFEREE)
-        write_json(out / "metrics.json", {"referee": False, "reason": reason, "profile": p.profile})
-        write_json(out / "timing.json", {"train_seconds": 0.0, "device": device_name(dev)})
-        write_csv(out / "per_class.csv", [], columns=["digit", "class", "n", "correct", "accuracy"])
+        with atomic_dir(out) as staged:  # the reports swapped in as one set
+            write_json(staged / "metrics.json", {"referee": False, "reason": reason,
+                                                 "profile": p.profile})
+            write_json(staged / "timing.json", {"train_seconds": 0.0, "device": device_name(dev)})
+            write_csv(staged / "per_class.csv", [],
+                      columns=["digit", "class", "n", "correct", "accuracy"])
         return
     trainee = ClassifierTrainee(cfg, dev, len(images.x_train), images.spec,
                                 *pixel_stats(images.x_train, images.source))
@@ -70,7 +73,6 @@ def train_referee(params: ParamsOption = Path("params.yaml"), device: DeviceOpti
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         history = fit_referee(trainee, images, cfg, p, dev, settings)
         save_judge(trainee.net, cfg, images.spec, paths.REFEREE)
-        paths.checkpoint("referee").unlink(missing_ok=True)
         referee = load_judge(paths.REFEREE, dev)  # score exactly what was saved
         predictions = metrics.embed(referee, images.x_test, dev, p.evaluate.batch_size).predictions
         per_class = metrics.per_class_accuracy(images.y_test, predictions, images.spec.classes)
@@ -81,9 +83,14 @@ def train_referee(params: ParamsOption = Path("params.yaml"), device: DeviceOpti
                    "profile": p.profile}
         timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
                   "device": device_name(dev)}
-        write_json(out / "metrics.json", summary)
-        write_json(out / "timing.json", timing)
-        write_csv(out / "per_class.csv", per_class)
+        # the model first, then its reports, swapped in as one set: a failure or a kill while
+        # they are written leaves the old set, and the checkpoint, kept until they are in, lets
+        # a rerun write them again without training
+        with atomic_dir(out) as staged:
+            write_json(staged / "metrics.json", summary)
+            write_json(staged / "timing.json", timing)
+            write_csv(staged / "per_class.csv", per_class)
+        paths.checkpoint("referee").unlink(missing_ok=True)
         log(f"referee test accuracy {accuracy:.4f} in {timing['train_seconds']:.1f} s")
         run.log_reports("train-referee", None)  # tagged with their digest, as `sync` expects
 

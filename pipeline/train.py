@@ -10,7 +10,7 @@ from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsO
                              print_settings, setup, user_errors)
 from trilemma import data, distributed, families, figures, mlflow_model, paths, probes, tracking
 from trilemma.config import fingerprint
-from trilemma.io import write_csv, write_json
+from trilemma.io import atomic_dir, write_csv, write_json
 from trilemma.runtime import BusySampler, device_name, generator, peak_memory
 from trilemma.train import fit, planned_steps
 
@@ -57,25 +57,37 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     with tracking.stage_run("train", family, p.profile) as run:
         run.log_params(tracking.flatten(settings))
         probe.on_row = log_probe(run)
+        # every report file, the epochs' grids included, goes to `staged`, which takes the old
+        # folder's place as a whole at the end: a failure or a kill leaves the old set untouched
+        with atomic_dir(out) as staged:
+            def draw_grid() -> None:
+                # the same noise every epoch: the grids show one set of digits being learned
+                images = model.sample(p.sample.grid, grid_labels, generator(p.seed))
+                figures.save_grid(images, staged / "grid.png")
 
-        def after_epoch(row: dict) -> None:
-            run.log_training(row, trace)  # each loss by optimisation step
-            # the same noise every epoch: the grids show one set of digits being learned
-            images = model.sample(p.sample.grid, grid_labels, generator(p.seed))
-            figures.save_grid(images, out / "grid.png")
-            run.log_artifact(out / "grid.png", f"grids/epoch_{row['epoch']:03d}")
+            def after_epoch(row: dict) -> None:
+                run.log_training(row, trace)  # each loss by optimisation step
+                draw_grid()
+                run.log_artifact(staged / "grid.png", f"grids/epoch_{row['epoch']:03d}")  # a copy
 
-        run.wait_started()  # MLflow's start-up must not share the CPU with timed training
-        with BusySampler(dev) as busy:
-            history = train_loop(after_epoch, probe)
-        families.save(model, family, cfg, paths.model(family))
+            run.wait_started()  # MLflow's start-up must not share the CPU with timed training
+            with BusySampler(dev) as busy:
+                history = train_loop(after_epoch, probe)
+            if not (staged / "grid.png").exists():  # resumed after the last epoch: none ran here
+                draw_grid()
+            # the model first, then its reports: new reports never describe a model not written
+            families.save(model, family, cfg, paths.model(family))
+            timing = write_training_reports(staged, history, trace, p.profile, dev, busy, probe)
+            x_test = torch.from_numpy(images.x_test[:5000]).float() / 255  # (n,C,S,S)
+            figure_names = []
+            for name, fig in model.figures(x_test, torch.from_numpy(images.y_test[:5000])).items():
+                figures.save_figure(fig, staged / f"{name}.png")
+                figure_names.append(f"{name}.png")
+        # kept until the reports are in: a kill before this resumes after the last epoch and
+        # writes the same model and reports again
         paths.checkpoint(family).unlink(missing_ok=True)
-
-        timing = write_training_reports(out, history, trace, p.profile, dev, busy, probe)
-        x_test = torch.from_numpy(images.x_test[:5000]).float() / 255  # (n,C,S,S)
-        for name, fig in model.figures(x_test, torch.from_numpy(images.y_test[:5000])).items():
-            figures.save_figure(fig, out / f"{name}.png")
-            run.log_artifact(out / f"{name}.png")
+        for name in figure_names:  # logged from the swapped-in folder, where the files now live
+            run.log_artifact(out / name)
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
         # registered as trilemma-<family>, on the thread like every MLflow call; last, since a

@@ -14,7 +14,7 @@ from trilemma import data, distributed, figures, paths, tracking
 from trilemma.classifier import (ClassifierTrainee, load_judge, pixel_stats, save_judge,
                                  save_no_judge)
 from trilemma.config import fingerprint
-from trilemma.io import write_csv, write_json
+from trilemma.io import atomic_dir, write_csv, write_json
 from trilemma.runtime import device_name, generator, peak_memory
 from trilemma.train import fit
 
@@ -65,7 +65,6 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         history = train_loop(lambda row: run.log_training(row, trace))
         save_judge(trainee.net, cfg, images.spec, paths.CLASSIFIER)
-        paths.checkpoint("classifier").unlink(missing_ok=True)
 
         judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
         metrics.preload()  # now that training is timed: it loads while the test set is embedded
@@ -83,20 +82,23 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
                    "profile": p.profile}
         timing = {"train_seconds": round(sum(r["seconds"] for r in history), 2),
                   "device": device_name(dev), **peak_memory(dev)}
-        write_json(out / "metrics.json", summary)  # results only: identical on every rerun
-        write_json(out / "timing.json", timing)
-        write_csv(out / "per_class.csv", per_class)
-        write_csv(out / "history.csv", history)
-        figures.save_figure(figures.confusion_figure(confusion, list(classes)),
-                            out / "confusion.png")
         log(f"classifier test accuracy {accuracy:.4f} (lowest class "
             f"{summary['min_class_accuracy']:.4f})")
-
         floor = real_data_floor(judge, test, inception, images, p, dev)
-        write_json(paths.REAL_METRICS, {**floor, "profile": p.profile})
+        # the models first, then the reports, once every score is computed: both folders are
+        # swapped in together (the floor's, then the judge's), a failure leaves the old ones
+        with atomic_dir(out) as staged, atomic_dir(paths.REAL_METRICS.parent) as staged_floor:
+            write_json(staged / "metrics.json", summary)  # results only: identical on every rerun
+            write_json(staged / "timing.json", timing)
+            write_csv(staged / "per_class.csv", per_class)
+            write_csv(staged / "history.csv", history)
+            figures.save_figure(figures.confusion_figure(confusion, list(classes)),
+                                staged / "confusion.png")
+            write_json(staged_floor / paths.REAL_METRICS.name, {**floor, "profile": p.profile})
+        paths.checkpoint("classifier").unlink(missing_ok=True)  # kept until the reports are in
         log(f"real-data floor ({floor['n']} train images against the test set): "
             f"{describe(floor)}")
-        run.log_reports("train-classifier", None)
+        run.log_reports("train-classifier", None)  # read from the swapped-in folders
         for name in ("per_class.csv", "confusion.png", "history.csv"):
             run.log_artifact(out / name)
 
@@ -139,19 +141,22 @@ def no_judge(images: data.ImageData, inception: tuple, p, dev: torch.device) -> 
     save_no_judge(reason, images.spec, paths.CLASSIFIER)
     metrics.save_embedded(metrics.Embedded(torch.zeros(0, 0), torch.zeros(0, 0)),
                           paths.TEST_EMBEDDING)
-    out = paths.CLASSIFIER_REPORTS
-    write_json(out / "metrics.json", {"judge": False, "reason": reason, "data": images.description,
-                                      "profile": p.profile})
-    write_json(out / "timing.json", {"train_seconds": 0.0, "device": device_name(dev)})
-    write_csv(out / "per_class.csv", [], columns=["digit", "class", "n", "correct", "accuracy"])
-    write_csv(out / "history.csv", [], columns=["epoch", "loss"])
-    figures.save_figure(figures.message_figure(f"no judge: {reason}"), out / "confusion.png")
     pick = floor_pick(images, p.sample.n, p.seed)
     n = len(pick)
     net, note = inception
     floor = metrics.inception_scores(net, note, images.x_test, images.x_train[pick], dev, p.seed)
-    write_json(paths.REAL_METRICS, {**metrics_json_without_judge(floor, reason), "n": n,
-                                    "profile": p.profile})
+    out = paths.CLASSIFIER_REPORTS
+    with atomic_dir(out) as staged, atomic_dir(paths.REAL_METRICS.parent) as staged_floor:
+        write_json(staged / "metrics.json", {"judge": False, "reason": reason,
+                                             "data": images.description, "profile": p.profile})
+        write_json(staged / "timing.json", {"train_seconds": 0.0, "device": device_name(dev)})
+        write_csv(staged / "per_class.csv", [],
+                  columns=["digit", "class", "n", "correct", "accuracy"])
+        write_csv(staged / "history.csv", [], columns=["epoch", "loss"])
+        figures.save_figure(figures.message_figure(f"no judge: {reason}"),
+                            staged / "confusion.png")
+        write_json(staged_floor / paths.REAL_METRICS.name,
+                   {**metrics_json_without_judge(floor, reason), "n": n, "profile": p.profile})
     log(f"real-data floor ({n} train images against the test set): "
         + (f"Inception FID {floor['fid_inception']:.3f}" if floor["fid_inception"] is not None
            else f"n/a ({note})"))

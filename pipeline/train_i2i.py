@@ -14,6 +14,7 @@ from pipeline.train import log_probe, probe_note, write_training_reports
 from trilemma import data, distributed, figures, i2i, paths, probes, tracking
 from trilemma.config import fingerprint
 from trilemma.i2i.scores import examples_figure
+from trilemma.io import atomic_dir
 from trilemma.runtime import BusySampler
 from trilemma.train import fit, planned_steps
 
@@ -73,13 +74,15 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
         run.wait_started()
         with BusySampler(dev) as busy:
             history = train_loop(after_epoch, probe)
+        # the model first, then its reports (swapped in as one set, see train)
         i2i.save(model, family, cfg, paths.model(family))
-        paths.checkpoint(family).unlink(missing_ok=True)
-        timing = write_training_reports(out, history, trace, p.profile, dev, busy, probe)
-        x_test = torch.from_numpy(images.x_test[:EXAMPLES]).float() / 255
-        figure = examples_figure(model.task, model.translate, x_test,
-                                 f"{family}: {model.task.description}")
-        figures.save_figure(figure, out / "examples.png")
+        with atomic_dir(out) as staged:
+            timing = write_training_reports(staged, history, trace, p.profile, dev, busy, probe)
+            x_test = torch.from_numpy(images.x_test[:EXAMPLES]).float() / 255
+            figure = examples_figure(model.task, model.translate, x_test,
+                                     f"{family}: {model.task.description}")
+            figures.save_figure(figure, staged / "examples.png")
+        paths.checkpoint(family).unlink(missing_ok=True)  # kept until the reports are in
         run.log_artifact(out / "examples.png")
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")

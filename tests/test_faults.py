@@ -3,6 +3,7 @@ Ctrl-C or a kill must cost nothing already written, and say so in one line."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from badinput import check_error, snapshot, unchanged
+from badinput import check_error, fails, invoke, snapshot, unchanged
 from conftest import make_repo, write_params
 from pipeline.cli import app
 from trilemma import paths, tracking
@@ -162,3 +163,98 @@ def test_ctrl_c_in_training_says_where_it_resumes(tmp_path, mnist_npz):
     assert last.startswith("interrupted: vae: training stopped; a rerun resumes from "
                            "checkpoints/vae.pt (after epoch 1"), err
     assert not (repo / paths.model("vae")).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# training stages: their report folders are swapped in whole
+
+
+def _disk_fills_at(monkeypatch, name: str) -> None:
+    """Writing the CSV file `name` fails as on a full disk; the files before it are written."""
+    import pandas as pd
+
+    to_csv = pd.DataFrame.to_csv
+
+    def failing(frame, path, *args, **kwargs):
+        if Path(path).name == name or Path(path).name.startswith(f".{name}.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return to_csv(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", failing)
+
+
+def _under(files: dict[str, str], *folders: str) -> dict[str, str]:
+    return {k: v for k, v in files.items() if k.startswith(folders)}
+
+
+def test_train_failing_part_way_keeps_the_old_reports_and_a_rerun_needs_no_training(repo):
+    before = _under(snapshot(repo), "reports/train/vae/")
+    assert "reports/train/vae/loss.csv" in before and "reports/train/vae/grid.png" in before
+    with pytest.MonkeyPatch.context() as mp:
+        _disk_fills_at(mp, "loss_steps.csv")  # loss.csv is written just before it
+        fails(invoke("train", "vae"), "reports/train/vae/loss_steps.csv", "cannot write")
+    assert _under(snapshot(repo), "reports/train/vae/") == before
+    assert not list((repo / "reports").rglob(".*")), "temporary folder left behind"
+    assert (repo / paths.checkpoint("vae")).is_file()  # kept: the reports are not in yet
+
+    result = invoke("train", "vae")
+    assert result.exit_code == 0, result.output
+    assert "resuming after epoch 1" in result.output  # the last one: nothing left to train
+    after = _under(snapshot(repo), "reports/train/vae/")
+    # the grid is drawn again from the resumed model: the same bytes as the first run's; only
+    # time-bearing files (loss.csv keeps each epoch's seconds) differ
+    varying = {"reports/train/vae/timing.json", "reports/train/vae/loss.csv"}
+    assert {k: v for k, v in after.items() if k not in varying} == \
+        {k: v for k, v in before.items() if k not in varying}
+    assert not (repo / paths.checkpoint("vae")).exists()
+
+
+def test_train_classifier_failing_part_way_keeps_the_old_reports_and_floor(repo, monkeypatch):
+    folders = ("reports/classifier/", "reports/eval/real/")
+    before = _under(snapshot(repo), *folders)
+    assert "reports/eval/real/metrics.json" in before
+    _disk_fills_at(monkeypatch, "history.csv")  # per_class.csv is written just before it
+    fails(invoke("train-classifier"), "reports/classifier/history.csv", "cannot write")
+    assert _under(snapshot(repo), *folders) == before
+    assert not list((repo / "reports").rglob(".*")), "temporary folder left behind"
+
+
+def test_training_stages_log_their_reports_to_mlflow_from_the_swapped_in_folders(
+        trained, tmp_path, monkeypatch):
+    """The shared trained repo ran train-classifier and train vae with MLflow on: what reached
+    it is the files that were swapped in."""
+    from mlflow import MlflowClient
+
+    from trilemma.tracking_files import report_files, reports_digest
+
+    client = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("trilemma")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+    def artifacts(run_id: str, path: str | None = None) -> list[str]:
+        found = []
+        for item in client.list_artifacts(run_id, path):
+            found += artifacts(run_id, item.path) if item.is_dir else [item.path]
+        return sorted(found)
+
+    def logged(run_id: str, path: str) -> bytes:
+        return Path(client.download_artifacts(run_id, path, str(tmp_path))).read_bytes()
+
+    def digest(stage: str, family: str | None) -> str:
+        monkeypatch.chdir(trained)  # the digest covers the paths as the stage names them
+        return reports_digest(report_files(stage, family))
+
+    train, out = runs["train:vae"], trained / "reports" / "train" / "vae"
+    assert artifacts(train.info.run_id) == ["grids/epoch_001/grid.png", "latent.png", "loss.csv"]
+    assert logged(train.info.run_id, "grids/epoch_001/grid.png") == \
+        (out / "grid.png").read_bytes()  # the epoch's grid, logged from the temporary folder
+    assert logged(train.info.run_id, "latent.png") == (out / "latent.png").read_bytes()
+    assert logged(train.info.run_id, "loss.csv") == (out / "loss.csv").read_bytes()
+    assert train.data.tags["reports_digest"] == digest("train", "vae")
+    clf, out = runs["train-classifier"], trained / "reports" / "classifier"
+    assert artifacts(clf.info.run_id) == ["confusion.png", "history.csv", "per_class.csv",
+                                          "per_class.json"]
+    assert logged(clf.info.run_id, "history.csv") == (out / "history.csv").read_bytes()
+    assert clf.data.tags["reports_digest"] == digest("train-classifier", None)
+    assert "floor_fid_classifier" in clf.data.metrics
+    assert not list((trained / "reports").rglob(".*")), "temporary folder left behind"
