@@ -9,9 +9,9 @@ import hashlib
 import re
 import sys
 from pathlib import Path
-from urllib.error import URLError
 from urllib.request import Request, urlopen
 
+from trilemma.errors import DataError
 from trilemma.io import atomic_path
 
 # torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3 (torch-fidelity 0.3/0.4)
@@ -36,16 +36,31 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+class Unreachable(Exception):
+    """The download failed on the network side (offline, refused, timed out)."""
+
+
+def _chunks(src):
+    try:
+        while chunk := src.read(CHUNK):
+            yield chunk
+    except OSError as err:  # a read that failed is the network's, not the disk's
+        raise Unreachable(getattr(err, "reason", err)) from None
+
+
 def download(url: str, dest: Path, expected_prefix: str) -> None:
     """`url` to `dest`, atomically, only if its SHA-256 starts with `expected_prefix`.
-    ValueError on a mismatch (nothing written); URLError/OSError when offline."""
+    ValueError on a mismatch (nothing written); Unreachable when offline; DataError when `dest`
+    cannot be written."""
     digest = hashlib.sha256()
-    with atomic_path(dest) as tmp:
-        with urlopen(Request(url, headers={"User-Agent": "trilemma"}), timeout=TIMEOUT_S) as src, \
-                open(tmp, "wb") as out:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
+    try:
+        src = urlopen(Request(url, headers={"User-Agent": "trilemma"}), timeout=TIMEOUT_S)
+    except OSError as err:  # URLError is one
+        raise Unreachable(getattr(err, "reason", err)) from None
+    with src, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        for chunk in _chunks(src):
+            digest.update(chunk)
+            out.write(chunk)
         if not digest.hexdigest().startswith(expected_prefix):
             raise ValueError(f"sha256 {digest.hexdigest()[:16]}… does not start with the "
                              f"published {expected_prefix}")
@@ -63,8 +78,10 @@ def fetch(url: str = URL, directory: Path | None = None) -> tuple[Path | None, s
         download(url, dest, hash_prefix(url))
     except ValueError as err:  # a wrong file: never used
         reason = f"downloaded {name} failed its hash check ({err})"
-    except (URLError, OSError) as err:  # offline, refused, timed out
-        reason = f"could not download {name} ({getattr(err, 'reason', err)})"
+    except Unreachable as err:  # offline, refused, timed out
+        reason = f"could not download {name} ({err})"
+    except DataError as err:  # the cache folder cannot be written
+        reason = f"could not download {name} ({err})"
     else:
         return dest, f"weights {name}"
     note = f"{reason}; place the file from {url} at {dest}"
