@@ -69,9 +69,14 @@ def command(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True,
 
 
 def local_stores(root: Path) -> list[str]:
-    """MLflow's embedded store anywhere under the repo, the queue's workspaces included."""
-    return sorted(str(p.relative_to(root)) for pattern in ("mlflow.db", "mlartifacts")
-                  for p in root.rglob(pattern))
+    """MLflow's embedded store anywhere under the repo, the queue's workspaces included. os.walk
+    skips folders that vanish while it looks (DVC makes and removes its workspaces meanwhile);
+    Path.rglob raised FileNotFoundError on one."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        found += [os.path.join(folder, name) for name in (*subfolders, *files)
+                  if name in ("mlflow.db", "mlartifacts")]
+    return sorted(str(Path(p).relative_to(root)) for p in found)
 
 
 def queue_states(root: Path, env: dict[str, str]) -> dict[str, str]:
