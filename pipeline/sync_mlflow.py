@@ -16,17 +16,18 @@ class TrackingError(TrilemmaError):
 @user_errors
 def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
     """Log the metric files of the classifier and of every family's train and evaluate stages
-    (the image-to-image families', the referee's and the control stage's too) to MLflow, one run each, unless a finished run with the same files is there already (a stage run
-    by `dvc repro`, or an earlier sync); register each family's model as trilemma-<family>
-    unless a version holds it already: running it twice adds nothing. Uses $MLFLOW_TRACKING_URI,
-    else sqlite:///mlflow.db in this directory."""
+    (the image-to-image families', the referee's and the control stage's too) to MLflow, one
+    run each, unless a finished run with the same files is there already (a stage run by `dvc
+    repro`, or an earlier sync); register each family's and translator's model as
+    trilemma-<family> unless a version holds it already: running it twice adds nothing. Uses
+    $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this directory."""
     single_process("sync-mlflow")
     p = load_params(params)
     from trilemma import mlflow_model, tracking
 
     try:
         done = tracking.sync(p.families, p.profile, p.i2i_families, p.control.families)
-        models = mlflow_model.sync_registry(p.families, p)  # the train runs exist by now
+        models = mlflow_model.sync_registry(p.families, p, p.i2i_families)  # train runs exist now
     except Exception as err:  # here MLflow is the whole job: its failure is the command's
         raise TrackingError(f"MLflow: {brief(err)}") from None
     for name, what in done + models:

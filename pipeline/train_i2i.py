@@ -11,7 +11,7 @@ import typer
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
 from pipeline.train import log_probe, probe_note, write_training_reports
-from trilemma import data, distributed, figures, i2i, paths, probes, tracking
+from trilemma import data, distributed, figures, i2i, mlflow_model, paths, probes, tracking
 from trilemma.config import fingerprint
 from trilemma.i2i.scores import examples_figure
 from trilemma.io import atomic_dir
@@ -86,5 +86,9 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
         run.log_artifact(out / "examples.png")
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
+        # registered as trilemma-<family> on the tracking thread, last (as `train` does)
+        log_model, cleanup = mlflow_model.queued(family, paths.model(family),
+                                                 mlflow_model.translator_settings(family, p))
+        run.call(log_model, cleanup=cleanup)
         log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training"
             f"{probe_note(timing)}")

@@ -61,13 +61,14 @@ TINY = {
 }
 
 
-# every family of params.yaml, in its order (the image-to-image families and control have stage
-# tests of their own; test_e2e runs one family of each kind under dvc repro)
+# every family of params.yaml, in its order (control has stage tests of its own, and so has
+# evaluate-i2i; test_e2e runs one family of each kind under dvc repro)
 FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan", "ddpm",
             "cfg_diffusion", "latent_diffusion"]
+I2I = ["pix2pix", "srgan", "cyclegan"]  # the translators, trained in the chain for their models
 CHAIN = [["download"], ["train-classifier"],
          *[[stage, family] for family in FAMILIES for stage in ("train", "sample", "evaluate")],
-         ["report"]]
+         *[["train-i2i", name] for name in I2I], ["report"]]
 
 
 def base_params() -> dict[str, Any]:
@@ -142,13 +143,14 @@ def make_repo(root: Path, npz: Path) -> Path:
 def pipeline_chain(tmp_path_factory):
     """The whole pipeline (CHAIN) run once per session, in order, in a fresh repo without data:
     (root, {"stage [family]": result}). Stops at the first failing stage. Shared by the stage
-    tests (test_cli) and the tests of what the trained models give (test_generate)."""
+    tests (test_cli) and the tests of what the trained models give (test_generate,
+    test_model_registry)."""
     from typer.testing import CliRunner
 
     from pipeline.cli import app
 
     root = tmp_path_factory.mktemp("repo")
-    write_params(root / "params.yaml", {"families": FAMILIES, "i2i_families": []})
+    write_params(root / "params.yaml", {"families": FAMILIES, "i2i_families": I2I})
     results = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

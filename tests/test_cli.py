@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CHAIN, FAMILIES, base_params, write_params
+from conftest import CHAIN, FAMILIES, I2I, base_params, write_params
 from pipeline.cli import app
 from pipeline.common import STAGE_LOG
 
@@ -231,6 +231,7 @@ def test_evaluate_cfg_diffusion_writes_steps_and_guidance_sweeps(chain):
 
 def test_chain_covers_every_family_of_the_project():
     assert FAMILIES == base_params()["families"]
+    assert I2I == base_params()["i2i_families"]
 
 
 @pytest.mark.parametrize("family, figure", [("stylegan", "style_mixing.png"),
@@ -281,31 +282,33 @@ def test_sync_mlflow_logs_only_what_is_missing_and_twice_adds_nothing(chain, mon
     # every stage already logged its reports when it ran: nothing to add
     result = invoke("sync-mlflow")
     assert result.exit_code == 0, result.output
-    assert "0 run(s) logged, 21 up to date" in result.output
-    assert "0 model(s) registered, 10 up to date" in result.output  # each train stage's
+    assert "0 run(s) logged, 24 up to date" in result.output
+    assert "0 model(s) registered, 13 up to date" in result.output  # each train stage's
     # a store that has never seen these reports, as after `git clone`: one run per stage
     uri = f"sqlite:///{root / 'fresh.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     result = invoke("sync-mlflow")
     assert result.exit_code == 0, result.output
-    assert "21 run(s) logged, 0 up to date" in result.output
-    assert "10 model(s) registered, 0 up to date" in result.output
+    assert "24 run(s) logged, 0 up to date" in result.output
+    assert "13 model(s) registered, 0 up to date" in result.output
     again = invoke("sync-mlflow").output
-    assert again.endswith("0 run(s) logged, 21 up to date\n")
-    assert "0 model(s) registered, 10 up to date" in again
+    assert again.endswith("0 run(s) logged, 24 up to date\n")
+    assert "0 model(s) registered, 13 up to date" in again
     mlflow.set_tracking_uri(uri)
     found = mlflow.search_runs(experiment_names=["trilemma"], output_format="list")
     (parent,) = [r for r in found if "pipeline_run" in r.data.tags]  # this commit's pipeline run
     runs = [r for r in found if r is not parent]
-    assert len(runs) == 21
+    assert len(runs) == 24
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
-    for family in FAMILIES:  # one version each, in the synced train run
+    trained = [("train", family) for family in FAMILIES] + [("train-i2i", name) for name in I2I]
+    for stage, family in trained:  # one version each, in the synced train run
         versions = mlflow.MlflowClient().search_model_versions(f"name = 'trilemma-{family}'")
         assert [next(r.info.run_name for r in runs if r.info.run_id == v.run_id)
-                for v in versions] == [f"train:{family}"]
+                for v in versions] == [f"{stage}:{family}"]
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["train-classifier", *[f"{stage}:{family}" for family in FAMILIES
-                                                  for stage in ("train", "evaluate")]])
+                                                  for stage in ("train", "evaluate")],
+                            *[f"train-i2i:{name}" for name in I2I]])
     cgan = next(r for r in runs if r.info.run_name == "evaluate:cgan")
     metrics = read_json(root / "reports" / "eval" / "cgan" / "metrics.json")
     for key in ("fid_classifier", "recall", "label_accuracy"):

@@ -1,5 +1,5 @@
-"""`trilemma generate`: images from the tiny models the pipeline chain trained (conftest
-`pipeline_chain`), and translations from tiny translators trained here."""
+"""`trilemma generate`: images and translations from the tiny models and translators the
+pipeline chain trained (conftest `pipeline_chain`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import FAMILIES, write_params
+from conftest import FAMILIES, I2I
 from pipeline.cli import app
-
-I2I = ["pix2pix", "srgan", "cyclegan"]
 
 
 def invoke(*args: str):
@@ -28,8 +26,8 @@ def error_lines(result) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(pipeline_chain, tmp_path_factory):
-    """A copy of the chain's data, models and samples, with the three translators trained too;
-    the working directory is in it for this module's tests."""
+    """A copy of the chain's data, params, models (the translators' too) and samples; the
+    working directory is in it for this module's tests."""
     chain_root, results = pipeline_chain
     assert all(r.exit_code == 0 for r in results.values()), "the pipeline chain failed"
     root = tmp_path_factory.mktemp("generate")
@@ -38,14 +36,11 @@ def repo(pipeline_chain, tmp_path_factory):
     os.symlink(root / "images.npz", root / "data" / "images.npz")
     for folder in ("models", "samples"):
         shutil.copytree(chain_root / folder, root / folder)
-    write_params(root / "params.yaml", {"families": FAMILIES, "i2i_families": I2I})
+    shutil.copy(chain_root / "params.yaml", root / "params.yaml")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("TRILEMMA_DEVICE", "cpu")
-        for name in I2I:
-            result = invoke("train-i2i", name)
-            assert result.exit_code == 0, result.output
         yield root
 
 

@@ -1,6 +1,7 @@
 """The train stages' models in MLflow's model registry (the embedded SQLite store of the pipeline
 chain, conftest `pipeline_chain`): loaded in a fresh process and served over HTTP on a loopback
-port, they give the images `trilemma generate` writes for the same request."""
+port, they give the images `trilemma generate` writes for the same request; a translator loaded
+from the registry translates as `trilemma generate <translator> --input` does."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import urllib.request
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import FAMILIES
+from conftest import FAMILIES, I2I
 from pipeline.cli import app
 
 REQUEST = {"n": 8, "label": 7, "seed": 3}
@@ -54,10 +56,11 @@ def test_every_train_stage_registered_its_model_in_its_run(store):
     from trilemma.mlflow_model import MODEL_TAG, file_digest
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    for family in FAMILIES:
+    trained = [("train", family) for family in FAMILIES] + [("train-i2i", name) for name in I2I]
+    for stage, family in trained:
         (version,) = client.search_model_versions(f"name = 'trilemma-{family}'")
         run = client.get_run(version.run_id)
-        assert run.info.run_name == f"train:{family}" and run.data.tags["stage"] == "train"
+        assert run.info.run_name == f"{stage}:{family}" and run.data.tags["stage"] == stage
         assert version.tags[MODEL_TAG] == file_digest(root / "models" / f"{family}.pt")
 
 
@@ -72,6 +75,45 @@ def test_registered_model_in_a_fresh_process_gives_the_images_of_generate(store,
     assert done.returncode == 0, done.stderr[-3000:]
     images = np.load(out)
     assert images.dtype == np.uint8 and np.array_equal(images, expected)
+
+
+INPUT_SIDE = {"pix2pix": 28, "srgan": 7, "cyclegan": 28}  # the tiny params' tasks: SRGAN's is 4x
+
+
+@pytest.mark.parametrize("name", I2I)
+def test_registered_translator_gives_the_translations_of_generate(store, name, tmp_path,
+                                                                  monkeypatch):
+    """In this process (the cgan test above covers a fresh one): an array, and the nested lists
+    of a JSON request as the model server parses them, give `generate --input`'s images."""
+    import mlflow
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    root, uri, _ = store
+    side = INPUT_SIDE[name]
+    inputs = np.random.default_rng(0).integers(0, 256, (3, 1, side, side), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    for k, image in enumerate(inputs):
+        Image.fromarray(image[0]).save(tmp_path / "in" / f"{k}.png")
+    with monkeypatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("TRILEMMA_DEVICE", "cpu")
+        result = CliRunner().invoke(app, ["generate", name, "--input", str(tmp_path / "in"),
+                                          "--out", str(tmp_path / "t.npz")])
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "t.npz") as npz:
+        assert np.array_equal(npz["inputs"], inputs)
+        expected = npz["images"]
+    monkeypatch.setenv("TRILEMMA_DEVICE", "cpu")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading prepends the model's code
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/trilemma-{name}/latest")
+    images = model.predict(inputs)
+    assert images.dtype == np.uint8 and images.shape == (3, 1, 28, 28)
+    assert np.array_equal(images, expected)
+    served = infer_and_parse_data({"inputs": inputs.tolist()})  # int64 from JSON
+    assert np.array_equal(model.predict(served), expected)
+    with pytest.raises(Exception, match=rf"expected uint8 images \(n,1,{side},{side}\)"):
+        model.predict(np.zeros((2, 1, side + 1, side + 1), np.uint8))
 
 
 def free_port() -> int:

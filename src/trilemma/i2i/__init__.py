@@ -35,6 +35,12 @@ class Translator(Trainee, Protocol):
 REGISTRY: dict[str, ModuleType] = {"pix2pix": pix2pix, "srgan": srgan, "cyclegan": cyclegan}
 
 
+def needs_judge(name: str) -> bool:
+    """Whether the translator is built with the judge (a module's `NEEDS_JUDGE`): loading it
+    needs models/classifier.pt, though translating does not use it."""
+    return getattr(REGISTRY[name], "NEEDS_JUDGE", False)
+
+
 def build(name: str, cfg: TrainConfig, device: torch.device, image: ImageSpec,
           judge: Judge | None = None) -> Translator:
     return REGISTRY[name].build(cfg, device, image, judge)
