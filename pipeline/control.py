@@ -157,12 +157,13 @@ def control(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                 result, rows, shown, timing = guidance(model, kind, judge, referee, images, p,
                                                        dev)
         result.update(family=family, kind=kind, profile=p.profile)
-        write_json(out / "metrics.json", result)  # results only: identical on a CPU rerun
-        write_json(out / "timing.json", {**timing, "device": device_name(dev)})
-        write_csv(out / "per_class.csv", rows)
         from trilemma.report_control import rows_figure
 
-        figures.save_figure(rows_figure(shown), out / FIGURE)
+        with atomic_dir(out) as staged:  # the reports swapped in as one set
+            write_json(staged / "metrics.json", result)  # results only: identical on a CPU rerun
+            write_json(staged / "timing.json", {**timing, "device": device_name(dev)})
+            write_csv(staged / "per_class.csv", rows)
+            figures.save_figure(rows_figure(shown), staged / FIGURE)
         log(f"{family}: wrote {out}")
         run.log_params(tracking.flatten({"control": p.control.model_dump(), "seed": p.seed}))
         # per scale as guidance.<scale>.<column>, e.g. guidance.3.referee_accuracy
@@ -280,9 +281,10 @@ def guidance(model, kind: str, judge, referee, images: data.ImageData, p: Params
 def no_judge(family: str, kind: str, reason: str, out: Path, p: Params) -> None:
     """Unlabelled images: nothing to steer toward. The outputs say why, so the pipeline goes on."""
     log(f"{family}: no control: {reason}")
-    write_json(out / "metrics.json", {"family": family, "kind": kind, "judge": False,
-                                      "reason": reason, "profile": p.profile})
-    write_json(out / "timing.json", {"seconds": 0.0})
-    write_csv(out / "per_class.csv", [],
-              columns=STEER_COLUMNS if kind == "steer" else GUIDANCE_COLUMNS)
-    figures.save_figure(figures.message_figure(f"no control: {reason}"), out / FIGURE)
+    with atomic_dir(out) as staged:
+        write_json(staged / "metrics.json", {"family": family, "kind": kind, "judge": False,
+                                             "reason": reason, "profile": p.profile})
+        write_json(staged / "timing.json", {"seconds": 0.0})
+        write_csv(staged / "per_class.csv", [],
+                  columns=STEER_COLUMNS if kind == "steer" else GUIDANCE_COLUMNS)
+        figures.save_figure(figures.message_figure(f"no control: {reason}"), staged / FIGURE)

@@ -203,6 +203,28 @@ def test_control_steers_a_latent_family_end_to_end(judged_repo):
     assert (out / "before_after.png").stat().st_size > 0
 
 
+def test_control_failing_part_way_keeps_the_old_reports_whole(judged_repo, monkeypatch):
+    import pipeline.control
+    from trilemma.errors import DataError
+
+    out = judged_repo / "reports/control/vae"
+    if not (out / "metrics.json").exists():  # run alone: the steering test's outputs first
+        save_untrained("vae")
+        assert invoke("control", "vae").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(fig, path):  # the figure is the last file: the others are written by then
+        raise DataError(f"{path}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(pipeline.control.figures, "save_figure", full_disk)
+    result = invoke("control", "vae")
+    assert result.exit_code == 2
+    assert result.output.count("error:") == 1 and "reports/control/vae/before_after.png" in \
+        result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
 def test_control_compares_guidance_of_diffusion_families_end_to_end(judged_repo):
     for name in ("ddpm", "cfg_diffusion"):
         save_untrained(name)
