@@ -174,23 +174,28 @@ def test_checkpoints_are_no_dvc_output_and_are_git_ignored():
     assert ignored.returncode == 0
 
 
+def kill_at_first_checkpoint(run: Run, ckpt: Path) -> int:
+    """SIGKILL `run` as soon as `ckpt` exists; its exit code. atomic_path writes a temporary
+    file and renames it: once the name exists it is complete."""
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not ckpt.exists():
+            assert run.proc.poll() is None, f"ended before any checkpoint\n{run.text()}"
+            assert time.monotonic() < deadline, f"no checkpoint after {DEADLINE} s\n{run.text()}"
+            time.sleep(0.02)
+        run.proc.send_signal(signal.SIGKILL)
+        return run.proc.wait(timeout=60)
+    finally:
+        run.stop()
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(references, tmp_path, mnist_npz):
     repo = new_repo(tmp_path, mnist_npz)
     ckpt, model = repo / paths.checkpoint(FAMILY), repo / paths.model(FAMILY)
 
     clean = references.start("clean")  # two runs at a time: one each of the 2 cores
     first = Run(repo, FAMILY, "killed")
-    try:
-        deadline = time.monotonic() + DEADLINE
-        # atomic_path writes a temporary file and renames it: once the name exists it is complete
-        while not ckpt.exists():
-            assert first.proc.poll() is None, f"ended before any checkpoint\n{first.text()}"
-            assert time.monotonic() < deadline, f"no checkpoint after {DEADLINE} s\n{first.text()}"
-            time.sleep(0.02)
-        first.proc.send_signal(signal.SIGKILL)
-        assert first.proc.wait(timeout=60) == -signal.SIGKILL, first.text()
-    finally:
-        first.stop()
+    assert kill_at_first_checkpoint(first, ckpt) == -signal.SIGKILL, first.text()
     assert not model.exists(), f"finished before it could be killed\n{first.text()}"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)  # still there, and whole
     epoch = state["epoch"]
@@ -271,16 +276,7 @@ def test_single_epoch_ddpm_killed_mid_epoch_resumes_bit_identically(tmp_path, mn
         write_params(repos[name] / "params.yaml", settings)
     ckpt = repos["killed"] / paths.checkpoint("ddpm")
     clean, first = Run(repos["clean"], "ddpm", "clean"), Run(repos["killed"], "ddpm", "killed")
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while not ckpt.exists():
-            assert first.proc.poll() is None, f"ended before any checkpoint\n{first.text()}"
-            assert time.monotonic() < deadline, f"no checkpoint after {DEADLINE} s\n{first.text()}"
-            time.sleep(0.02)
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait(timeout=60)
-    finally:
-        first.stop()
+    kill_at_first_checkpoint(first, ckpt)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["epoch"] == 0 and 0 < state["step"] < 20, (state["epoch"], state["step"])
     out = Run(repos["killed"], "ddpm", "resumed").wait()

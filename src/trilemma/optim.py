@@ -10,6 +10,7 @@ methods' "not traced" versions are the methods themselves.
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import torch
@@ -17,6 +18,7 @@ import torch._compile
 from torch import nn
 
 
+@functools.cache  # once a process: the methods keep what it records
 def _untraced_methods_are_plain() -> None:
     """Cache each `torch._disable_dynamo`-wrapped Optimizer method as its own untraced version."""
     wrapper_code = torch._compile._disable_dynamo(lambda: None).__code__
