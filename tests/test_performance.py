@@ -258,3 +258,27 @@ def test_scoring_right_after_preload_waits_for_the_background_import():
     assert done.returncode == 0, done.stderr
     assert "Exception in thread" not in done.stderr and "Traceback" not in done.stderr
     assert float(done.stdout.strip().splitlines()[-1]) >= 0
+
+
+def test_every_torchmetrics_import_waits_for_the_preload():
+    """The background import races any other torchmetrics import (CI once lost `evaluate-i2i` to a
+    KeyError: 'torchmetrics' that way), and a race seldom shows in one run: so each function of the
+    package that imports torchmetrics must call `wait_for_torchmetrics()` before the import."""
+    import ast
+
+    late = []
+    for path in sorted((Path(__file__).parents[1] / "src" / "trilemma").rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "preload":
+                continue
+            waited = False
+            for node in fn.body:
+                if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                        and getattr(node.value.func, "id", getattr(node.value.func, "attr", None))
+                        == "wait_for_torchmetrics"):
+                    waited = True
+                imported = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                            [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                if any(m.split(".")[0] == "torchmetrics" for m in imported) and not waited:
+                    late.append(f"{path.name}:{node.lineno} in {fn.name}")
+    assert not late, f"torchmetrics imported before wait_for_torchmetrics(): {late}"
