@@ -4,9 +4,8 @@ MLFLOW_TRACKING_URI. Tiny settings and two families (vae, dcgan) keep it near tw
 on a 2-core CPU.
 
 Checks: both experiments succeed and `dvc exp show` lines up their (different) metrics, which
-`trilemma seed-spread` tabulates; the server
-holds one FINISHED run per (stage, family) for each experiment, tagged with its DVC experiment name
-and the baseline commit, with the same numbers as the experiment's metric files; and no local
+`trilemma seed-spread` tabulates; the server holds one FINISHED run per (stage, family) for each
+experiment, tagged with its DVC experiment name and the baseline commit, with the same numbers as the experiment's metric files; and no local
 SQLite store appeared in the repository or in the queue's temporary workspaces.
 Also that every run lands in the one 'trilemma' MLflow experiment, although both experiments'
 first stages race to create it on the fresh server.
