@@ -34,7 +34,7 @@ def test_single_process_is_the_identity(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert not distributed.active() and not distributed.launched()
-    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert (distributed.rank(), distributed.world_size(), distributed.is_rank0()) == (0, 1, True)
     assert distributed.start(CPU) == CPU and not distributed.active()  # joins no group
 
     rows = torch.arange(12).reshape(6, 2)
@@ -159,7 +159,7 @@ def _rank(rank: int, folder: str) -> None:
                             world_size=2)
     try:
         assert distributed.active() and distributed.world_size() == 2
-        assert distributed.rank() == rank and distributed.is_main() == (rank == 0)
+        assert distributed.rank() == rank and distributed.is_rank0() == (rank == 0)
         distributed.check_batch(GLOBAL, "vae")
         local = GLOBAL // 2
         try:
