@@ -5,7 +5,7 @@ VENV := .venv
 PROFILE ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test browser mlflow-ui clean-checkpoints
+.PHONY: setup repro seeds test browser mlflow-ui clean-checkpoints
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is needed)"; exit 2; }
@@ -25,6 +25,14 @@ else
 	dvc exp run -S profile=$(PROFILE)
 endif
 	trilemma sync-mlflow
+
+# Training noise: the generator stages once per seed as queued DVC experiments (each in its own
+# temporary copy: the workspace stays as it is), one after the other, then the mean ± std table
+SEEDS ?= 0,1,2
+seeds: setup
+	dvc exp run --queue -S seed=$(SEEDS) evaluate
+	dvc exp run --run-all
+	trilemma seed-spread
 
 test: setup
 	pytest -q

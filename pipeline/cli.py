@@ -25,6 +25,7 @@ STAGES = {
     "report": "pipeline.report:report",
     "sync-mlflow": "pipeline.sync_mlflow:sync_mlflow",
     "generate": "pipeline.generate:generate",
+    "seed-spread": "pipeline.seed_spread:seed_spread",
 }
 
 

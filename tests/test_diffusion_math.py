@@ -1,7 +1,7 @@
 """Denoising diffusion as pure functions: the noise schedules against golden values and closed
 forms, the forward process, eps/v/x0 conversions and the min-SNR loss weights against
 hand-computed values, DDPM and DDIM steps against each other and a perfect predictor, the
-timestep grids, and the one sampling loop."""
+timestep grids, the one sampling loop, and the DDIM step against diffusers' DDIMScheduler."""
 
 from __future__ import annotations
 
@@ -356,3 +356,40 @@ def test_loop_hands_the_guide_eps_and_the_callback_every_step():
                           callback=lambda i, t_prev, x: steps.append((i, t_prev)))
     assert seen == ts
     assert steps == [(0, 14), (1, 9), (2, 4), (3, -1)]
+
+
+# --- against diffusers' schedulers (the reference implementation a user would pick) --------------
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_step_equals_diffusers_ddim_scheduler(schedule, prediction, eta):
+    """Every step of a 10-step trailing DDIM run, fed the same network output, the same x_t and the
+    same noise, lands where diffusers' DDIMScheduler.step does (clipped x0 with the noise made
+    consistent with it: its `use_clipped_model_output`; alpha_bar = 1 after the last step: its
+    `set_alpha_to_one`). In float64 on both sides (diffusers keeps alpha_bar in float32, whose
+    rounding the eta=1 step's sqrt(1 - ab_prev - sigma^2) magnifies near T)."""
+    from diffusers import DDIMScheduler
+
+    T, steps = 1000, 10
+    betas = diffusion.SCHEDULES[schedule](T)
+    alpha_bar = diffusion.alpha_bars(betas)
+    theirs = DDIMScheduler(num_train_timesteps=T, trained_betas=betas.numpy(), clip_sample=True,
+                           set_alpha_to_one=True, timestep_spacing="trailing",
+                           prediction_type="epsilon" if prediction == "eps" else "v_prediction")
+    theirs.set_timesteps(steps)
+    theirs.alphas_cumprod = alpha_bar.clone()  # the same schedule, in float64
+    ts = diffusion.timesteps(T, steps, "trailing")
+    assert theirs.timesteps.tolist() == ts
+    g = gen(1)
+    x = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    for i, t in enumerate(ts):
+        output = torch.randn(x.shape, generator=g, dtype=torch.float64)  # any prediction will do
+        noise = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        eps = diffusion.to_eps(output, x, diffusion._at(alpha_bar, t, x), prediction)
+        ours = diffusion.ddim_step(x, eps, t, t_prev, alpha_bar, eta, noise, clip=True)
+        ref = theirs.step(output, t, x, eta=eta, use_clipped_model_output=True,
+                          variance_noise=noise).prev_sample
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9, msg=f"step {i} (t={t})")
+        x = ref

@@ -3,9 +3,9 @@ run by `dvc queue start -j 2`, every stage logging to one `mlflow server` on loo
 MLFLOW_TRACKING_URI. Tiny settings and two families (vae, dcgan) keep it near two minutes
 on a 2-core CPU.
 
-Checks: both experiments succeed and `dvc exp show` lines up their (different) metrics; the server
-holds one FINISHED run per (stage, family) for each experiment, tagged with its DVC experiment name
-and the baseline commit, with the same numbers as the experiment's metric files; and no local
+Checks: both experiments succeed and `dvc exp show` lines up their (different) metrics, which
+`trilemma seed-spread` tabulates; the server holds one FINISHED run per (stage, family) for each
+experiment, tagged with its DVC experiment name and the baseline commit, with the same numbers as the experiment's metric files; and no local
 SQLite store appeared in the repository or in the queue's temporary workspaces.
 Also that every run lands in the one 'trilemma' MLflow experiment, although both experiments'
 first stages race to create it on the fresh server.
@@ -15,6 +15,7 @@ Skipped only where the `mlflow` CLI or `git` cannot be found.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -241,3 +242,19 @@ def test_runs_went_to_the_server_not_a_local_store(queued):
     for name, log in queued["logs"].items():
         assert "warning: MLflow" not in log, f"{name} ran (partly) untracked:\n{log}"
         assert queued["base"] in log, f"{name}'s stages do not name the server:\n{log}"
+
+
+def test_seed_spread_reads_the_experiments_of_the_queue(queued, shown):
+    """`trilemma seed-spread` in the repo runs `dvc exp show --json` itself and finds both seeds'
+    runs (the workspace ran nothing); every value of its CSV is an experiment's metric."""
+    out = command(["trilemma", "seed-spread"], queued["root"], queued["env"])
+    assert "from 2 runs: seed1 (seed 1), seed2 (seed 2)" in out, out
+    rows = list(csv.DictReader((queued["root"] / "reports/seeds/spread.csv").open()))
+    fids = {r["family"]: r for r in rows if r["metric"] == METRIC}
+    assert sorted(fids) == sorted(FAMILIES)
+    for family, row in fids.items():
+        values = [shown[name][f"reports/eval/{family}/metrics.json"][METRIC] for name in SEEDS]
+        assert [float(row["seed_1"]), float(row["seed_2"])] == pytest.approx(values, rel=1e-5)
+        assert float(row["mean"]) == pytest.approx(sum(values) / 2, rel=1e-5)
+    table = (queued["root"] / "reports/seeds/spread.md").read_text()
+    assert all(f"| {family} |" in table for family in FAMILIES), table

@@ -246,11 +246,12 @@ def test_stage_table_without_a_log_exits_2(tmp_path, capsys):
 
 def test_scoring_right_after_preload_waits_for_the_background_import():
     """Two threads importing torchmetrics at once deadlock (Python raises in one of them): a fresh
-    process scores straight after `preload` and must print nothing but the score."""
+    process scores straight after `torchmetrics_loader.start` and must print nothing but the score."""
     import subprocess
     import sys
 
-    code = ("import torch; from trilemma import metrics; metrics.preload(); "
+    code = ("import torch; from trilemma import metrics, torchmetrics_loader; "
+            "torchmetrics_loader.start(); "
             "g = torch.Generator().manual_seed(0); "
             "print(metrics.fid(torch.randn(64, 4, generator=g, dtype=torch.float64), "
             "torch.randn(64, 4, generator=g, dtype=torch.float64)))")
@@ -260,25 +261,30 @@ def test_scoring_right_after_preload_waits_for_the_background_import():
     assert float(done.stdout.strip().splitlines()[-1]) >= 0
 
 
-def test_every_torchmetrics_import_waits_for_the_preload():
+def test_every_torchmetrics_import_waits_for_the_background_import():
     """The background import races any other torchmetrics import (CI once lost `evaluate-i2i` to a
     KeyError: 'torchmetrics' that way), and a race seldom shows in one run: so each function of the
-    package that imports torchmetrics must call `wait_for_torchmetrics()` before the import."""
+    package that imports torchmetrics must call `torchmetrics_loader.wait()` before the import."""
     import ast
+
+    def imports_torchmetrics(node) -> bool:
+        names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                 [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        return any(name.split(".")[0] == "torchmetrics" for name in names)
 
     late = []
     for path in sorted((Path(__file__).parents[1] / "src" / "trilemma").rglob("*.py")):
-        for fn in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name == "preload":
+        if path.name == "torchmetrics_loader.py":
+            continue
+        tree = ast.parse(path.read_text())
+        late += [f"{path.name}:{node.lineno} at module level" for node in tree.body
+                 if imports_torchmetrics(node)]
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             waited = False
             for node in fn.body:
-                if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
-                        and getattr(node.value.func, "id", getattr(node.value.func, "attr", None))
-                        == "wait_for_torchmetrics"):
-                    waited = True
-                imported = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
-                            [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-                if any(m.split(".")[0] == "torchmetrics" for m in imported) and not waited:
+                waited = waited or ast.unparse(node) == "torchmetrics_loader.wait()"
+                if imports_torchmetrics(node) and not waited:
                     late.append(f"{path.name}:{node.lineno} in {fn.name}")
-    assert not late, f"torchmetrics imported before wait_for_torchmetrics(): {late}"
+    assert not late, f"torchmetrics imported before torchmetrics_loader.wait(): {late}"

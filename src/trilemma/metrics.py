@@ -9,10 +9,8 @@ the Inception score are torchmetrics' own math, fed with precomputed features; p
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
-import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trilemma import distributed
+from trilemma import distributed, torchmetrics_loader
 from trilemma.classifier import Judge
 from trilemma.errors import DataError, brief
 from trilemma.io import atomic_path
@@ -147,29 +145,10 @@ class _Given(nn.Module):
         return features
 
 
-_preloading: list[threading.Thread] = []
-
-
-def preload() -> None:
-    """Import torchmetrics (4-5 s on a CPU: it loads its whole package) on a background thread,
-    so that it loads while the caller reads and embeds images. Every torchmetrics import waits for
-    it first (`wait_for_torchmetrics`): two threads importing one package can deadlock."""
-    thread = threading.Thread(target=importlib.import_module, args=("torchmetrics",),
-                              name="import-torchmetrics", daemon=True)
-    thread.start()
-    _preloading.append(thread)
-
-
-def wait_for_torchmetrics() -> None:
-    """Join a `preload` still under way; every `from torchmetrics ...` in the package comes after this."""
-    while _preloading:
-        _preloading.pop().join()
-
-
 def fids(real: torch.Tensor, fakes: Iterable[torch.Tensor]) -> list[float]:
     """Frechet distance between the features `real` (n,F) and each feature set in `fakes`;
     the real statistics are computed once."""
-    wait_for_torchmetrics()
+    torchmetrics_loader.wait()
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), reset_real_features=False,
@@ -209,7 +188,7 @@ def fid_bootstrap(real: torch.Tensor, fake: torch.Tensor, rounds: int, seed: int
 def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -> tuple[float, float]:
     """Kernel distance (cubic polynomial kernel MMD^2, unbiased) averaged over `subsets` random
     subsets of min(KID_SUBSET, n) images: mean and std over subsets."""
-    wait_for_torchmetrics()
+    torchmetrics_loader.wait()
     from torchmetrics.image.kid import KernelInceptionDistance
 
     size = min(KID_SUBSET, len(real), len(fake))
@@ -228,7 +207,7 @@ def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -
 def inception_score(logits: torch.Tensor, seed: int, splits: int = 10) -> tuple[float, float]:
     """exp(E KL(p(y|x) || p(y))) from class logits (n,C): mean and std over `splits` splits.
     With the judge, 10 means confident, evenly spread digits; 1 one class or no confidence."""
-    wait_for_torchmetrics()
+    torchmetrics_loader.wait()
     from torchmetrics.image.inception import InceptionScore
 
     with warnings.catch_warnings():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trilemma.i2i.tasks import Task
-from trilemma.metrics import wait_for_torchmetrics
+from trilemma import torchmetrics_loader
 
 PSNR_CAP = 100.0  # dB, for identical images (torchmetrics gives inf); uint8 images that differ
 #                   in one grey level at one pixel of 28x28 score 77 dB, so the cap moves no other
@@ -25,7 +25,7 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of (n,C,S,S) images in [0,1] (data range 1), capped at PSNR_CAP:
     (n,)."""
-    wait_for_torchmetrics()
+    torchmetrics_loader.wait()
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     per_image = peak_signal_noise_ratio(pred.double(), target.double(), data_range=1.0,
@@ -35,7 +35,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM (Gaussian window 11, sigma 1.5) of (n,C,S,S) images in [0,1]: (n,)."""
-    wait_for_torchmetrics()
+    torchmetrics_loader.wait()
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     # float32: a CPU convolves it about 12x faster than float64 (oneDNN), and per-image values

@@ -1,0 +1,59 @@
+"""Command `seed-spread`: each family's scores as mean ± std over pipeline runs with different
+seeds (DVC experiments), and the FID ranking with the differences smaller than that noise as ties."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.common import ParamsOption, log, single_process, user_errors
+from trilemma import paths, seed_spread as spread_lib
+from trilemma.config import load_params
+from trilemma.errors import DataError
+from trilemma.io import atomic_dir
+
+OUT = paths.REPORTS / "seeds"
+ExpShowOption = Annotated[Optional[Path], typer.Option(
+    "--from", help="A saved `dvc exp show --json`; default: run it in this repository.")]
+
+
+@user_errors
+def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption = None) -> None:
+    """Read the evaluate metrics of every run DVC knows (workspace, commits, experiments), one
+    per seed, and write reports/seeds/spread.md (ranking, mean ± std, ties) and spread.csv
+    (every value). Make the runs first, e.g. `dvc exp run --queue -S seed=0,1,2 evaluate` and
+    `dvc queue start`; `make seeds` does both and waits."""
+    single_process("seed-spread")
+    p = load_params(params)
+    runs = spread_lib.runs_from_exp_show(_exp_show(saved), p.families)
+    table = spread_lib.spreads(runs, p.families)
+    text = spread_lib.markdown(runs, table)
+    with atomic_dir(OUT) as tmp:
+        (tmp / "spread.md").write_text(text)
+        (tmp / "spread.csv").write_text(spread_lib.to_csv(table))
+    log(text.rstrip())
+    log(f"wrote {OUT / 'spread.md'} and spread.csv from {len(runs)} runs: "
+        + ", ".join(f"{r.name} (seed {r.seed})" for r in runs))
+
+
+def _exp_show(saved: Path | None) -> list:
+    if saved is not None:
+        try:
+            return json.loads(saved.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{saved}: not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{saved}: not the JSON of `dvc exp show --json` ({err})") from None
+    try:
+        done = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
+                              timeout=600)
+    except FileNotFoundError:
+        raise DataError("dvc: not found on PATH (`make setup` installs it)") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"`dvc exp show --json` failed: {last}")
+    return json.loads(done.stdout)

@@ -1,0 +1,140 @@
+"""How much of a difference between families is training noise. The same pipeline run with
+several seeds (DVC experiments, `dvc exp run -S seed=...`) gives each family's scores as
+mean ± std over the seeds; families whose mean FIDs differ by less than the spread of that
+difference are ties. The bootstrap interval of one run covers only the sampling noise of its
+images; this covers the training run itself (initialisation, data order, the last bits of the
+CPU's kernels that GAN training amplifies)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass
+
+from trilemma import paths
+from trilemma.errors import DataError
+
+# the summary scores compared across seeds (metrics.json keys), with their display names
+SCORES = {"fid_classifier": "FID ↓", "precision": "precision ↑", "recall": "recall ↑",
+          "min_class_fraction": "rarest class ↑", "label_accuracy": "label accuracy ↑"}
+RANKED_BY = "fid_classifier"  # lower is better
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pipeline run: its name (the DVC experiment's), its seed, and each family's scores."""
+    name: str
+    seed: int
+    scores: dict[str, dict[str, float]]  # family -> metrics.json of its evaluate stage
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A family's score over the runs: mean, sample std (ddof 1) and the values by seed."""
+    family: str
+    metric: str
+    values: dict[int, float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values.values())
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values.values())
+
+
+def runs_from_exp_show(shown: list, families: list[str]) -> list[Run]:
+    """The runs in `dvc exp show --json` output (every baseline commit, the workspace and each
+    experiment) that hold an evaluate metrics.json for every one of `families`, one per seed
+    (the first listed wins: an experiment and the workspace it was applied to are one run)."""
+    runs: dict[int, Run] = {}
+    for rev in _revs(shown):
+        data = rev.get("data") or {}
+        seed = ((data.get("params") or {}).get("params.yaml") or {}).get("data", {}).get("seed")
+        metrics = data.get("metrics") or {}
+        scores = {f: (metrics.get(str(paths.eval_reports(f) / "metrics.json")) or {}).get("data")
+                  for f in families}
+        if isinstance(seed, int) and all(isinstance(s, dict) for s in scores.values()):
+            runs.setdefault(seed, Run(rev.get("name") or rev.get("rev", "?"), seed, scores))
+    return [runs[seed] for seed in sorted(runs)]
+
+
+def _revs(shown: list):
+    for baseline in shown if isinstance(shown, list) else []:
+        yield baseline
+        for experiment in baseline.get("experiments") or []:
+            yield from experiment.get("revs") or []
+
+
+def spreads(runs: list[Run], families: list[str]) -> dict[str, dict[str, Spread]]:
+    """family -> metric -> Spread over the runs, for the SCORES a family reports (label accuracy
+    only for conditional families). Needs two runs with different seeds."""
+    if len({run.seed for run in runs}) < 2:
+        found = ", ".join(f"{r.name} (seed {r.seed})" for r in runs) or "none"
+        raise DataError(f"the spread needs runs with at least 2 different seeds, each with every "
+                        f"family's evaluate metrics; found: {found}")
+    table = {}
+    for family in families:
+        table[family] = {
+            metric: Spread(family, metric, {r.seed: float(r.scores[family][metric]) for r in runs})
+            for metric in SCORES
+            if all(isinstance(r.scores[family].get(metric), (int, float)) for r in runs)}
+    return table
+
+
+def tied(a: Spread, b: Spread) -> bool:
+    """The mean scores differ by less than the std of the difference of one run of each
+    (sqrt(std_a^2 + std_b^2)): one `dvc repro` of each could rank them either way."""
+    return abs(a.mean - b.mean) < math.hypot(a.std, b.std)
+
+
+def ranking(table: dict[str, dict[str, Spread]]) -> list[tuple[int, Spread, list[str]]]:
+    """(rank, FID spread, families tied with it), best mean FID first. A family's rank is 1 plus
+    the number of families better than it by more than the noise, so ties share ranks."""
+    ranked = sorted((scores[RANKED_BY] for scores in table.values()), key=lambda s: s.mean)
+    rows = []
+    for spread in ranked:
+        ties = [o.family for o in ranked if o is not spread and tied(spread, o)]
+        better = sum(o.mean < spread.mean and not tied(spread, o) for o in ranked)
+        rows.append((1 + better, spread, ties))
+    return rows
+
+
+def markdown(runs: list[Run], table: dict[str, dict[str, Spread]]) -> str:
+    """The ranking table: rank, family, each score as mean ± std, and the ties."""
+    seeds = ", ".join(str(r.seed) for r in runs)
+    lines = [f"# Training noise: {len(runs)} runs (seeds {seeds})", "",
+             "Mean ± std over the seeds (judge features). Rank counts only the families better "
+             "by more than the noise: two families tie when their mean FIDs differ by less than "
+             "sqrt(std_a² + std_b²), the spread of the difference between one run of each.", "",
+             "| rank | family | " + " | ".join(SCORES.values()) + " | tied with |",
+             "|---|---|" + "---|" * len(SCORES) + "---|"]
+    for rank, spread, ties in ranking(table):
+        scores = table[spread.family]
+        cells = [_cell(scores.get(m), m) for m in SCORES]
+        lines.append(f"| {rank} | {spread.family} | " + " | ".join(cells) +
+                     f" | {', '.join(ties) or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(spread: Spread | None, metric: str) -> str:
+    if spread is None:
+        return "–"
+    digits = 1 if metric == RANKED_BY else 3
+    return f"{spread.mean:.{digits}f} ± {spread.std:.{digits}f}"
+
+
+def to_csv(table: dict[str, dict[str, Spread]]) -> str:
+    """One row per family and score: mean, std, n and the value of each seed."""
+    seeds = sorted({seed for scores in table.values() for s in scores.values() for seed in s.values})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["family", "metric", "mean", "std", "n", *(f"seed_{s}" for s in seeds)])
+    for family, scores in table.items():
+        for metric, s in scores.items():
+            writer.writerow([family, metric, f"{s.mean:.6g}", f"{s.std:.6g}", len(s.values),
+                             *(f"{s.values[k]:.6g}" if k in s.values else "" for k in seeds)])
+    return out.getvalue()

@@ -1,0 +1,116 @@
+"""The seed spread: mean ± std over runs with different seeds, ties where two families differ by
+less than that noise, and `trilemma seed-spread --from` on a saved `dvc exp show --json` (the real
+queue is driven in test_parallel_experiments)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_params
+from pipeline.cli import app
+from trilemma import seed_spread as s
+from trilemma.errors import DataError
+
+FAMILIES = ["vae", "cgan"]
+
+
+def metrics(fid: float, **more) -> dict:
+    return {"fid_classifier": fid, "precision": 0.5, "recall": 0.4, "min_class_fraction": 0.05,
+            **more}
+
+
+def rev(name: str, seed: int, scores: dict[str, dict]) -> dict:
+    """One run as `dvc exp show --json` lists it (DVC 3: params and metrics under data)."""
+    return {"rev": name, "name": name, "data": {
+        "params": {"params.yaml": {"data": {"seed": seed, "profile": "quick"}}},
+        "metrics": {f"reports/eval/{f}/metrics.json": {"data": m} for f, m in scores.items()}}}
+
+
+def exp_show(seeds: dict[int, tuple[float, float]]) -> list:
+    """The workspace (nothing run) and a baseline commit with one experiment per seed, the
+    families' FIDs given per seed; cgan reports label accuracy."""
+    experiments = [{"revs": [rev(f"seed{seed}", seed, {
+        "vae": metrics(vae), "cgan": metrics(cgan, label_accuracy=0.9 + seed / 100)})]}
+        for seed, (vae, cgan) in seeds.items()]
+    return [{"rev": "workspace", "data": {"params": {"params.yaml": {"data": {"seed": 0}}},
+                                          "metrics": {}}},
+            {"rev": "abc123", "name": "main", "data": {}, "experiments": experiments}]
+
+
+def test_runs_are_read_one_per_seed_and_incomplete_ones_skipped():
+    shown = exp_show({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)})
+    shown[1]["experiments"].append({"revs": [rev("again0", 0, {"vae": metrics(1.0),
+                                                              "cgan": metrics(1.0)})]})
+    shown[1]["experiments"].append({"revs": [rev("half", 3, {"vae": metrics(1.0)})]})
+    runs = s.runs_from_exp_show(shown, FAMILIES)
+    assert [(r.name, r.seed) for r in runs] == [("seed0", 0), ("seed1", 1), ("seed2", 2)]
+    assert runs[1].scores["vae"]["fid_classifier"] == 110.0
+
+
+def test_spread_is_mean_and_sample_std_per_family_and_score():
+    runs = s.runs_from_exp_show(exp_show({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)}),
+                                FAMILIES)
+    table = s.spreads(runs, FAMILIES)
+    assert table["vae"]["fid_classifier"].mean == pytest.approx(100.0)
+    assert table["vae"]["fid_classifier"].std == pytest.approx(10.0)  # ddof 1
+    assert table["cgan"]["label_accuracy"].values == {0: 0.9, 1: 0.91, 2: 0.92}
+    assert "label_accuracy" not in table["vae"]  # an unconditional family does not report it
+
+
+def test_families_closer_than_their_noise_tie_and_share_a_rank():
+    fid = lambda name, *v: s.Spread(name, "fid_classifier", dict(enumerate(v)))  # noqa: E731
+    table = {"a": {"fid_classifier": fid("a", 10, 12, 14)},   # 12 ± 2
+             "b": {"fid_classifier": fid("b", 13, 14, 15)},   # 14 ± 1: 2 < hypot(2, 1) = 2.24
+             "c": {"fid_classifier": fid("c", 40, 41, 42)}}   # far behind both
+    assert s.tied(table["a"]["fid_classifier"], table["b"]["fid_classifier"])
+    ranked = [(rank, spread.family, ties) for rank, spread, ties in s.ranking(table)]
+    assert ranked == [(1, "a", ["b"]), (1, "b", ["a"]), (3, "c", [])]
+    assert not s.tied(fid("x", 10, 10.5, 11), fid("y", 13, 13.5, 14))  # 3 > hypot(.5, .5)
+
+
+def test_one_seed_is_not_a_spread():
+    runs = s.runs_from_exp_show(exp_show({0: (100.0, 50.0)}), FAMILIES)
+    with pytest.raises(DataError, match="at least 2 different seeds.*seed0 \\(seed 0\\)"):
+        s.spreads(runs, FAMILIES)
+
+
+def test_command_writes_the_table_and_the_values(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"families": FAMILIES})
+    saved = tmp_path / "shown.json"
+    saved.write_text(json.dumps(exp_show({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)})))
+    result = CliRunner().invoke(app, ["seed-spread", "--from", str(saved)])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "reports/seeds/spread.md").read_text()
+    assert "| 1 | cgan | 50.0 ± 2.0 |" in table and "| 2 | vae | 100.0 ± 10.0 |" in table, table
+    assert "seeds 0, 1, 2" in table
+    rows = (tmp_path / "reports/seeds/spread.csv").read_text().splitlines()
+    assert rows[0] == "family,metric,mean,std,n,seed_0,seed_1,seed_2"
+    assert "vae,fid_classifier,100,10,3,100,110,90" in rows
+    assert math.isclose(float(next(r for r in rows if r.startswith("cgan,label_accuracy"))
+                              .split(",")[2]), 0.91)
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "missing.json: not found"),
+    ("{not json", "not the JSON of `dvc exp show --json`"),
+    ("[]", "at least 2 different seeds"),
+])
+def test_bad_input_is_one_line_and_keeps_the_old_table(tmp_path, monkeypatch, content, says):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"families": FAMILIES})
+    old = tmp_path / "reports/seeds/spread.md"
+    old.parent.mkdir(parents=True)
+    old.write_text("an earlier table\n")
+    saved = tmp_path / "missing.json"
+    if content is not None:
+        saved.write_text(content)
+    result = CliRunner().invoke(app, ["seed-spread", "--from", str(saved)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+    assert old.read_text() == "an earlier table\n"
