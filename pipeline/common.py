@@ -20,6 +20,8 @@ DeviceOption = Annotated[str, typer.Option(
 DryRunOption = Annotated[bool, typer.Option(
     "--dry-run", help="Print the resolved settings this stage would use, then stop.")]
 FamilyArgument = Annotated[str, typer.Argument(help="Family name, as listed in params.yaml `families`.")]
+I2IArgument = Annotated[str, typer.Argument(
+    help="Image-to-image family, as listed in params.yaml `i2i_families`.")]
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -64,7 +66,7 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
     from trilemma import distributed
     from trilemma.runtime import peak_memory
 
-    if not distributed.is_main():  # one line per command, from rank 0
+    if not distributed.is_rank0():  # one line per command, from rank 0
         return
     global _previous_end
     ended = time.time()
@@ -105,8 +107,7 @@ def log(message: str) -> None:
     """A progress line; under torchrun from rank 0 only."""
     from trilemma import distributed
 
-    if distributed.is_main():
-        print(message, flush=True)
+    distributed.log(message)
 
 
 def setup(params_path: Path, device_choice: str | None):

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
-                             single_process, user_errors)
-from pipeline.train_i2i import EXAMPLES, I2IArgument, judge_for
+from pipeline.common import (DeviceOption, DryRunOption, I2IArgument, ParamsOption, log,
+                             print_settings, setup, single_process, user_errors)
 from trilemma import paths, tracking
 from trilemma.io import write_json
 from trilemma.runtime import device_name
@@ -48,8 +47,8 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
         return print_settings({family: cfg.model_dump(), "evaluate": p.evaluate.model_dump(),
                                "data": p.data.model_dump(), "device": str(dev)})
     from trilemma import data, figures, i2i, metrics, torchmetrics_loader
-    from trilemma.classifier import load_judge
-    from trilemma.i2i.scores import examples_figure, quantise
+    from trilemma.classifier import judge_for, load_judge
+    from trilemma.i2i.scores import EXAMPLES, examples_figure, quantise
 
     torchmetrics_loader.start()
     images = data.load_npz(paths.DATA, p.data)

@@ -106,7 +106,7 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         sweep_values.append(number)
         sweep_labels.append(label)
         log(f"{family}: {m} samples at {knob} {label} in {secs:.2f} s ({m / secs:.0f} images/s)")
-    if not distributed.is_main():  # the other torchrun ranks only draw their batches
+    if not distributed.is_rank0():  # the other torchrun ranks only draw their batches
         return
     arrays.update(sweep_knob=np.array([k for k, _ in sweep], dtype=str),
                   sweep_value=np.array(sweep_values, dtype=np.float64),

@@ -9,11 +9,12 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, ParamsOption, log, print_settings, setup,
                              user_errors)
-from pipeline.evaluate import describe, metrics_json, metrics_json_without_judge, require_scorable
 from trilemma import data, distributed, figures, paths, tracking
 from trilemma.classifier import (ClassifierTrainee, load_judge, pixel_stats, save_judge,
                                  save_no_judge)
 from trilemma.config import fingerprint
+from trilemma.evaluation import (describe, metrics_json, metrics_json_without_judge,
+                                 require_scorable)
 from trilemma.io import atomic_dir, write_csv, write_json
 from trilemma.runtime import device_name, generator, peak_memory
 from trilemma.train import fit
@@ -38,7 +39,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     inception = metrics.inception(p.evaluate.inception_weights, dev)  # a bad file fails here
     images = data.load_npz(paths.DATA, p.data)
     if not images.spec.labelled:  # nothing to train; rank 0 writes why
-        return no_judge(images, inception, p, dev) if distributed.is_main() else None
+        return no_judge(images, inception, p, dev) if distributed.is_rank0() else None
     # every check that can fail runs before the first output (the old judge) is replaced
     require_scorable(len(images.x_test), "data.test_size", "the real-data floor is scored "
                      "against the test set")
@@ -56,7 +57,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
                    checkpoint_seconds=p.train.checkpoint_seconds)
 
     trace: list[dict] = []  # the loss curve by optimisation step, for MLflow
-    if not distributed.is_main():  # the other torchrun ranks train their share; rank 0 writes
+    if not distributed.is_rank0():  # the other torchrun ranks train their share; rank 0 writes
         train_loop()
         return
     out = paths.CLASSIFIER_REPORTS

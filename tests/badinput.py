@@ -61,6 +61,15 @@ def fails(result, *names: str) -> str:
     return check_error(result.output, result.stderr, result.exit_code, *names)
 
 
+def refused(root: Path, args: list[str], *names: str) -> str:
+    """`trilemma *args` in `root` stops on bad input (see `fails`) and every file the stages wrote
+    before stays byte-identical. Returns the error line."""
+    before = snapshot(root)
+    line = fails(invoke(*args), *names)
+    unchanged(root, before)
+    return line
+
+
 def params_raw(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return with_overrides(base_params(), {**TINY, **(overrides or {})})
 

@@ -195,6 +195,22 @@ def same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def assert_saved_model_loads_only_with_its_config(model, save: Callable[[Any, Path], None],
+                                                 load: Callable[[Any, Path], Any], cfg, other_cfg,
+                                                 folder: Path, missing: str) -> None:
+    """`save(cfg, path)` then `load(cfg, path)` gives back the same parameters; `load` under
+    `other_cfg` is refused ("other settings"), and a missing file with a message matching
+    `missing`."""
+    from trilemma.errors import DataError
+
+    save(cfg, folder / "m.pt")
+    assert same_params(params_of(load(cfg, folder / "m.pt")), params_of(model))
+    with pytest.raises(DataError, match="other settings"):
+        load(other_cfg, folder / "m.pt")
+    with pytest.raises(DataError, match=missing):
+        load(cfg, folder / "absent.pt")
+
+
 def assert_resume_repeats_the_next_step(build: Callable[..., Any], batch, steps: int) -> None:
     """After `steps` train steps, a model rebuilt from another seed, given the state dict and the
     RNG state, takes the next step exactly as the original: the same losses, the same weights.

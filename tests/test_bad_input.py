@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from badinput import (fails, invoke, params_raw, proc_fails, run_cli, snapshot, unchanged,
-                      write_raw)
+from badinput import (fails, invoke, params_raw, proc_fails, refused, run_cli,
+                      snapshot, unchanged, write_raw)
 from conftest import write_params
 
 # ---------------------------------------------------------------------------------------------
@@ -58,9 +58,7 @@ PARAMS_CASES = [
                          ids=[c[0] for c in PARAMS_CASES])
 def test_bad_params_value_names_the_key(repo, overrides, command, names):
     write_params(repo / "params.yaml", overrides)
-    before = snapshot(repo)
-    fails(invoke(*command), "params.yaml", *names)
-    unchanged(repo, before)
+    refused(repo, command, "params.yaml", *names)
 
 
 def _drop_vae_section(raw):
@@ -90,9 +88,7 @@ RAW_CASES = [
 @pytest.mark.parametrize("edit, names", RAW_CASES)
 def test_bad_params_structure_names_the_key(repo, edit, names):
     write_raw(repo, edit(params_raw()))
-    before = snapshot(repo)
-    fails(invoke("train", "vae"), "params.yaml", *names)
-    unchanged(repo, before)
+    refused(repo, ["train", "vae"], "params.yaml", *names)
 
 
 FILE_CASES = [
@@ -108,22 +104,17 @@ FILE_CASES = [
 @pytest.mark.parametrize("content, names", FILE_CASES)
 def test_unreadable_params_file_names_it(repo, content, names):
     (repo / "params.yaml").write_bytes(content)
-    before = snapshot(repo)
-    fails(invoke("train", "vae"), *names)
-    unchanged(repo, before)
+    refused(repo, ["train", "vae"], *names)
 
 
 def test_params_file_missing_names_it(repo):
-    before = snapshot(repo)
-    fails(invoke("train", "vae", "--params", "nothere.yaml"), "nothere.yaml", "no such params file")
-    unchanged(repo, before)
+    refused(repo, ["train", "vae", "--params", "nothere.yaml"],
+            "nothere.yaml", "no such params file")
 
 
 def test_params_path_is_a_directory_names_it(repo):
     (repo / "conf").mkdir()
-    before = snapshot(repo)
-    fails(invoke("train", "vae", "--params", "conf"), "conf")
-    unchanged(repo, before)
+    refused(repo, ["train", "vae", "--params", "conf"], "conf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,29 +123,21 @@ def test_params_path_is_a_directory_names_it(repo):
 
 @pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
 def test_unknown_family_on_the_command_line(repo, command):
-    before = snapshot(repo)
-    fails(invoke(command, "nosuch"), "nosuch", "families")
-    unchanged(repo, before)
+    refused(repo, [command, "nosuch"], "nosuch", "families")
 
 
 def test_unknown_device_option(repo):
-    before = snapshot(repo)
-    fails(invoke("train", "vae", "--device", "tpu"), "device", "tpu")
-    unchanged(repo, before)
+    refused(repo, ["train", "vae", "--device", "tpu"], "device", "tpu")
 
 
 def test_unknown_device_in_environment(repo, monkeypatch):
     monkeypatch.setenv("TRILEMMA_DEVICE", "gpu0")
-    before = snapshot(repo)
-    fails(invoke("sample", "vae"), "device", "gpu0")
-    unchanged(repo, before)
+    refused(repo, ["sample", "vae"], "device", "gpu0")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")
 def test_device_cuda_without_a_gpu(repo):
-    before = snapshot(repo)
-    fails(invoke("train", "vae", "--device", "cuda"), "device", "cuda")
-    unchanged(repo, before)
+    refused(repo, ["train", "vae", "--device", "cuda"], "device", "cuda")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,71 +169,48 @@ def test_damaged_data_file_names_it(repo, mnist_npz, damage):
     data = repo / "data" / "images.npz"
     data.unlink()  # the symlink to the session's copy: never damage that one
     data.write_bytes(damage(mnist_npz.read_bytes()))
-    before = snapshot(repo)
-    fails(invoke("train", "vae"), "data/images.npz")
-    unchanged(repo, before)
+    refused(repo, ["train", "vae"], "data/images.npz")
 
 
 @pytest.mark.parametrize("command", [["train", "vae"], ["train-classifier"], ["evaluate", "vae"]],
                          ids=["train", "train-classifier", "evaluate"])
 def test_data_file_missing_says_run_download(repo, command):
     (repo / "data" / "images.npz").unlink()
-    before = snapshot(repo)
-    fails(invoke(*command), "data/images.npz", "trilemma download")
-    unchanged(repo, before)
+    refused(repo, command, "data/images.npz", "trilemma download")
 
 
 # ---------------------------------------------------------------------------------------------
 # model files
 
 
-def test_evaluate_without_classifier(repo):
-    (repo / "models" / "classifier.pt").unlink()
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "models/classifier.pt", "trilemma train-classifier")
-    unchanged(repo, before)
+@pytest.mark.parametrize("command, missing, says", [
+    (["evaluate", "vae"], "models/classifier.pt", "trilemma train-classifier"),
+    (["evaluate", "vae"], "models/test_embedding.pt", "trilemma train-classifier"),
+    (["sample", "vae"], "models/vae.pt", "trilemma train vae")],
+    ids=["evaluate-classifier", "evaluate-test-embedding", "sample-model"])
+def test_a_missing_model_file_says_which_stage_writes_it(repo, command, missing, says):
+    (repo / missing).unlink()
+    refused(repo, command, missing, says)
 
 
 def test_classifier_file_corrupted(repo):
     (repo / "models" / "classifier.pt").write_bytes(b"not a checkpoint at all\n" * 10)
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "models/classifier.pt")
-    unchanged(repo, before)
-
-
-def test_evaluate_without_test_embedding_says_run_train_classifier(repo):
-    (repo / "models" / "test_embedding.pt").unlink()
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "models/test_embedding.pt", "trilemma train-classifier")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "models/classifier.pt")
 
 
 def test_test_embedding_corrupted_or_for_another_test_set(repo):
     path = repo / "models" / "test_embedding.pt"
     good = path.read_bytes()
     path.write_bytes(b"\x00" * 100)
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "models/test_embedding.pt", "not a readable embedding")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "models/test_embedding.pt", "not a readable embedding")
     path.write_bytes(good)
     write_params(repo / "params.yaml", {"data.test_size": 150})  # the embedding holds 200
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "models/test_embedding.pt", "the test set has 150")
-    unchanged(repo, before)
-
-
-def test_sample_without_model(repo):
-    (repo / "models" / "vae.pt").unlink()
-    before = snapshot(repo)
-    fails(invoke("sample", "vae"), "models/vae.pt", "trilemma train vae")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "models/test_embedding.pt", "the test set has 150")
 
 
 def test_model_written_by_other_settings(repo):
     write_params(repo / "params.yaml", {"vae.lr": 0.005})
-    before = snapshot(repo)
-    fails(invoke("sample", "vae"), "models/vae.pt", "vae", "trilemma train vae")
-    unchanged(repo, before)
+    refused(repo, ["sample", "vae"], "models/vae.pt", "vae", "trilemma train vae")
 
 
 def _garbage(blob: bytes) -> bytes:
@@ -273,9 +233,7 @@ def _list_checkpoint(blob: bytes) -> bytes:
 def test_model_file_corrupted(repo, damage):
     model = repo / "models" / "vae.pt"
     model.write_bytes(damage(model.read_bytes()))
-    before = snapshot(repo)
-    fails(invoke("sample", "vae"), "models/vae.pt")
-    unchanged(repo, before)
+    refused(repo, ["sample", "vae"], "models/vae.pt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,9 +264,7 @@ def test_sample_with_unwritable_samples_dir(repo):
     (repo / "samples" / "vae.npz").unlink()
     (repo / "samples").rmdir()
     (repo / "samples").write_text("not a directory\n")
-    before = snapshot(repo)
-    fails(invoke("sample", "vae"), "samples")
-    unchanged(repo, before)
+    refused(repo, ["sample", "vae"], "samples")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from badinput import fails, invoke, snapshot, unchanged
+from badinput import refused
 from conftest import write_params
 
 
@@ -54,25 +54,19 @@ SAMPLES_CASES = [
                          ids=[c[0] for c in SAMPLES_CASES])
 def test_malformed_samples_file_names_it_and_the_array(repo, edit, key):
     rewrite(repo / "samples" / "vae.npz", edit)
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", key)
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz", key)
 
 
 def test_samples_file_missing_says_run_sample(repo):
     (repo / "samples" / "vae.npz").unlink()
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", "trilemma sample vae")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz", "trilemma sample vae")
 
 
 def test_samples_file_truncated(repo):
     path = repo / "samples" / "vae.npz"
     blob = path.read_bytes()
     path.write_bytes(blob[:len(blob) // 2])
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz")
 
 
 TOO_FEW_CASES = [
@@ -87,59 +81,43 @@ TOO_FEW_CASES = [
                          ids=[c[0] for c in TOO_FEW_CASES])
 def test_too_few_samples_to_score_says_how_many_are_needed(repo, edit, says):
     rewrite(repo / "samples" / "vae.npz", lambda blob: _drop("labels")(edit(blob)))
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", says, "at least 4")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz", says, "at least 4")
 
 
 def test_test_set_too_small_to_score_names_the_key(repo):
     write_params(repo / "params.yaml", {"data.test_size": 3})
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "data.test_size", "3 images", "at least 4")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "data.test_size", "3 images", "at least 4")
 
 
 def test_another_familys_samples_are_refused(repo):
     rewrite(repo / "samples" / "vae.npz", _set(family=np.str_("cgan")))
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", "'cgan'", "trilemma sample vae")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz", "'cgan'", "trilemma sample vae")
 
 
 def test_samples_of_another_model_file_are_refused(repo):
     model = repo / "models" / "vae.pt"
     model.write_bytes(model.read_bytes() + b"\0")  # a retrained model: other bytes
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", "models/vae.pt", "trilemma sample vae")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz", "models/vae.pt", "trilemma sample vae")
 
 
 @pytest.mark.parametrize("overrides", [{"sample.n": 96}, {"seed": 1}, {"sample.truncation": 0.5}],
                          ids=["other-n", "other-seed", "other-truncation"])
 def test_samples_drawn_with_other_settings_are_refused(repo, overrides):
     write_params(repo / "params.yaml", overrides)
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", "other settings", "trilemma sample vae")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz", "other settings", "trilemma sample vae")
 
 
 def test_samples_without_provenance_are_refused(repo):
     rewrite(repo / "samples" / "vae.npz", _drop("family", "model_sha256", "settings_fingerprint"))
-    before = snapshot(repo)
-    fails(invoke("evaluate", "vae"), "samples/vae.npz", "which family", "trilemma sample vae")
-    unchanged(repo, before)
+    refused(repo, ["evaluate", "vae"], "samples/vae.npz", "which family", "trilemma sample vae")
 
 
 def test_sample_n_beyond_memory_names_the_key(repo):
     write_params(repo / "params.yaml", {"sample.n": 10**12})
-    before = snapshot(repo)
-    fails(invoke("sample", "vae"), "sample.n", "GiB", "memory")
-    unchanged(repo, before)
+    refused(repo, ["sample", "vae"], "sample.n", "GiB", "memory")
 
 
 def test_train_size_too_small_for_the_floor_keeps_the_judge(repo):
     """The worst case found: the judge was replaced, then scoring the floor crashed."""
     write_params(repo / "params.yaml", {"data.train_size": 2})
-    before = snapshot(repo)
-    fails(invoke("train-classifier"), "data.train_size", "2 images", "at least 4")
-    unchanged(repo, before)
+    refused(repo, ["train-classifier"], "data.train_size", "2 images", "at least 4")

@@ -242,7 +242,7 @@ def test_control_compares_guidance_of_diffusion_families_end_to_end(judged_repo)
         assert all(rate > 0 for rate in timing["images_per_second"].values())
     from trilemma.report_control import section
 
-    text = section(["dcgan", "ddpm", "cfg_diffusion"], judged_repo / "reports")
+    text = section(["dcgan", "ddpm", "cfg_diffusion"], judged_repo / "reports", "digit")
     assert "classifier-free guidance" in text and "classifier guidance (judge on x0)" in text
     assert "![ddpm control](control/ddpm/before_after.png)" in text
     assert "`trilemma control dcgan`" in text  # not run here: the section says so
@@ -275,8 +275,9 @@ def test_section_without_results_names_the_stages_to_run(tmp_path, monkeypatch):
     from trilemma.report_control import section
 
     monkeypatch.chdir(tmp_path)
-    text = section(["dcgan"], tmp_path / "reports")
+    text = section(["dcgan"], tmp_path / "reports", "class")
     assert "`trilemma control dcgan`" in text and "`trilemma train-referee`" in text
+    assert "for a class without retraining" in text and "digit" not in text  # the data set's word
 
 
 @pytest.mark.parametrize("args", [["train-referee"], ["control", "vae"]])

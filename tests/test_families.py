@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from conftest import assert_resume_repeats_the_next_step, params_of, same_params
+from conftest import (assert_resume_repeats_the_next_step,
+                      assert_saved_model_loads_only_with_its_config, params_of, same_params)
 from trilemma import families
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import ConfigError, DataError, TrainingDiverged
@@ -101,14 +102,10 @@ def test_resume_from_state_and_rng_repeats_the_next_step(name, batch):
 def test_saved_family_loads_only_with_the_same_config(name, batch, tmp_path):
     model = build(name)
     model.train_step(*batch)
-    cfg = tiny_config(name)
-    families.save(model, name, cfg, tmp_path / "m.pt")
-    loaded = families.load(name, cfg, tmp_path / "m.pt", CPU)
-    assert same_params(params_of(loaded), params_of(model))
-    with pytest.raises(DataError, match="other settings"):
-        families.load(name, tiny_config(name, lr=2e-3), tmp_path / "m.pt", CPU)
-    with pytest.raises(DataError, match="not found"):
-        families.load(name, cfg, tmp_path / "absent.pt", CPU)
+    assert_saved_model_loads_only_with_its_config(
+        model, lambda cfg, path: families.save(model, name, cfg, path),
+        lambda cfg, path: families.load(name, cfg, path, CPU),
+        tiny_config(name), tiny_config(name, lr=2e-3), tmp_path, "not found")
 
 
 def test_saved_family_keeps_its_image_spec_and_old_files_ask_for_a_retrain(tmp_path):

@@ -12,13 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import assert_resume_repeats_the_next_step, base_params, params_of, same_params
+from conftest import (assert_resume_repeats_the_next_step,
+                      assert_saved_model_loads_only_with_its_config, base_params, params_of)
 from pipeline.cli import app
 from trilemma import i2i
 from trilemma.classifier import Judge
 from trilemma.config import parse_params
 from trilemma.data import MNIST_SPEC, ImageSpec
-from trilemma.errors import ConfigError, DataError
+from trilemma.errors import ConfigError
 from trilemma.i2i import tasks
 from trilemma.i2i.scores import PSNR_CAP, psnr, quantise, ssim
 
@@ -100,14 +101,11 @@ def test_resume_from_state_repeats_the_next_step_exactly(name, batch):
 def test_saved_translator_loads_only_with_the_same_config(name, batch, tmp_path):
     model = build(name)
     model.train_step(*batch)
-    cfg = tiny_config(name)
-    i2i.save(model, name, cfg, tmp_path / "m.pt")
-    loaded = i2i.load(name, cfg, tmp_path / "m.pt", CPU, tiny_judge())
-    assert same_params(params_of(loaded), params_of(model))
-    with pytest.raises(DataError, match="other settings"):
-        i2i.load(name, tiny_config(name, lr=2e-3), tmp_path / "m.pt", CPU, tiny_judge())
-    with pytest.raises(DataError, match=f"run `trilemma train-i2i {name}` first"):
-        i2i.load(name, cfg, tmp_path / "absent.pt", CPU, tiny_judge())
+    assert_saved_model_loads_only_with_its_config(
+        model, lambda cfg, path: i2i.save(model, name, cfg, path),
+        lambda cfg, path: i2i.load(name, cfg, path, CPU, tiny_judge()),
+        tiny_config(name), tiny_config(name, lr=2e-3), tmp_path,
+        f"run `trilemma train-i2i {name}` first")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -125,3 +125,14 @@ def test_the_closure_follows_imports_inside_functions():
     files = closure("pipeline.train_classifier", None)
     assert "src/trilemma/metrics.py" in files  # imported inside the command's body
     assert "src/trilemma/config.py" in files
+
+
+STAGE_MODULES = sorted({spec.split(":")[0] for spec in STAGES.values()})
+
+
+@pytest.mark.parametrize("module", STAGE_MODULES)
+def test_a_stage_imports_no_other_stage(module):
+    """Stages stay thin: what two stages share lives in the library (src/trilemma) or in
+    pipeline/common.py, so a stage's deps never drag in another stage's command."""
+    others = imported_modules(module_file(module)) & (set(STAGE_MODULES) - {module})
+    assert not others, f"{module} imports the stage modules {sorted(others)}"

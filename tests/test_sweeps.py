@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import base_params, with_overrides
 
-from pipeline.evaluate import SCORE_COLUMNS, SWEEP_COLUMNS, metrics_json, scored_sets, sweep_rows
 from pipeline.sample import as_float, describe, knob_settings
 from trilemma import metrics
 from trilemma.classifier import Judge
 from trilemma.config import SampleConfig, parse_params
 from trilemma.errors import ConfigError
+from trilemma.evaluation import SCORE_COLUMNS, SWEEP_COLUMNS, metrics_json, scored_sets, sweep_rows
 
 CPU = torch.device("cpu")
 

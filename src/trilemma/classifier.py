@@ -146,3 +146,12 @@ def load_judge(path: str | Path, device: torch.device) -> Judge:
         raise DataError(f"{path}: not a trilemma classifier checkpoint ({brief(err)}); "
                         f"{again}") from None
     return net.to(device, memory_format=torch.channels_last).eval()
+
+
+def judge_for(family: str, device: torch.device) -> Judge | None:
+    """The frozen judge for SRGAN's content loss; the other families need none."""
+    if family != "srgan":
+        return None
+    from trilemma import paths
+
+    return load_judge(paths.CLASSIFIER, device)

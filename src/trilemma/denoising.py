@@ -50,6 +50,10 @@ Guide = diffusion.Guide
 # DDIM steps of the train stage's previews (the grid after each epoch, the figures): they need no
 # more; the sample stage passes its own `sample.steps`
 PREVIEW_STEPS = 20
+# classifier-free guidance w of the figures that sample from noise (latent diffusion's denoising
+# progression): a figure takes no sampling settings; the grids and the sample stage pass
+# params `sample.guidance`
+PREVIEW_GUIDANCE = 3.0
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +138,7 @@ class Diffusion:
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, start: int, labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, sampler: str = "ddim", steps: int = 50,
-                eta: float = 0.0, guidance: float = 3.0, keep: int = 0,
+                eta: float = 0.0, guidance: float = 1.0, keep: int = 0,
                 guide: Guide | None = None,
                 frames: Callable[[torch.Tensor], torch.Tensor] = _images,
                 ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
@@ -164,10 +168,12 @@ class Diffusion:
 
     def draw(self, n: int, labels: torch.Tensor | None = None,
              generator: torch.Generator | None = None, sampler: str = "ddim",
-             steps: int | str = PREVIEW_STEPS, eta: float = 0.0, guidance: float = 3.0,
+             steps: int | str = PREVIEW_STEPS, eta: float = 0.0, guidance: float = 1.0,
              guide: Guide | None = None) -> torch.Tensor:
         """n samples x_0 (n,C,S,S) from pure noise, as floats in the space the net denoises.
-        steps="ddpm" means the ancestral sampler on all T steps; `guide` as in `denoise`."""
+        steps="ddpm" means the ancestral sampler on all T steps; `guidance` is the classifier-free
+        w of a conditional model (1: the conditional prediction alone; the stages pass params
+        `sample.guidance`); `guide` as in `denoise`."""
         if steps == "ddpm":
             sampler, steps = "ddpm", self.timesteps
         x_T = torch.randn(n, *self._shape, generator=generator)
@@ -178,7 +184,7 @@ class Diffusion:
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None, sampler: str = "ddim",
                steps: int | str = PREVIEW_STEPS, eta: float = 0.0,
-               guidance: float = 3.0, guide: Guide | None = None) -> torch.Tensor:
+               guidance: float = 1.0, guide: Guide | None = None) -> torch.Tensor:
         """n uint8 images (n,C,S,S) from pure noise; the arguments as in `draw`."""
         return _images(self.draw(n, labels, generator, sampler, steps, eta, guidance, guide))
 

@@ -36,9 +36,15 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
-def is_main() -> bool:
+def is_rank0() -> bool:
     """Rank 0: the one process that prints progress, writes files and logs to MLflow."""
     return rank() == 0
+
+
+def log(message: str) -> None:
+    """A progress line; under torchrun from rank 0 only."""
+    if is_rank0():
+        print(message, flush=True)
 
 
 def launched() -> bool:

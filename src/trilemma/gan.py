@@ -48,7 +48,7 @@ def load_pair_state(model: Any, state: dict[str, Any]) -> None:
         model.ema.net.load_state_dict(state["generator_ema"])
 
 
-class GAN:
+class GAN(latent.Decoded):
     knobs = ("truncation",)  # sampling settings from params `sample` this family honours
 
     def __init__(self, cfg: GANConfig, generator: nn.Module, discriminator: nn.Module,
@@ -139,16 +139,6 @@ class GAN:
         out = g(self._g_input(z, None if labels is None else labels.to(self.device)))
         g.train(training)
         return ((out + 1) / 2).clamp(0, 1)  # tanh range [-1,1] -> [0,1]
-
-    @torch.no_grad()
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (n,L) [+ classes (n,)] -> uint8 images (n,C,S,S): `decode`, rounded."""
-        return self.decode(z, labels).mul(255).round().to(torch.uint8)
-
-    def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None,
-               truncation: float | None = None) -> torch.Tensor:
-        return self.generate(latent.noise(n, self.latent_dim, generator, truncation), labels)
 
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         return {}

@@ -23,6 +23,22 @@ def noise(n: int, dim: int, generator: torch.Generator | None = None,
     return torch.nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation, generator=generator)
 
 
+class Decoded:
+    """`generate` and `sample` of a family whose images are `decode(z, labels)` (floats (n,C,S,S)
+    in [0,1]) of latents (n, latent_dim): the uint8 rounding and the prior written once."""
+    latent_dim: int
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (n,L) [+ classes (n,)] -> uint8 images (n,C,S,S): `decode`, rounded."""
+        return self.decode(z, labels).mul(255).round().to(torch.uint8)
+
+    def sample(self, n: int, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None,
+               truncation: float | None = None) -> torch.Tensor:
+        return self.generate(noise(n, self.latent_dim, generator, truncation), labels)
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation between rows of a and b (n,d) at fractions t (k,) -> (n,k,d).
     Follows the great circle, so intermediate points keep the norm typical of Gaussian latents

@@ -510,7 +510,7 @@ generator can be expected to beat.
 {_latent_section(families, out, data)}
 {_label_accuracy_section(families, data)}
 {_family_figures_section(families, out, data)}
-{report_control.section(list(control), out) if control else ""}
+{report_control.section(list(control), out, data.unit) if control else ""}
 {report_i2i.section(list(i2i), out)}
 ## Training
 

@@ -43,22 +43,23 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def section(families_in_control: list[str], out: Path) -> str:
+def section(families_in_control: list[str], out: Path, unit: str) -> str:
     """Markdown: the steering table (judge and referee success before/after, referee success per
     class), the before/after figures, and one guidance table for classifier guidance and
     classifier-free guidance. `out` is the folder the markdown lives in (figure links are
-    relative to it). Missing files become a line saying which stage to run."""
+    relative to it); `unit` is what one class is called ("digit", "class"). Missing files become
+    a line saying which stage to run."""
     lines = ["## Controllable generation", ""]
     if not families_in_control:
         return "\n".join(lines + ["No family is listed in params.yaml `control.families`.", ""])
     referee = _read(paths.REFEREE_REPORTS / "metrics.json")
     lines += [
-        "Steering asks an unconditional generator for a digit without retraining it, using the "
+        f"Steering asks an unconditional generator for a {unit} without retraining it, using the "
         "judge's gradient. An optimiser that ascends the judge's log-probability can also fool "
         "the judge with small adversarial pixel changes, so every success is counted twice: by "
         "the judge and by the *referee*, a second classifier (other seed, width and shift "
         "augmentation) that the steering never saw. The gap between the two is the share of "
-        "images that convince the judge but not another network: adversarial, not the digit."
+        f"images that convince the judge but not another network: adversarial, not the {unit}."
         + (f" The referee's test accuracy is {referee['test_accuracy']:.4f}."
            if referee and "test_accuracy" in referee else
            " (No referee metrics: run `trilemma train-referee`.)"), ""]
@@ -78,9 +79,9 @@ def section(families_in_control: list[str], out: Path) -> str:
         lines += [
             "### Latent steering",
             "",
-            "Latents from the prior, moved by Adam on -log p_judge(digit given G(z)) + "
+            f"Latents from the prior, moved by Adam on -log p_judge({unit} given G(z)) + "
             "prior_weight * squared norm(z) / 2; success is the share of images classified as "
-            "the requested digit, before and after. The referee columns per digit are after.",
+            f"the requested {unit}, before and after. The referee columns per {unit} are after.",
             "",
             "| family | judge before | judge after | referee before | referee after | "
             "z norm before -> after | " + " | ".join(f"referee {c}" for c in classes) + " |",
@@ -93,7 +94,7 @@ def section(families_in_control: list[str], out: Path) -> str:
                 f"{r['mean_z_norm_before']:.1f} -> {r['mean_z_norm_after']:.1f} | "
                 + " | ".join(_pct(per.get(c)) for c in classes) + " |")
         first = next(iter(steered.values()))
-        lines += ["", f"{first['per_class']} latents per digit, {first['steps']} steps, "
+        lines += ["", f"{first['per_class']} latents per {unit}, {first['steps']} steps, "
                   f"lr {first['lr']:g}, prior_weight {first['prior_weight']:g}.", ""]
     if guided:
         lines += [
@@ -122,9 +123,9 @@ def section(families_in_control: list[str], out: Path) -> str:
         figure = paths.control_reports(family) / FIGURE
         if figure.exists():
             link = os.path.relpath(figure, out)
-            caption = ("before (prior latents) and after steering, two rows per digit"
+            caption = (f"before (prior latents) and after steering, two rows per {unit}"
                        if family in steered else "the same noise at each guidance scale, "
-                       "requested digits 0, 1, 2, ... left to right")
+                       f"requested {unit} 0, 1, 2, ... left to right")
             lines += [f"**{family}**: {caption}.", "", f"![{family} control]({link})", ""]
     lines += [f"- {line}" for line in no_judge]
     if missing:

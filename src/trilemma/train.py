@@ -169,7 +169,7 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     n = len(x)
     batch = min(cfg.batch_size, n)  # the global batch: this rank trains on `share` of each
     distributed.check_batch(batch, name)
-    main = distributed.is_main()
+    rank0 = distributed.is_rank0()
     full = n // batch  # drop the ragged last batch: BatchNorm and GAN steps want full batches
     epochs = cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / full))
     shuffle = torch.Generator().manual_seed(seed)
@@ -188,15 +188,15 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             (f", step {resume['step']} of epoch {start}" if resume["step"] else "")
         if probe is not None:
             probe.rows[:] = state.get("probe", [])
-        if main:
+        if rank0:
             print(f"{name}: resuming after {saver.position} from {checkpoint}", flush=True)
 
     plain = dict(trainee.nets)
     trainee.nets.update(distributed.wrap(plain, device))
     try:
         _epochs(trainee, x, y, cfg, name, device, shuffle, start, epochs, full, batch, history,
-                saver if main else None, resume, on_epoch if main else None, trace,
-                probe if main else None)
+                saver if rank0 else None, resume, on_epoch if rank0 else None, trace,
+                probe if rank0 else None)
     except KeyboardInterrupt:
         raise saver.interrupted(name) from None
     finally:
@@ -212,8 +212,8 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
     """The epochs of `fit` from `start` (from step resume["step"] of it, with the running sums
     of resume["partial"]), appending to `history` (and `trace`); `saver` on rank 0 only;
     `probe` runs between steps, off the clock."""
-    n, main = len(x), distributed.is_main()
-    show_bar = main and sys.stderr.isatty()
+    n, rank0 = len(x), distributed.is_rank0()
+    show_bar = rank0 and sys.stderr.isatty()
     for epoch in range(start, epochs + 1):
         # every epoch is a full pass, except a last one cut short by `max_steps`
         steps = full if cfg.max_steps is None else min(full, cfg.max_steps - (epoch - 1) * full)

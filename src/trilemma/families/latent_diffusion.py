@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from trilemma import distributed
 from trilemma.data import ImageSpec
-from trilemma.denoising import PREVIEW_STEPS, Diffusion, DiffusionConfig
+from trilemma.denoising import PREVIEW_GUIDANCE, PREVIEW_STEPS, Diffusion, DiffusionConfig
 from trilemma.errors import ConfigError
 from trilemma.families._checks import require_labels
 from trilemma.nets.autoencoder import AutoEncoder
@@ -120,7 +120,7 @@ class LatentDiffusion:
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None, sampler: str = "ddim",
                steps: int | str = PREVIEW_STEPS, eta: float = 0.0,
-               guidance: float = 3.0) -> torch.Tensor:
+               guidance: float = 1.0) -> torch.Tensor:
         """n images (n,C,S,S) uint8 of classes `labels` (default 0, 1, ..., K-1, 0, ...): latents
         drawn by the diffusion (steps="ddpm": the ancestral sampler on all T steps), decoded."""
         return self.decode(self.diffusion.draw(n, labels, generator, sampler, steps, eta,
@@ -150,7 +150,7 @@ class LatentDiffusion:
         gen = torch.Generator().manual_seed(0)
         z_T = torch.randn(8, *self.latent_shape, generator=gen)
         _, kept = self.diffusion.denoise(z_T, self.timesteps - 1, y[:8], gen, steps=PREVIEW_STEPS,
-                                         keep=9, frames=self.decode)  # the training grids' guidance
+                                         guidance=PREVIEW_GUIDANCE, keep=9, frames=self.decode)
         frames = [(self.timesteps - 1, self.decode(z_T.to(self.device))), *kept]
         return {"reconstruction": fig, "denoising": denoising_figure(frames)}
 

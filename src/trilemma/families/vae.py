@@ -60,7 +60,7 @@ class ConvVAE(nn.Module):
         return self.decoder(z), mean, logvar
 
 
-class VAE:
+class VAE(latent.Decoded):  # sample: decode latents of the prior
     conditional = False
     knobs = ("truncation",)  # of the prior: a lower "temperature" gives cleaner, less varied digits
 
@@ -93,16 +93,6 @@ class VAE:
         probs = torch.sigmoid(self.net.decoder(z.to(self.device)))
         self.net.train(training)
         return probs
-
-    @torch.no_grad()
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (n,L) -> uint8 images (n,C,S,S): `decode`, rounded."""
-        return self.decode(z, labels).mul(255).round().to(torch.uint8)
-
-    def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None,
-               truncation: float | None = None) -> torch.Tensor:
-        return self.generate(latent.noise(n, self.latent_dim, generator, truncation))  # the prior
 
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:

@@ -14,6 +14,7 @@ PSNR_CAP = 100.0  # dB, for identical images (torchmetrics gives inf); uint8 ima
 
 
 SSIM_CHUNK = 100  # images per torchmetrics call
+EXAMPLES = 8  # test images in the input | baseline | output | target figure
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
