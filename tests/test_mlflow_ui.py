@@ -2,7 +2,8 @@
 for two families) fills a store, `mlflow server` serves it on a free loopback port, and headless
 Chromium reads it as a user would: the link `make mlflow-ui` prints opens the runs (not GenAI's
 Overview) on the evaluate runs' chart view, the scores in their order from FID on; one parent run
-groups the stage runs, and the compare view shows each family's FID. Screenshots land in test-artifacts/mlflow-ui/.
+groups the stage runs, and the compare view shows each family's FID. Screenshots land in
+test-artifacts/mlflow-ui/.
 
 Skipped only where no browser can be driven: /usr/bin/chromium missing (`make browser` installs
 Debian's) or the `playwright` package not importable (the test extra of pyproject.toml).

@@ -148,7 +148,7 @@ def test_stage_runs_of_one_execution_share_a_parent_that_spans_them(tiny_repo, m
     assert seed1.end_time >= last_child_end
 
 
-def test_an_existing_experiment_gets_the_kind_and_the_scores_view_once(tiny_repo):
+def test_an_existing_experiment_gets_the_kind_and_the_scores_view_once(tiny_repo, capsys):
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
@@ -165,6 +165,8 @@ def test_an_existing_experiment_gets_the_kind_and_the_scores_view_once(tiny_repo
     assert charted[:2] == ["fid_classifier", "kid_classifier"] and len(charted) == 10, charted
     assert not [m for m in charted if m.startswith("class_histogram")], charted
     assert tracking_view.stored_experiment(tiny_repo / "mlflow.db") == (made, True)
+    tracking_view.main([str(tiny_repo / "mlflow.db"), "5000"])  # what `make mlflow-ui` prints
+    assert capsys.readouterr().out.endswith(f"{tracking_view.link(made)}\n")
     with tracking.stage_run("sample", "vae", "quick"):  # the view is written once, not rewritten
         pass
     assert runs_of(tiny_repo)[1].tags[tracking_view.VIEW_TAG] == experiment.tags[
