@@ -46,8 +46,11 @@ browser:
 	echo "browser: installing Debian's chromium to $(CHROMIUM) for the MLflow UI test ($${sudo:+sudo }apt-get update && apt-get install chromium)"; \
 	$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
+# prints the link to the scores view first (read from mlflow.db with sqlite: no start-up cost)
+MLFLOW_PORT ?= 5000
 mlflow-ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	@python -m trilemma.tracking_view $(CURDIR)/mlflow.db $(MLFLOW_PORT) || true
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port $(MLFLOW_PORT)
 
 clean-checkpoints:
 	rm -rf checkpoints

@@ -1,8 +1,9 @@
 """The MLflow UI in a real browser: a tiny pipeline run (classifier, then train, sample and evaluate
 for two families) fills a store, `mlflow server` serves it on a free loopback port, and headless
-Chromium reads it as a user would: the experiment opens on the runs table, one parent run groups
-the stage runs, the evaluate runs' chart view leads with a score, and the compare view shows each
-family's FID. Screenshots land in test-artifacts/mlflow-ui/.
+Chromium reads it as a user would: the link `make mlflow-ui` prints opens the runs (not GenAI's
+Overview) on the evaluate runs' chart view, the scores in their order from FID on; one parent run
+groups the stage runs, and the compare view shows each family's FID. Screenshots land in
+test-artifacts/mlflow-ui/.
 
 Skipped only where no browser can be driven: /usr/bin/chromium missing (`make browser` installs
 Debian's) or the `playwright` package not importable (the test extra of pyproject.toml).
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from conftest import ROOT, make_repo
 from mlflow_server import start_server, stop, wait_healthy
 from pipeline.cli import app
+from trilemma.tracking_view import SCORES, link
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -92,8 +94,9 @@ def run_stages(root: Path, stages: list[list[str]]) -> None:
 
 
 def read_store(uri: str) -> dict:
-    """The experiment id and kind, the parent run's name, the stage run names and, per family,
-    the evaluate run's id and METRIC, as the store holds them (through mlflow's client)."""
+    """The experiment id and kind, the parent run's name, the stage run names, per family the
+    evaluate run's id and METRIC, and the metric names of the evaluate runs, as the store holds
+    them (through mlflow's client)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -103,15 +106,17 @@ def read_store(uri: str) -> dict:
     (parent,) = [run for run in found if "pipeline_run" in run.data.tags]
     runs = {run.info.run_name: run for run in found if run is not parent}
     assert {run.data.tags["mlflow.parentRunId"] for run in runs.values()} == {parent.info.run_id}
-    evaluate = {}
+    evaluate, metrics = {}, set()
     for family in FAMILIES:
         run = runs.get(f"evaluate:{family}")
         assert run is not None, f"no run evaluate:{family} in {uri}: {sorted(runs)}"
         assert METRIC in run.data.metrics, f"evaluate:{family} lacks {METRIC}: {run.data.metrics}"
         evaluate[family] = {"run_id": run.info.run_id, METRIC: run.data.metrics[METRIC]}
+        metrics |= set(run.data.metrics)
     return {"experiment_id": experiment.experiment_id, "run_names": sorted(runs),
             "kind": experiment.tags.get("mlflow.experimentKind"),
-            "parent": parent.info.run_name, "evaluate": evaluate}
+            "parent": parent.info.run_name, "evaluate": evaluate,
+            "evaluate_metrics": sorted(metrics)}
 
 
 @pytest.fixture(scope="module")
@@ -139,19 +144,25 @@ def served(tmp_path_factory, mnist_npz):
         stop(process)
 
 
+def new_page(browser):
+    """A page in a new browser context: a user who has not opened this MLflow before (no local
+    storage), with a viewport tall enough that the compare view fits in it."""
+    context = browser.new_context(viewport=VIEWPORT)
+    # the assistant side panel opens itself on first load and hides half the page
+    context.add_init_script(
+        "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+        "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
+    context.set_default_timeout(WAIT_MS)
+    return context.new_page()
+
+
 @pytest.fixture(scope="module")
 def page(served):
-    """A headless Chromium page with a viewport tall enough that the compare view fits in it."""
+    """A headless Chromium page that the tests share, as one user's browser."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport=VIEWPORT)
-            # the assistant side panel opens itself on first load and hides half the page
-            context.add_init_script(
-                "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-                "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
-            context.set_default_timeout(WAIT_MS)
-            yield context.new_page()
+            yield new_page(browser)
         finally:
             browser.close()
 
@@ -167,14 +178,9 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-# The UI's GenAI / Model training switch (remembered by the browser): MLflow 3.17 follows it over
-# the experiment's kind tag, so the README says to switch once, and the links below carry it.
+# The UI's GenAI / Model training mode: MLflow 3.17 takes it from this URL parameter (else the
+# browser's last choice, else GenAI), not from the experiment's kind tag; links carry it.
 MODEL_TRAINING = "workflowType=machine_learning"
-EVALUATE_FILTER = "attributes.run_name LIKE 'evaluate:%'"
-# the summary scores an evaluate run leads with (tracking_files.file_metrics)
-SCORES = {"fid_classifier", "kid_classifier", "is_classifier", "precision", "recall",
-          "min_class_fraction", "class_kl_uniform", "label_accuracy", "samples_per_second",
-          "train_seconds"}
 
 
 def expand(page, parent: str, child: str) -> None:
@@ -188,13 +194,18 @@ def expand(page, parent: str, child: str) -> None:
     expect(page.get_by_text(child, exact=True).first).to_be_visible(timeout=WAIT_MS)
 
 
+def chart_titles(page) -> list[str]:
+    """The titles of the chart view's charts, in the order shown."""
+    titles = page.locator('[data-testid="draggable-chart-cards-grid"]').first.locator("h4[title]")
+    expect(titles.first).to_be_visible(timeout=WAIT_MS)
+    return titles.evaluate_all("hs => hs.map(h => h.title)")
+
+
 @needs_browser
-def test_the_experiment_opens_on_the_runs_table(page, served):
+def test_the_link_opens_the_runs_table(page, served):
     server, store = served
     assert store["kind"] == "custom_model_development"
-    page.goto(f"{server}/#/experiments")  # as the README says: switch, then open the experiment
-    page.get_by_text("Model training", exact=True).click()
-    page.get_by_role("link", name="trilemma", exact=True).click()
+    page.goto(link(store["experiment_id"], server))  # what `make mlflow-ui` prints; no clicks
     expect(page).to_have_url(re.compile(f"/experiments/{store['experiment_id']}/runs"),
                              timeout=WAIT_MS)
     expect(page.get_by_text(store["parent"], exact=True)).to_be_visible(timeout=WAIT_MS)
@@ -205,36 +216,42 @@ def test_the_experiment_opens_on_the_runs_table(page, served):
 def test_a_parent_run_groups_the_stage_runs(page, served):
     server, store = served
     page.goto(f"{server}/#/experiments/{store['experiment_id']}/runs?{MODEL_TRAINING}")
+    page.reload()  # MLflow 3.17 stays blank when the URL leaves a shared view without a load
     names = ["train-classifier"] + [f"{stage}:{f}" for f in FAMILIES
                                     for stage in ("train", "sample", "evaluate")]
     assert sorted(names) == store["run_names"]  # the store holds what the stages logged
     expect(page.get_by_text(f"{len(names) + 1} matching runs")).to_be_visible(timeout=WAIT_MS)
-    expect(page.get_by_text(store["parent"], exact=True)).to_be_visible(timeout=WAIT_MS)
-    expect(page.get_by_text(names[0], exact=True)).to_have_count(0)  # folded into the parent
-    expand(page, store["parent"], names[0])
+    expand(page, store["parent"], names[0])  # open on a first visit: evaluate runs unfold it
     for name in names:
         expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=WAIT_MS)
+    page.get_by_role("gridcell").filter(has_text=store["parent"]).get_by_role("button").first \
+        .click()
+    expect(page.get_by_text(names[0], exact=True)).to_have_count(0)  # folded into the parent
+    expand(page, store["parent"], names[0])
     page.set_viewport_size({"width": 1600, "height": 900})  # a short list: no blank page below
     screenshot(page, "runs.png")
     page.set_viewport_size(VIEWPORT)
 
 
 @needs_browser
-def test_the_evaluate_runs_chart_view_leads_with_a_score(page, served):
+def test_the_link_charts_the_evaluate_runs_scores_in_order(page, served):
     server, store = served
-    page.goto(f"{server}/#/experiments/{store['experiment_id']}/runs?{MODEL_TRAINING}"
-              f"&compareRunsMode=CHART&searchFilter={quote(EVALUATE_FILTER)}")
-    expand(page, store["parent"], f"evaluate:{FAMILIES[0]}")
-    for family in FAMILIES:
-        expect(page.get_by_role("link", name=f"evaluate:{family}", exact=True)).to_be_visible(
-            timeout=WAIT_MS)  # in the runs list; the charts' legends name it too
-    titles = page.locator('[data-testid="draggable-chart-cards-grid"]').first.locator("h4[title]")
-    expect(titles.first).to_be_visible(timeout=WAIT_MS)
-    shown = titles.evaluate_all("hs => hs.map(h => h.title)")
-    page.set_viewport_size({"width": 1600, "height": 1000})
-    path = screenshot(page, "charts.png")
-    page.set_viewport_size(VIEWPORT)
-    assert shown[0] in SCORES, f"first chart {shown[0]!r} of {shown} (screenshot {path})"
+    fresh = new_page(page.context.browser)  # a new user's browser: no click after the link
+    try:
+        fresh.goto(link(store["experiment_id"], server))
+        for family in FAMILIES:
+            expect(fresh.get_by_role("link", name=f"evaluate:{family}", exact=True)).to_be_visible(
+                timeout=WAIT_MS)  # in the runs list, unfolded; the charts' legends name it too
+        expect(fresh.get_by_text(f"train:{FAMILIES[0]}", exact=True)).to_have_count(0)  # filtered
+        shown = chart_titles(fresh)
+        fresh.set_viewport_size({"width": 1600, "height": 1000})
+        path = screenshot(fresh, "charts.png")
+    finally:
+        fresh.context.close()
+    # a chart without data is hidden (label accuracy needs a conditional family)
+    scores = [m for m in SCORES if m in store["evaluate_metrics"]]
+    assert shown[0] == METRIC, f"first chart {shown[0]!r} of {shown} (screenshot {path})"
+    assert shown[:len(scores)] == scores, f"charts {shown} (screenshot {path})"
     assert not [t for t in shown if t.startswith("class_histogram")], shown
 
 

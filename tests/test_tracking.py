@@ -4,6 +4,7 @@ execution, the experiment made a model-training one, losses by optimisation step
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from trilemma import tracking
+from trilemma import tracking, tracking_view
 
 BOUND_S = 10  # what an unreachable MLflow may cost a stage, at most
 
@@ -131,6 +132,7 @@ def test_stage_runs_of_one_execution_share_a_parent_that_spans_them(tiny_repo, m
         pass
     client, experiment, runs = runs_of(tiny_repo)
     assert experiment.tags[tracking.KIND_TAG] == "custom_model_development"
+    assert tracking_view.VIEW_TAG in experiment.tags  # a new store gets the view at once
     parents = {r.data.tags["dvc_exp"]: r for r in runs if tracking.PIPELINE_TAG in r.data.tags}
     assert sorted(parents) == ["seed1", "seed2"]
     children = {}
@@ -146,15 +148,29 @@ def test_stage_runs_of_one_execution_share_a_parent_that_spans_them(tiny_repo, m
     assert seed1.end_time >= last_child_end
 
 
-def test_an_existing_experiment_without_a_kind_gets_one(tiny_repo):
+def test_an_existing_experiment_gets_the_kind_and_the_scores_view_once(tiny_repo, capsys):
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
-    client.create_experiment("trilemma")  # as stores made before the kind was set
+    made = client.create_experiment("trilemma")  # as stores made before the kind and the view
+    assert tracking_view.stored_experiment(tiny_repo / "mlflow.db") == (made, False)
     with tracking.stage_run("train", "vae", "quick"):
         pass
     _, experiment, _ = runs_of(tiny_repo)
     assert experiment.tags[tracking.KIND_TAG] == "custom_model_development"
+    envelope = json.loads(experiment.tags[tracking_view.VIEW_TAG])
+    state = json.loads(envelope["state"])
+    assert state["searchFilter"] == "attributes.run_name LIKE 'evaluate:%'"
+    charted = [c["metricKey"] for c in state["compareRunCharts"] if not c["deleted"]]
+    assert charted[:2] == ["fid_classifier", "kid_classifier"] and len(charted) == 10, charted
+    assert not [m for m in charted if m.startswith("class_histogram")], charted
+    assert tracking_view.stored_experiment(tiny_repo / "mlflow.db") == (made, True)
+    tracking_view.main([str(tiny_repo / "mlflow.db"), "5000"])  # what `make mlflow-ui` prints
+    assert capsys.readouterr().out.endswith(f"{tracking_view.link(made)}\n")
+    with tracking.stage_run("sample", "vae", "quick"):  # the view is written once, not rewritten
+        pass
+    assert runs_of(tiny_repo)[1].tags[tracking_view.VIEW_TAG] == experiment.tags[
+        tracking_view.VIEW_TAG]
 
 
 def test_losses_are_logged_by_optimisation_step_under_their_own_names(tiny_repo):

@@ -23,11 +23,15 @@ from typing import Any, Callable, Iterator
 
 from trilemma.tracking_files import (report_files, reports_digest, stage_metrics, synced_stages,
                                      tables)
+from trilemma.tracking_view import VIEW_TAG, view_tag_value
 
 EXPERIMENT = "trilemma"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # the UI opens on runs
 PARENT_TAG = "mlflow.parentRunId"
 PIPELINE_TAG = "pipeline_run"  # on a parent run: the execution it groups (see pipeline_key)
+# on evaluate runs: the UI unfolds their pipeline run on a browser's first visit, so that the
+# scores view's charts have runs to show (a folded group charts nothing)
+RUN_TYPE_TAG, EVALUATION = "mlflow.runType", "evaluation"
 
 # MLflow's own defaults retry for minutes (7 retries with backoff, 120 s per request): a stage
 # would wait ~4 min on a closed port and far longer on a server that never answers. These bound
@@ -238,13 +242,17 @@ def _connect() -> Any:
         # our embedded store keeps artifacts beside it; another store decides for itself
         location = (root / "mlartifacts").as_uri() if uri == default else None
         try:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=location, tags={KIND_TAG: KIND})
+            mlflow.create_experiment(EXPERIMENT, artifact_location=location,
+                                     tags={KIND_TAG: KIND, VIEW_TAG: view_tag_value()})
         except MlflowException as error:  # parallel runs on one server: another one created it
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if KIND_TAG not in experiment.tags:  # a store made before: its UI opened on GenAI traces
         mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
+    if VIEW_TAG not in experiment.tags:  # a store made before the scores view (tracking_view)
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, VIEW_TAG,
+                                                 view_tag_value())
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return mlflow
 
@@ -283,6 +291,8 @@ def _start(stage: str, family: str | None, profile: str, tags: dict[str, str] | 
     parent = _parent_run(mlflow, pipeline_key(dvc_exp, commit, profile),
                          f"pipeline {dvc_exp} {commit[:7]} {profile}", shared)
     tags = {"stage": stage, "family": family or "-", **shared, PARENT_TAG: parent, **(tags or {})}
+    if stage.startswith("evaluate"):
+        tags[RUN_TYPE_TAG] = EVALUATION
     name = f"{stage}:{family}" if family else stage
     mlflow.start_run(run_name=name, tags=tags)
     return mlflow
