@@ -11,12 +11,11 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, single_process, user_errors)
-from trilemma import data, families, figures, latent, paths, tracking
+from trilemma import data, families, figures, latent, paths, registry, tracking
 from trilemma.classifier import (ClassifierTrainee, load_judge, pixel_stats, save_judge,
                                  save_no_judge)
 from trilemma.config import ClassifierConfig, Params, fingerprint
 from trilemma.control import steer, x0_guide
-from trilemma.denoising import Diffusion
 from trilemma.errors import ConfigError, DataError, NoJudge
 from trilemma.io import atomic_dir, write_csv, write_json
 from trilemma.runtime import autocast, device_name, generator, set_precision
@@ -105,19 +104,17 @@ def fit_referee(trainee: ClassifierTrainee, images: data.ImageData, cfg: Classif
                checkpoint_seconds=p.train.checkpoint_seconds)
 
 
-def kind_of(model: families.Family, family: str) -> str:
-    """"steer" (an unconditional family with a differentiable `decode`), "classifier" (an
-    unconditional pixel diffusion: classifier guidance), "classifier-free" (a conditional family
-    with a `guidance` knob: its own guidance, for comparison); ConfigError otherwise."""
-    if model.conditional and "guidance" in model.knobs:
-        return "classifier-free"
-    if isinstance(model, Diffusion) and not model.conditional:
-        return "classifier"
-    if hasattr(model, "decode") and hasattr(model, "latent_dim") and not model.conditional:
-        return "steer"
-    raise ConfigError(f"control.families: {family!r} cannot be steered (only unconditional latent "
-                      "families with `decode`, pixel diffusion and guided conditional families "
-                      "can)")
+def kind_of(family: str) -> str:
+    """How the family is steered, as its registry entry declares: "steer" (an unconditional
+    family with a differentiable `decode`), "classifier" (an unconditional pixel diffusion:
+    classifier guidance), "classifier-free" (a conditional family with a `guidance` knob: its own
+    guidance, for comparison); ConfigError otherwise."""
+    kind = registry.entry(family).control
+    if kind is None:
+        raise ConfigError(f"control.families: {family!r} cannot be steered (only unconditional "
+                          "latent families with `decode`, pixel diffusion and guided conditional "
+                          "families can)")
+    return kind
 
 
 @user_errors
@@ -134,13 +131,13 @@ def control(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     if family not in p.control.families:
         listed = ", ".join(p.control.families) or "none"
         raise ConfigError(f"control.families: {family!r} is not listed there ({listed})")
-    cfg = p.family(family)
+    cfg = families.config(p, family)
     if dry_run:
         return print_settings({"control": p.control.model_dump(), "sample": p.sample.model_dump(),
                                family: cfg.model_dump(), "seed": p.seed, "device": str(dev)})
     images = data.load_npz(paths.DATA, p.data)
     model = families.load(family, cfg, paths.model(family), dev)
-    kind = kind_of(model, family)
+    kind = kind_of(family)
     out = paths.control_reports(family)
     if not paths.REFEREE.exists():  # load_judge's own message would name train-classifier
         raise DataError(f"{paths.REFEREE}: not found; run `trilemma train-referee` first")

@@ -25,7 +25,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     figures). Under `torchrun --nproc-per-node N --no-python trilemma train <family>` the N
     processes train data-parallel (the batch size is the global batch); rank 0 writes."""
     p, dev = setup(params, device)
-    cfg = p.family(family)
+    cfg = families.config(p, family)
     settings = {family: cfg.model_dump(), "seed": p.seed, "profile": p.profile,
                 "data": p.data.model_dump()}
     if dry_run:

@@ -24,8 +24,8 @@ EXAMPLES = 8  # test digits in the input | output | target figure
 
 
 def judge_for(family: str, device: torch.device):
-    """The frozen judge for SRGAN's content loss; the other families need none."""
-    if family != "srgan":
+    """The frozen judge for a translator whose loss uses it (its entry `needs_judge`)."""
+    if not i2i.needs_judge(family):
         return None
     from trilemma.classifier import load_judge
 
@@ -41,7 +41,7 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
     with the final losses, timing.json, examples.png: input | baseline | output | target on test
     digits)."""
     p, dev = setup(params, device)
-    cfg = p.i2i(family)
+    cfg = i2i.config(p, family)
     settings = {family: cfg.model_dump(), "seed": p.seed, "profile": p.profile,
                 "data": p.data.model_dump()}
     if dry_run:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import assert_resume_repeats_the_next_step, base_params, params_of, same_params
+from conftest import (assert_resume_repeats_the_next_step, base_params, every_section, params_of,
+                      same_params)
 from pipeline.cli import app
 from trilemma import i2i
 from trilemma.classifier import Judge
@@ -238,9 +239,9 @@ def raw_params(**changes):
 def test_params_list_the_i2i_families_and_validate_their_sections():
     p = parse_params(raw_params())
     assert p.i2i_families == ["pix2pix", "srgan", "cyclegan"]
-    assert p.i2i("srgan").factor == 4
+    assert i2i.config(p, "srgan").factor == 4
     with pytest.raises(ConfigError, match="not in params.yaml `i2i_families`"):
-        p.i2i("dcgan")
+        i2i.config(p, "dcgan")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -254,7 +255,7 @@ def test_params_list_the_i2i_families_and_validate_their_sections():
 ])
 def test_bad_i2i_params_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message) as err:
-        parse_params(raw_params(**change))
+        every_section(raw_params(**change))
     assert "\n" not in str(err.value)
 
 
