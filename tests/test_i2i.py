@@ -22,6 +22,7 @@ from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import ConfigError, DataError
 from trilemma.i2i import tasks
 from trilemma.i2i.scores import PSNR_CAP, psnr, quantise, ssim
+from trilemma.registry import REGISTRY
 
 CPU = torch.device("cpu")
 SMALL = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 8, "blocks": 1}
@@ -52,6 +53,21 @@ def batch(mnist):
 
 
 # --- the translator contract -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_entry_says_whether_the_translator_is_built_with_the_judge(name):
+    """The loader hands the judge only to a translator whose entry `needs_judge`: one that
+    needs it refuses to build without it, one that does not takes no judge at all."""
+    entry = REGISTRY[name]
+    assert entry.kind == "translator" and i2i.REGISTRY[name].__name__ == entry.module
+    if entry.needs_judge:
+        with pytest.raises(ConfigError, match="judge"):
+            i2i.build(name, tiny_config(name), CPU, MNIST_SPEC)
+    else:
+        i2i.build(name, tiny_config(name), CPU, MNIST_SPEC)
+        with pytest.raises(TypeError, match="judge"):
+            i2i.REGISTRY[name].build(tiny_config(name), CPU, MNIST_SPEC, judge=tiny_judge())
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_train_step_gives_finite_detached_losses_and_updates_every_net(name, batch):
