@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from trilemma import loader, registry
+from trilemma import loader
 from trilemma.config import Params, TrainConfig
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.train import Trainee
@@ -42,7 +42,8 @@ class LatentFamily(Protocol):
         """Latents (n,latent_dim) [+ classes (n,)] -> uint8 images (n,C,S,S)."""
 
 
-# name -> module of every registered generator (`trilemma.registry` declares them)
+# name -> module of every registered generator (`trilemma.registry` declares them), imported
+# when looked up
 REGISTRY = loader.Modules(KIND)
 
 

@@ -31,7 +31,8 @@ class Translator(Trainee, Protocol):
         no gradients, each image independent of its batch."""
 
 
-# name -> module of every registered translator (`trilemma.registry` declares them)
+# name -> module of every registered translator (`trilemma.registry` declares them), imported
+# when looked up
 REGISTRY = loader.Modules(KIND)
 
 
