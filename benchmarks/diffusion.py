@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = yaml.safe_load(args.params.read_text())
     raw["profile"] = args.profile or raw.get("profile", "quick")
-    cfg = parse_params(raw, str(args.params)).family("ddpm")
+    cfg = families.config(parse_params(raw, str(args.params)), "ddpm")
     if args.precision:
         cfg = cfg.model_copy(update={"precision": args.precision})
     device = resolve_device(args.device)

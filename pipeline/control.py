@@ -111,13 +111,13 @@ def control(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     if family not in p.control.families:
         listed = ", ".join(p.control.families) or "none"
         raise ConfigError(f"control.families: {family!r} is not listed there ({listed})")
-    cfg = p.family(family)
+    cfg = families.config(p, family)
     if dry_run:
         return print_settings({"control": p.control.model_dump(), "sample": p.sample.model_dump(),
                                family: cfg.model_dump(), "seed": p.seed, "device": str(dev)})
     images = data.load_npz(paths.DATA, p.data)
     model = families.load(family, cfg, paths.model(family), dev)
-    kind = kind_of(model, family)
+    kind = kind_of(family)
     out = paths.control_reports(family)
     if not paths.REFEREE.exists():  # load_judge's own message would name train-classifier
         raise DataError(f"{paths.REFEREE}: not found; run `trilemma train-referee` first")

@@ -28,7 +28,7 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     that knob). Under torchrun each process embeds a share of the images; rank 0 scores and
     writes."""
     p, dev = setup(params, device)
-    p.family(family)  # a family that is not in `families` is an error here too
+    p.section(family, "generator")  # a family that is not in `families` is an error here too
     if dry_run:
         return print_settings({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
                                "data": p.data.model_dump(), "device": str(dev)})

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.common import (DeviceOption, DryRunOption, I2IArgument, ParamsOption, log,
                              print_settings, setup, single_process, user_errors)
-from trilemma import paths, tracking
+from trilemma import loader, paths, tracking
 from trilemma.io import write_json
 from trilemma.runtime import device_name
 
@@ -42,7 +42,7 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
     (input | baseline | output | target)."""
     single_process("evaluate-i2i")
     p, dev = setup(params, device)
-    cfg = p.i2i(family)
+    cfg = loader.config(p, family, "translator")
     if dry_run:
         return print_settings({family: cfg.model_dump(), "evaluate": p.evaluate.model_dump(),
                                "data": p.data.model_dump(), "device": str(dev)})

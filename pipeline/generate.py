@@ -95,7 +95,7 @@ def _draw(family: str, p, dev, n: int, label: str | None, seed: int | None,
     from trilemma.generation import draw, knob_values, parse_labels
     from trilemma.runtime import autocast, set_precision
 
-    cfg = p.family(family)
+    cfg = families.config(p, family)
     model = families.load(family, cfg, paths.model(family), dev)
     labels = parse_labels(label, n, model)
     settings = knob_values(model, p.sample, given)
@@ -119,6 +119,6 @@ def _translate(family: str, p, dev, source: Path | None) -> tuple[dict[str, np.n
         raise ConfigError(f"--input: missing; {family} translates an image file or a folder")
     # the judge only when it is there: a translator built with it (SRGAN) says it needs it
     judge = load_judge(paths.CLASSIFIER, dev) if paths.CLASSIFIER.exists() else None
-    model = i2i.load(family, p.i2i(family), paths.model(family), dev, judge)
+    model = i2i.load(family, i2i.config(p, family), paths.model(family), dev, judge)
     x, _ = read_images(source, model.image.channels, input_size(model.task, model.image))
     return {"inputs": x, "images": translate(model, x, p.evaluate.batch_size)}, None

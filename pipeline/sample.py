@@ -10,7 +10,8 @@ import numpy as np
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption, log,
                              print_settings, setup, user_errors)
-from trilemma import distributed, families, figures, latent, paths, provenance, tracking
+from trilemma import (distributed, families, figures, latent, paths, provenance, registry,
+                      tracking)
 from trilemma.config import SWEEPS, SampleConfig
 from trilemma.errors import ConfigError
 from trilemma.generation import draw
@@ -68,7 +69,7 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     grid.png (the first `sample.grid` images) and, for latent families, interpolation.png and
     arithmetic.png. Under torchrun the processes share the batches out; rank 0 writes."""
     p, dev = setup(params, device)
-    cfg = p.family(family)
+    cfg = families.config(p, family)
     if dry_run:
         return print_settings({"sample": p.sample.model_dump(), family: cfg.model_dump(),
                                "seed": p.seed, "device": str(dev)})
@@ -121,7 +122,7 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         written = [out / "grid.png"]
         with atomic_dir(out) as staged:  # a DVC output folder: no temporary file ever inside
             figures.save_grid(images[:p.sample.grid], staged / "grid.png")
-            if isinstance(model, families.LatentFamily):
+            if registry.entry(family).latent:
                 for name, make, cols in (("interpolation", latent.interpolation, 10),
                                          ("arithmetic", latent.arithmetic, 9)):
                     classes = model.image.num_classes if model.conditional else 0

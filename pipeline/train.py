@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pipeline.common import (DeviceOption, DryRunOption, FamilyArgument, ParamsOption,
                              print_settings, setup, user_errors)
+from trilemma import families
 from trilemma.training_run import generator_run, settings_of, train_and_report
 
 
@@ -19,7 +20,7 @@ def train(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     figures). Under `torchrun --nproc-per-node N --no-python trilemma train <family>` the N
     processes train data-parallel (the batch size is the global batch); rank 0 writes."""
     p, dev = setup(params, device)
-    cfg = p.family(family)
+    cfg = families.config(p, family)
     if dry_run:
         return print_settings({**settings_of(family, cfg, p), "device": str(dev)})
     train_and_report(generator_run, family, cfg, p, dev)

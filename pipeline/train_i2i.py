@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pipeline.common import (DeviceOption, DryRunOption, I2IArgument, ParamsOption,
                              print_settings, setup, user_errors)
+from trilemma import i2i
 from trilemma.training_run import settings_of, train_and_report, translator_run
 
 
@@ -18,7 +19,7 @@ def train_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
     with the final losses, timing.json, examples.png: input | baseline | output | target on test
     digits). Under torchrun the processes train data-parallel, as `train` does."""
     p, dev = setup(params, device)
-    cfg = p.i2i(family)
+    cfg = i2i.config(p, family)
     if dry_run:
         return print_settings({**settings_of(family, cfg, p), "device": str(dev)})
     train_and_report(translator_run, family, cfg, p, dev)

@@ -11,8 +11,12 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from trilemma.registry import REGISTRY, names
+
 ROOT = Path(__file__).resolve().parents[1]
 
+# the tests' tiny settings: each registered family's own (its registry entry's `tiny`), and the
+# shared sections'
 TINY = {
     "data.train_size": 256,
     "data.test_size": 200,
@@ -21,27 +25,8 @@ TINY = {
     "classifier.width": 8,
     "classifier.features": 16,
     "classifier.batch_size": 64,
-    "vae.epochs": 1,
-    "vae.width": 8,
-    "vae.latent_dim": 2,
-    "vae.batch_size": 64,
-    **{f"{gan}.{key}": value for gan in ("mlp_gan", "dcgan", "wgan_gp", "cgan")
-       for key, value in {"epochs": 1, "width": 8, "latent_dim": 8, "batch_size": 64}.items()},
-    **{f"{name}.{key}": value for name in ("ddpm", "cfg_diffusion")
-       for key, value in {"epochs": 1, "batch_size": 64, "widths": [8, 16], "patch": 2,
-                          "timesteps": 20, "dropout": 0.0}.items()},
-    **{f"stylegan.{key}": value for key, value in {
-        "epochs": 1, "width": 8, "latent_dim": 8, "w_dim": 16, "mapping_layers": 2,
-        "batch_size": 64}.items()},
-    **{f"{name}.{key}": value for name in ("pix2pix", "srgan", "cyclegan")
-       for key, value in {"epochs": 1, "width": 8, "batch_size": 32, "max_steps": 3}.items()},
-    "srgan.blocks": 1,
-    **{f"progan.{key}": value for key, value in {  # grows 7 -> 14 -> 28 in its 4 steps
-        "epochs": 1, "width": 4, "max_width": 16, "latent_dim": 8, "batch_size": 64,
-        "resolution_steps": 1, "fade_steps": 1}.items()},
-    **{f"latent_diffusion.{key}": value for key, value in {  # 2 autoencoder, 2 diffusion steps
-        "epochs": 1, "batch_size": 64, "width": 8, "widths": [8, 16], "timesteps": 20,
-        "dropout": 0.0, "ae_steps": 2, "max_steps": 4}.items()},
+    **{f"{name}.{key}": value for name, entry in REGISTRY.items()
+       for key, value in entry.tiny.items()},
     "sample.truncation_sweep": [1.0],
     "sample.sweep_n": 32,
     "sample.steps": 2,
@@ -61,11 +46,10 @@ TINY = {
 }
 
 
-# every family of params.yaml, in its order (control has stage tests of its own, and so has
-# evaluate-i2i; test_e2e runs one family of each kind under dvc repro)
-FAMILIES = ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan", "ddpm",
-            "cfg_diffusion", "latent_diffusion"]
-I2I = ["pix2pix", "srgan", "cyclegan"]  # the translators, trained in the chain for their models
+# every family of the registry (params.yaml lists them in this order) (control has stage tests
+# of its own, and so has evaluate-i2i; test_e2e runs one family of each kind under dvc repro)
+FAMILIES = names("generator")
+I2I = names("translator")  # the translators, trained in the chain for their models
 CHAIN = [["download"], ["train-classifier"],
          *[[stage, family] for family in FAMILIES for stage in ("train", "sample", "evaluate")],
          *[["train-i2i", name] for name in I2I], ["report"]]
@@ -74,6 +58,19 @@ CHAIN = [["download"], ["train-classifier"],
 def base_params() -> dict[str, Any]:
     """The project's params.yaml as a plain mapping."""
     return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def every_section(raw: dict[str, Any]):
+    """Params parsed from `raw` with every listed family's section validated by its Config (as
+    each family's stage does when it starts)."""
+    from trilemma import loader
+    from trilemma.config import parse_params
+
+    p = parse_params(raw)
+    for kind, listed in (("generator", p.families), ("translator", p.i2i_families)):
+        for name in listed:
+            loader.config(p, name, kind)
+    return p
 
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def theirs_for(cfg) -> bench.Theirs:
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    return load_params(write_params(tmp_path / "params.yaml", TINY)).family("ddpm")
+    return families.config(load_params(write_params(tmp_path / "params.yaml", TINY)), "ddpm")
 
 
 @pytest.mark.parametrize("profile_cfg", ["tiny", "quick"])
@@ -35,7 +35,7 @@ def test_diffusers_unet_is_sized_to_ours_within_ten_percent(tmp_path, tiny_cfg, 
     from pathlib import Path
 
     cfg = tiny_cfg if profile_cfg == "tiny" else \
-        load_params(Path(__file__).resolve().parents[1] / "params.yaml").family("ddpm")
+        families.config(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), "ddpm")
     ours = bench.parameters(families.build("ddpm", cfg, CPU).net)
     net, config = bench.diffusers_unet(cfg, ours)
     assert abs(bench.parameters(net) - ours) <= 0.1 * ours

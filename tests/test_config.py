@@ -5,26 +5,28 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from conftest import base_params, with_overrides, write_params
+from conftest import base_params, every_section, with_overrides, write_params
+from trilemma import families, i2i
 from trilemma.config import load_params, parse_params
 from trilemma.errors import ConfigError
+from trilemma.registry import names
 
 
 def test_project_params_file_is_valid():
     p = parse_params(base_params())
-    assert p.families == ["vae", "mlp_gan", "dcgan", "wgan_gp", "cgan", "stylegan", "progan",
-                          "ddpm", "cfg_diffusion", "latent_diffusion"]
+    assert p.families == names("generator")  # every registered generator, in registry order
     for name in p.families:
-        assert p.family(name).epochs >= 1, name
-    assert p.i2i_families == ["pix2pix", "srgan", "cyclegan"]
+        assert families.config(p, name).epochs >= 1, name
+    assert p.i2i_families == names("translator")
     for name in p.i2i_families:
-        assert p.i2i(name).epochs >= 1, name
+        assert i2i.config(p, name).epochs >= 1, name
     assert set(p.control.families) <= set(p.families)
 
 
 def test_full_profile_of_the_project_params_is_valid():
     p = parse_params({**base_params(), "profile": "full"})
-    assert p.family("ddpm").widths == [64, 128, 128] and p.family("ddpm").max_steps is None
+    ddpm = families.config(p, "ddpm")
+    assert ddpm.widths == [64, 128, 128] and ddpm.max_steps is None
     assert p.sample.steps_sweep[-1] == "ddpm" and p.sample.sweep_size() == 5000
 
 
@@ -53,7 +55,7 @@ def test_full_profile_of_the_project_params_is_valid():
 def test_bad_value_raises_config_error_naming_the_key(overrides, key):
     raw = with_overrides(base_params(), overrides)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
-        parse_params(raw)
+        every_section(raw)  # a family's section: when its stage loads it
     assert "\n" not in str(err.value)
 
 
@@ -96,14 +98,14 @@ def test_profile_picks_value_from_quick_full_mapping():
     assert quick.classifier.epochs == raw["classifier"]["epochs"]["quick"]
     assert full.classifier.epochs == raw["classifier"]["epochs"]["full"]
     assert quick.classifier.epochs != full.classifier.epochs
-    assert full.family("vae").epochs == raw["vae"]["epochs"]["full"]
+    assert families.config(full, "vae").epochs == raw["vae"]["epochs"]["full"]
 
 
 def test_family_config_is_validated_and_unknown_family_lookup_fails():
     p = parse_params(with_overrides(base_params(), {"vae.latent_dim": 2}))
-    assert p.family("vae").latent_dim == 2
+    assert families.config(p, "vae").latent_dim == 2
     with pytest.raises(ConfigError, match="gan"):
-        p.family("gan")
+        families.config(p, "gan")
 
 
 def test_cli_unknown_key_exits_2_with_one_line_error(tmp_path, monkeypatch):
@@ -116,3 +118,40 @@ def test_cli_unknown_key_exits_2_with_one_line_error(tmp_path, monkeypatch):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "vae.colour" in errors[0]
     assert "Traceback" not in result.output
+
+
+def test_a_family_section_is_validated_when_its_family_loads_not_before():
+    """Parsing checks the lists and that each listed section is a mapping; the section's keys are
+    its family's (its Config), read when a stage loads that family, before it writes anything."""
+    raw = with_overrides(base_params(), {"ddpm.colour": "red"})
+    p = parse_params(raw)
+    assert families.config(p, "vae").epochs >= 1  # another family's stage runs
+    with pytest.raises(ConfigError, match=r"^params\.yaml: ddpm\.colour: unknown key$"):
+        families.config(p, "ddpm")
+
+
+def test_a_generator_is_not_a_translator():
+    p = parse_params(base_params())
+    with pytest.raises(ConfigError, match="not in params.yaml `i2i_families`"):
+        i2i.config(p, "ddpm")
+    with pytest.raises(ConfigError, match="not in params.yaml `families`"):
+        families.config(p, "srgan")
+
+
+PARSE_PROBE = """
+import sys
+from trilemma.config import load_params
+load_params({path!r})
+print(",".join(m for m in ("torch", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_parsing_the_params_imports_neither_torch_nor_matplotlib():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "params.yaml"
+    out = subprocess.run([sys.executable, "-c", PARSE_PROBE.format(path=str(path))], check=True,
+                         capture_output=True, text=True, timeout=120).stdout.strip()
+    assert out == ""

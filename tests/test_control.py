@@ -162,8 +162,8 @@ def save_untrained(name: str) -> None:
     """models/<name>.pt of the tiny params without training: the stage only needs a saved family."""
     p = load_params("params.yaml")
     torch.manual_seed(0)
-    families.save(families.build(name, p.family(name), CPU, MNIST_SPEC), name, p.family(name),
-                  f"models/{name}.pt")
+    cfg = families.config(p, name)
+    families.save(families.build(name, cfg, CPU, MNIST_SPEC), name, cfg, f"models/{name}.pt")
 
 
 @pytest.fixture(scope="module")

@@ -134,15 +134,15 @@ def train_other(name: str, x: torch.Tensor, y: torch.Tensor, checkpoint: Path) -
                                                     for key, value in OTHERS[name].items()}))
     seed_everything(DDPM_SEED)
     if name in families.REGISTRY:
-        cfg = p.family(name)
+        cfg = families.config(p, name)
         model = families.build(name, cfg, CPU)
     else:
         from trilemma.classifier import Judge
         from trilemma.data import MNIST_SPEC
 
-        cfg = p.i2i(name)
+        cfg = i2i.config(p, name)
         judge = Judge(width=4, features=8).eval().requires_grad_(False)  # untrained will do
-        model = i2i.build(name, cfg, CPU, MNIST_SPEC, judge if name == "srgan" else None)
+        model = i2i.build(name, cfg, CPU, MNIST_SPEC, judge)
     fit(model, x, y, cfg, name=name, device=CPU, seed=DDPM_SEED, checkpoint=checkpoint,
         fingerprint="test")
     return model.state_dict()

@@ -11,7 +11,9 @@ from conftest import (assert_resume_repeats_the_next_step,
                       assert_saved_model_loads_only_with_its_config, params_of, same_params)
 from trilemma import families
 from trilemma.data import MNIST_SPEC, ImageSpec
+from trilemma.denoising import Diffusion
 from trilemma.errors import ConfigError, DataError, TrainingDiverged
+from trilemma.registry import REGISTRY
 from trilemma.train import fit
 
 CPU = torch.device("cpu")
@@ -125,10 +127,36 @@ def test_saved_family_keeps_its_image_spec_and_old_files_ask_for_a_retrain(tmp_p
 
 # --- other image shapes: every family at any square size, 1 or 3 channels, any classes -------
 
+def steering_of(model) -> str | None:
+    """How the control stage can steer `model`, read from the model itself."""
+    if model.conditional and "guidance" in model.knobs:
+        return "classifier-free"
+    if isinstance(model, Diffusion) and not model.conditional:
+        return "classifier"
+    if hasattr(model, "decode") and hasattr(model, "latent_dim") and not model.conditional:
+        return "steer"
+    return None
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_registry_entry_declares_what_the_family_builds(name):
+    """Stages, report and control read the entry instead of the model: it must not lie."""
+    entry, model = REGISTRY[name], build(name)
+    assert entry.kind == "generator" and families.REGISTRY[name].__name__ == entry.module
+    assert model.conditional == entry.conditional
+    assert tuple(model.knobs) == entry.knobs
+    assert isinstance(model, families.LatentFamily) == entry.latent
+    space = ("pixel" if isinstance(model, Diffusion) else
+             "latent" if isinstance(getattr(model, "diffusion", None), Diffusion) else None)
+    assert space == entry.diffusion
+    assert steering_of(model) == entry.control
+    assert not entry.needs_judge
+
+
 RGB64 = ImageSpec(3, 64, ("a", "b", "c"))
 RGB32_UNLABELLED = ImageSpec(3, 32, ())
 GREY16 = ImageSpec(1, 16, ("a", "b"))
-CONDITIONAL = [name for name in FAMILIES if build(name).conditional]
+CONDITIONAL = [name for name in FAMILIES if REGISTRY[name].conditional]
 SHAPES = [(name, image) for image in (RGB64, RGB32_UNLABELLED, GREY16) for name in FAMILIES
           if image.labelled or name not in CONDITIONAL]
 

@@ -105,7 +105,7 @@ def digit_inputs(name: str, folder, count: int = 3) -> tuple[np.ndarray, np.ndar
 
     p = load_params("params.yaml")
     cpu = torch.device("cpu")
-    model = i2i.load(name, p.i2i(name), f"models/{name}.pt", cpu,
+    model = i2i.load(name, i2i.config(p, name), f"models/{name}.pt", cpu,
                      load_judge("models/classifier.pt", cpu))
     x = torch.from_numpy(data.load_npz("data/images.npz", p.data).x_test[:count]).float() / 255
     inputs = quantise(model.task.pair(x)[0]).numpy()

@@ -13,7 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import (assert_resume_repeats_the_next_step,
-                      assert_saved_model_loads_only_with_its_config, base_params, params_of)
+                      assert_saved_model_loads_only_with_its_config, base_params, every_section,
+                      params_of)
 from pipeline.cli import app
 from trilemma import i2i
 from trilemma.classifier import Judge
@@ -22,6 +23,7 @@ from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.i2i import tasks
 from trilemma.i2i.scores import PSNR_CAP, psnr, quantise, ssim
+from trilemma.registry import REGISTRY
 
 CPU = torch.device("cpu")
 SMALL = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 8, "blocks": 1}
@@ -52,6 +54,21 @@ def batch(mnist):
 
 
 # --- the translator contract -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_entry_says_whether_the_translator_is_built_with_the_judge(name):
+    """The loader hands the judge only to a translator whose entry `needs_judge`: one that
+    needs it refuses to build without it, one that does not takes no judge at all."""
+    entry = REGISTRY[name]
+    assert entry.kind == "translator" and i2i.REGISTRY[name].__name__ == entry.module
+    if entry.needs_judge:
+        with pytest.raises(ConfigError, match="judge"):
+            i2i.build(name, tiny_config(name), CPU, MNIST_SPEC)
+    else:
+        i2i.build(name, tiny_config(name), CPU, MNIST_SPEC)
+        with pytest.raises(TypeError, match="judge"):
+            i2i.REGISTRY[name].build(tiny_config(name), CPU, MNIST_SPEC, judge=tiny_judge())
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_train_step_gives_finite_detached_losses_and_updates_every_net(name, batch):
@@ -236,9 +253,9 @@ def raw_params(**changes):
 def test_params_list_the_i2i_families_and_validate_their_sections():
     p = parse_params(raw_params())
     assert p.i2i_families == ["pix2pix", "srgan", "cyclegan"]
-    assert p.i2i("srgan").factor == 4
+    assert i2i.config(p, "srgan").factor == 4
     with pytest.raises(ConfigError, match="not in params.yaml `i2i_families`"):
-        p.i2i("dcgan")
+        i2i.config(p, "dcgan")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -252,7 +269,7 @@ def test_params_list_the_i2i_families_and_validate_their_sections():
 ])
 def test_bad_i2i_params_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message) as err:
-        parse_params(raw_params(**change))
+        every_section(raw_params(**change))
     assert "\n" not in str(err.value)
 
 

@@ -123,7 +123,7 @@ def test_compile_runs_every_net_compiled_and_keeps_plain_state_dict_keys(tmp_pat
 def test_every_optimiser_is_fused_adamw():
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     for name in ("vae", "mlp_gan", "dcgan", "ddpm"):
-        model = families.build(name, p.family(name), CPU)
+        model = families.build(name, families.config(p, name), CPU)
         optimisers = [v for v in vars(model).values() if isinstance(v, torch.optim.Optimizer)]
         assert optimisers, name
         for opt in optimisers:
@@ -135,7 +135,7 @@ def test_every_optimiser_is_fused_adamw():
 @pytest.mark.parametrize("name", ["vae", "dcgan", "ddpm"])
 def test_convolutional_families_keep_weights_channels_last(name):
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    model = families.build(name, p.family(name), CPU)
+    model = families.build(name, families.config(p, name), CPU)
     convs = [m for net in model.nets.values() for m in net.modules()
              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.weight.shape[1] > 1
              and m.weight.shape[0] > 1]

@@ -12,16 +12,13 @@ import pytest
 import yaml
 
 from pipeline.cli import STAGES
+from trilemma.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"trilemma": ROOT / "src" / "trilemma", "pipeline": ROOT / "pipeline"}
 FAMILY_DIR = "src/trilemma/families"
 TRIVIAL = {"src/trilemma/__init__.py", "pipeline/__init__.py", "pipeline/cli.py"}
-# config validates each family's section with the family's Config, importing the registries inside
-# parse_params: an import circle (config <- families) that makes every module reach every family.
-# Until config.py is a leaf, that edge is not followed.
-NOT_FOLLOWED = {("src/trilemma/config.py", "trilemma.families"),
-                ("src/trilemma/config.py", "trilemma.i2i")}
+LOADER = "src/trilemma/loader.py"  # imports a family's module by its registry `module` path
 
 
 def module_file(name: str) -> Path | None:
@@ -36,8 +33,9 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Dotted names of the project modules `path` imports anywhere in its body."""
+def imported_modules(path: Path, packages: bool = True) -> set[str]:
+    """Dotted names of the project modules `path` imports anywhere in its body; `packages`
+    False: `from package import submodule` names the submodule only, not the package."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     package = package.removeprefix("src.")
     if path.name != "__init__.py":
@@ -51,14 +49,17 @@ def imported_modules(path: Path) -> set[str]:
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
+            submodules = {f"{base}.{alias.name}" for alias in node.names
+                          if module_file(f"{base}.{alias.name}") is not None}
+            found.update(submodules)
+            if packages or len(submodules) < len(node.names):
+                found.add(base)
     return {name for name in found if module_file(name) is not None}
 
 
 def closure(command_module: str, family: str | None) -> set[str]:
-    """Repo-relative files reachable from `command_module`. The family registry imports every
-    family, but a family's stage runs only its own module: the others are left out."""
+    """Repo-relative files reachable from `command_module`. The loader imports a family's module
+    by name: a family's stage reaches its own module there, and only that one."""
     todo, files = [command_module], set()
     while todo:
         path = module_file(todo.pop())
@@ -69,9 +70,10 @@ def closure(command_module: str, family: str | None) -> set[str]:
                 and path.stem != family:
             continue
         files.add(rel)
-        for name in imported_modules(path):
-            if (rel, name) in NOT_FOLLOWED:
-                continue
+        names = imported_modules(path)
+        if rel == LOADER and family is not None:
+            names.add(REGISTRY[family].module)
+        for name in names:
             # a package's parent __init__ runs too
             parts = name.split(".")
             todo.extend(".".join(parts[:i]) for i in range(2, len(parts) + 1))
@@ -97,10 +99,9 @@ def stages() -> list[tuple[str, str, list[str], str | None]]:
         if "foreach" not in stage:
             out.append((name, command, deps, None))
             continue
-        generators = stage["foreach"] != "${i2i_families}"  # i2i modules are not a registry here
         for item in lists[stage["foreach"]]:
             out.append((f"{name}@{item}", command, [d.replace("${item}", item) for d in deps],
-                        item if generators else None))
+                        item))
     return out
 
 

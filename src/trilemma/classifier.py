@@ -149,9 +149,11 @@ def load_judge(path: str | Path, device: torch.device) -> Judge:
 
 
 def judge_for(family: str, device: torch.device) -> Judge | None:
-    """The frozen judge for SRGAN's content loss; the other families need none."""
-    if family != "srgan":
+    """The frozen judge for a translator whose loss uses it (its entry `needs_judge`); None for
+    the others."""
+    from trilemma import paths, registry
+
+    if not registry.entry(family).needs_judge:
         return None
-    from trilemma import paths
 
     return load_judge(paths.CLASSIFIER, device)

@@ -12,13 +12,15 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator)
 
+from trilemma import registry
 from trilemma.errors import ConfigError
 from trilemma.params_file import check_bounded, read_params_file
 
 PROFILES = ("quick", "full")
+Kind = registry.Kind
 
 
 def _takes_bool(annotation: Any) -> bool:
@@ -191,22 +193,27 @@ class Params(Section):
     sample: SampleConfig
     evaluate: EvaluateConfig = EvaluateConfig()
     control: ControlConfig = ControlConfig()
-    family_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
-    i2i_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    # the listed families' raw sections and the file they came from: a section is validated by
+    # its family's Config when the family is loaded (`trilemma.loader.config`), which keeps
+    # parsing free of torch
+    _sections: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+    _source: str = PrivateAttr("params.yaml")
 
-    def i2i(self, name: str) -> TrainConfig:
-        """The validated config of one image-to-image family (listed in `i2i_families`)."""
-        if name not in self.i2i_sections:
+    @property
+    def source(self) -> str:
+        """The params file these settings were read from (for error lines)."""
+        return self._source
+
+    def section(self, name: str, kind: Kind) -> dict[str, Any]:
+        """The raw params section of a family listed in `families` (kind generator) or
+        `i2i_families` (kind translator); ConfigError when it is not listed there."""
+        if kind == "translator" and name not in self.i2i_families:
             known = ", ".join(self.i2i_families) or "none"
             raise ConfigError(f"i2i family '{name}' is not in params.yaml `i2i_families` ({known})")
-        return self.i2i_sections[name]
-
-    def family(self, name: str) -> TrainConfig:
-        """The validated config of one family (listed in `families`)."""
-        if name not in self.family_sections:
+        if kind == "generator" and name not in self.families:
             known = ", ".join(self.families)
             raise ConfigError(f"family '{name}' is not in params.yaml `families` ({known})")
-        return self.family_sections[name]
+        return self._sections[name]
 
 
 def resolve_profile(value: Any, profile: str) -> Any:
@@ -220,7 +227,8 @@ def resolve_profile(value: Any, profile: str) -> Any:
     return value
 
 
-def _first_error(err: ValidationError, prefix: str = "") -> str:
+def first_error(err: ValidationError, prefix: str = "") -> str:
+    """The first problem pydantic found, as `key: what is wrong`; `prefix` is the section."""
     e = err.errors()[0]
     # union members show up in the location as tags like "constrained-int": not keys, dropped
     parts = [p for p in (prefix, *e["loc"]) if isinstance(p, int) or str(p).isidentifier()]
@@ -233,55 +241,35 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
     return f"{key}: {message} (got {e.get('input')!r})"
 
 
-def _check_listed(names: list, registry: dict, resolved: dict[str, Any], key: str,
-                  source: str) -> None:
-    """Every entry of the list `key` is a registered family with a section, listed once."""
+def _check_listed(resolved: dict[str, Any], key: str, kind: Kind, source: str) -> None:
+    """Every entry of the list `key` is a registered family of `kind` with a section that is a
+    mapping, listed once."""
+    names = resolved.get(key) or []
+    if not isinstance(names, list):
+        return  # Params reports the type
+    known = registry.names(kind)
     for name in names:
         if not isinstance(name, str):
             raise ConfigError(f"{source}: {key}: entries must be family names (got {name!r})")
-        if name not in registry:
-            known = ", ".join(sorted(registry))
-            raise ConfigError(f"{source}: {key}: unknown family {name!r} (known: {known})")
+        if name not in known:
+            raise ConfigError(f"{source}: {key}: unknown family {name!r} "
+                              f"(known: {', '.join(sorted(known))})")
         if name not in resolved:
             raise ConfigError(f"{source}: {key}: {name!r} has no section `{name}:`")
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: {key}: a family is listed twice")
-
-
-def _check_mapping(name: str, section: Any, source: str) -> None:
-    if section is not None and not isinstance(section, dict):
-        raise ConfigError(f"{source}: {name}: must be a mapping of settings "
-                          f"(got {type(section).__name__})")
-
-
-def _validated(registry: dict, name: str, section: dict | None, source: str) -> TrainConfig:
-    """The family's own Config from its section (None: all defaults)."""
-    try:
-        return registry[name].Config(**(section or {}))
-    except ValidationError as err:
-        raise ConfigError(f"{source}: {_first_error(err, name)}") from None
-
-
-def _parse_i2i(resolved: dict[str, Any], source: str) -> dict[str, TrainConfig]:
-    """Check `i2i_families` against the i2i registry and take each one's section out of
-    `resolved`, validated; sections of unlisted i2i families are taken out unchecked."""
-    from trilemma.i2i import REGISTRY  # i2i imports config: avoid the cycle
-
-    names = resolved.get("i2i_families") or []
-    if not isinstance(names, list):
-        return {}  # Params reports the type
-    _check_listed(names, REGISTRY, resolved, "i2i_families", source)
-    found = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
     for name in names:
-        _check_mapping(name, found[name], source)
-    return {name: _validated(REGISTRY, name, found[name], source) for name in names}
+        section = resolved[name]
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{source}: {name}: must be a mapping of settings "
+                              f"(got {type(section).__name__})")
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate a params mapping; any problem is one ConfigError line naming the key. Every
-    family section present is validated, listed or not; i2i sections only when listed."""
-    from trilemma.families import REGISTRY  # families import config: avoid the cycle
-
+    """Validate a params mapping; any problem is one ConfigError line naming the key. The
+    sections of the listed families are checked to be mappings here and validated by their
+    family's Config when the family is loaded (`trilemma.loader.config`); sections of
+    registered families that are not listed are set aside unread."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
@@ -292,25 +280,22 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if profile not in PROFILES:
         raise ConfigError(f"{source}: profile: must be one of {', '.join(PROFILES)} (got {profile!r})")
     resolved = resolve_profile(raw, profile)
-    families = resolved.get("families")
-    if isinstance(families, list):  # otherwise Params reports the type
-        _check_listed(families, REGISTRY, resolved, "families", source)
-    sections = {name: resolved.pop(name) for name in list(resolved) if name in REGISTRY}
-    i2i_sections = _parse_i2i(resolved, source)
-    for name, section in sections.items():
-        _check_mapping(name, section, source)
+    _check_listed(resolved, "families", "generator", source)
+    _check_listed(resolved, "i2i_families", "translator", source)
+    sections = {name: resolved.pop(name) or {} for name in list(resolved)
+                if name in registry.REGISTRY}
     try:
         params = Params(**resolved)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_first_error(err)}") from None
+        raise ConfigError(f"{source}: {first_error(err)}") from None
     try:
         check_data(params.data)
         check_control(params.control, params.families)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    validated = {name: _validated(REGISTRY, name, section, source)
-                 for name, section in sections.items()}
-    return params.model_copy(update={"family_sections": validated, "i2i_sections": i2i_sections})
+    params._sections = sections
+    params._source = source
+    return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

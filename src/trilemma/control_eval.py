@@ -9,10 +9,9 @@ import time
 import numpy as np
 import torch
 
-from trilemma import data, families, latent, paths
+from trilemma import data, latent, paths, registry
 from trilemma.config import Params
 from trilemma.control import steer, x0_guide
-from trilemma.denoising import Diffusion
 from trilemma.distributed import log
 from trilemma.errors import ConfigError
 from trilemma.runtime import generator
@@ -24,19 +23,17 @@ GUIDANCE_COLUMNS = ["method", "scale", "digit", "class", "n", "judge_accuracy",
 SHOWN = 8  # images per row of the figures
 
 
-def kind_of(model: families.Family, family: str) -> str:
-    """"steer" (an unconditional family with a differentiable `decode`), "classifier" (an
-    unconditional pixel diffusion: classifier guidance), "classifier-free" (a conditional family
-    with a `guidance` knob: its own guidance, for comparison); ConfigError otherwise."""
-    if model.conditional and "guidance" in model.knobs:
-        return "classifier-free"
-    if isinstance(model, Diffusion) and not model.conditional:
-        return "classifier"
-    if hasattr(model, "decode") and hasattr(model, "latent_dim") and not model.conditional:
-        return "steer"
-    raise ConfigError(f"control.families: {family!r} cannot be steered (only unconditional latent "
-                      "families with `decode`, pixel diffusion and guided conditional families "
-                      "can)")
+def kind_of(family: str) -> str:
+    """How the family is steered, as its registry entry declares: "steer" (an unconditional
+    family with a differentiable `decode`), "classifier" (an unconditional pixel diffusion:
+    classifier guidance), "classifier-free" (a conditional family with a `guidance` knob: its own
+    guidance, for comparison); ConfigError otherwise."""
+    kind = registry.entry(family).control
+    if kind is None:
+        raise ConfigError(f"control.families: {family!r} cannot be steered (only unconditional "
+                          "latent families with `decode`, pixel diffusion and guided conditional "
+                          "families can)")
+    return kind
 
 
 def predictions(net: torch.nn.Module, images: np.ndarray, dev: torch.device, bs: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from trilemma import figures, paths, report_curves
+from trilemma import figures, paths, registry, report_curves
 from trilemma.config import SWEEPS
 from trilemma.io import atomic_path, read_json, write_csv
 from trilemma.tracking import git_commit
@@ -258,18 +258,26 @@ def _latent_section(families: list[str], out: Path, data: Data) -> str:
             + "\n".join(blocks) + "\n")
 
 
-DIFFUSION_FAMILIES = ("ddpm", "cfg_diffusion", "latent_diffusion")
+def _named(names: list[str]) -> str:
+    """`a`, `b` and `c` denoise; `a` denoises."""
+    quoted = [f"`{name}`" for name in names]
+    listed = " and ".join(filter(None, (", ".join(quoted[:-1]), quoted[-1])))
+    return f"{listed} {'denoises' if len(names) == 1 else 'denoise'}"
 
 
 def _diffusion_space_section(rows: list[dict], by_knob: dict[str, dict[str, list[dict]]],
                              data: Data) -> str:
     """Latent against pixel-space diffusion at their main sampling settings: the point of latent
     diffusion is the cheaper network evaluation on a small latent grid."""
-    shown = {r["family"]: r for r in rows[1:] if r["family"] in DIFFUSION_FAMILIES}
-    if "latent_diffusion" not in shown or len(shown) < 2:
+    space = {r["family"]: registry.entry(r["family"]).diffusion for r in rows[1:]}
+    shown = {r["family"]: r for r in rows[1:] if space[r["family"]]}
+    latent = [name for name in shown if space[name] == "latent"]
+    pixel = [name for name in shown if space[name] == "pixel"]
+    if not latent or not pixel:
         return ""
     steps = by_knob.get("steps", {})
-    base = shown.get("ddpm") or shown.get("cfg_diffusion")
+    # the speed-up is over a pixel diffusion, an unconditional one where there is one
+    base = shown[min(pixel, key=lambda name: registry.entry(name).conditional)]
     table = [{"family": name, "setting": next((r["setting"] for r in steps.get(name, [])
                                                if r["main"]), None),
               "samples_per_second": row["samples_per_second"],
@@ -277,9 +285,9 @@ def _diffusion_space_section(rows: list[dict], by_knob: dict[str, dict[str, list
               "fid_classifier": row["fid_classifier"], "label_accuracy": row["label_accuracy"],
               "train_seconds": row["train_seconds"]} for name, row in shown.items()]
     names = summary_columns(data)
-    return (f"## Latent against pixel-space diffusion\n\n`latent_diffusion` denoises the small "
-            f"latent grid of its autoencoder and decodes once at the end; `ddpm` and "
-            f"`cfg_diffusion` denoise the pixels at every step. Main sampling settings, the "
+    return (f"## Latent against pixel-space diffusion\n\n{_named(latent)} the small "
+            f"latent grid of its autoencoder and decodes once at the end; {_named(pixel)} the "
+            f"pixels at every step. Main sampling settings, the "
             f"same n as the summary table; speed-up is images/s over `{base['family']}`'s."
             f"\n\n" + markdown_table(table, {
                 "family": "family", "setting": "sampler", "samples_per_second": "images/s ↑",

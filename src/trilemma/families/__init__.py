@@ -1,23 +1,20 @@
-"""Generator families, registered by name. Each module has `Config` (its params section, a
-TrainConfig) and `build(cfg, device, image) -> Family`, `image` the ImageSpec of the data."""
+"""Generator families, registered by name in `trilemma.registry`. Each module has `Config` (its
+params section, a TrainConfig) and `build(cfg, device, image) -> Family`, `image` the ImageSpec
+of the data."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from trilemma.config import TrainConfig
+from trilemma import loader
+from trilemma.config import Params, TrainConfig
 from trilemma.data import MNIST_SPEC, ImageSpec
-from trilemma.errors import DataError, brief
-from trilemma.families import cfg_diffusion, cgan, dcgan, ddpm, mlp_gan, vae, wgan_gp
-from trilemma.families import stylegan
-from trilemma.families import latent_diffusion
-from trilemma.families import progan
-from trilemma.io import atomic_path
 from trilemma.train import Trainee
+
+KIND = "generator"
 
 
 class Family(Trainee, Protocol):
@@ -45,52 +42,25 @@ class LatentFamily(Protocol):
         """Latents (n,latent_dim) [+ classes (n,)] -> uint8 images (n,C,S,S)."""
 
 
-REGISTRY: dict[str, ModuleType] = {
-    "vae": vae,
-    "mlp_gan": mlp_gan,
-    "dcgan": dcgan,
-    "wgan_gp": wgan_gp,
-    "cgan": cgan,
-    "ddpm": ddpm,
-    "cfg_diffusion": cfg_diffusion,
-    "stylegan": stylegan,
-    "latent_diffusion": latent_diffusion,
-    "progan": progan,
-}
+# name -> module of every registered generator (`trilemma.registry` declares them), imported
+# when looked up
+REGISTRY = loader.Modules(KIND)
+
+
+def config(p: Params, name: str) -> TrainConfig:
+    """The validated params section of a family listed in `families`."""
+    return loader.config(p, name, KIND)
 
 
 def build(name: str, cfg: TrainConfig, device: torch.device,
           image: ImageSpec = MNIST_SPEC) -> Family:
-    return REGISTRY[name].build(cfg, device, image)
+    return loader.build(name, cfg, device, image)
 
 
-def save(family: Family, name: str, cfg: TrainConfig, path: str | Path) -> None:
-    """The trained family with the config and the image spec it was built from."""
-    with atomic_path(path) as tmp:
-        torch.save({"family": name, "config": cfg.model_dump(), "image": family.image.as_dict(),
-                    "state": family.state_dict()}, tmp)
+save = loader.save  # (family, name, cfg, path): the model file, as translators are saved
 
 
 def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device) -> Family:
     """Rebuild a saved family for the images it was trained on (its `image`); refuses a file
     trained with other settings than `cfg`."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: not found; run `trilemma train {name}` first")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable model file ({brief(err)})") from None
-    if not isinstance(blob, dict) or "state" not in blob:
-        raise DataError(f"{path}: not a trilemma model file; run `trilemma train {name}` again")
-    if blob.get("family") != name or blob.get("config") != cfg.model_dump():
-        raise DataError(f"{path}: trained with other settings than params.yaml `{name}`; "
-                        f"run `trilemma train {name}` again")
-    try:
-        image = ImageSpec.from_dict(blob["image"])
-    except (KeyError, TypeError, ValueError):  # saved before image specs were recorded
-        raise DataError(f"{path}: saved without the spec of its images (an older trilemma); "
-                        f"run `trilemma train {name}` again") from None
-    family = build(name, cfg, device, image)
-    family.load_state_dict(blob["state"])
-    return family
+    return loader.load(name, cfg, path, device)

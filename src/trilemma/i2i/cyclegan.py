@@ -99,5 +99,5 @@ class CycleGAN:
         return {"g_ab": self.g_ab, "g_ba": self.g_ba, "d_a": self.d_a, "d_b": self.d_b}
 
 
-def build(cfg: Config, device: torch.device, image: ImageSpec, judge=None) -> CycleGAN:
+def build(cfg: Config, device: torch.device, image: ImageSpec) -> CycleGAN:
     return CycleGAN(cfg, device, image)

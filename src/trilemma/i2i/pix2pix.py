@@ -57,5 +57,5 @@ class Pix2Pix(GeneratorDiscriminatorPair):
         return translate_with(self.g, inputs, self.device)
 
 
-def build(cfg: Config, device: torch.device, image: ImageSpec, judge=None) -> Pix2Pix:
+def build(cfg: Config, device: torch.device, image: ImageSpec) -> Pix2Pix:
     return Pix2Pix(cfg, device, image)

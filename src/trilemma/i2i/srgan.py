@@ -22,7 +22,6 @@ from trilemma.i2i.base import (GeneratorDiscriminatorPair, I2IConfig, check_imag
 from trilemma.i2i.tasks import super_resolution_task
 from trilemma.train import adam
 
-NEEDS_JUDGE = True  # build() takes the judge: the content loss compares its features
 
 
 class Config(I2IConfig):
