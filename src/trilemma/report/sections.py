@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from trilemma import paths
-from trilemma.report.tables import (Data, class_columns, has_fid, markdown_table, number,
-                                    over_floor, summary_columns, SWEEP_SCORES)
+from trilemma.report.tables import (SWEEP_SCORES, Data, class_columns, has_fid, markdown_table,
+                                    number, over_floor, summary_columns)
 from trilemma.report.prose import render
 
 # the DDIM steps of the diffusion families' figures: denoising.PREVIEW_STEPS (a test keeps the
