@@ -20,9 +20,9 @@ def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = F
         return print_settings({"families": p.families, "control": p.control.families,
                                "i2i_families": p.i2i_families,
                                "output": str(paths.REPORTS / "README.md")})
-    from trilemma import report as report_lib  # pandas and matplotlib: only when needed
+    from trilemma.report.build import build  # pandas and matplotlib: only when needed
 
-    report_lib.build(p.families, control=p.control.families, i2i=p.i2i_families)
+    build(p.families, control=p.control.families, i2i=p.i2i_families)
     log(f"wrote {paths.REPORTS / 'README.md'} and summary.csv for {', '.join(p.families)}")
     with tracking.stage_run("report", None, p.profile) as run:
         run.log_params({"families": ",".join(p.families)})

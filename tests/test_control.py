@@ -240,7 +240,7 @@ def test_control_compares_guidance_of_diffusion_families_end_to_end(judged_repo)
         timing = json.loads((judged_repo / f"reports/control/{name}/timing.json").read_text())
         assert len(timing["images_per_second"]) == 2
         assert all(rate > 0 for rate in timing["images_per_second"].values())
-    from trilemma.report_control import section
+    from trilemma.report.control import section
 
     text = section(["dcgan", "ddpm", "cfg_diffusion"], judged_repo / "reports", "digit")
     assert "classifier-free guidance" in text and "classifier guidance (judge on x0)" in text
@@ -272,7 +272,7 @@ def test_a_conditional_gan_cannot_be_steered(tiny_repo, set_params):
 
 
 def test_section_without_results_names_the_stages_to_run(tmp_path, monkeypatch):
-    from trilemma.report_control import section
+    from trilemma.report.control import section
 
     monkeypatch.chdir(tmp_path)
     text = section(["dcgan"], tmp_path / "reports", "class")

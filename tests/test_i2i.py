@@ -294,7 +294,7 @@ def invoke(*args: str):
 
 
 def test_train_and_evaluate_every_i2i_family_then_the_report_section(tiny_repo):
-    from trilemma.report_i2i import section
+    from trilemma.report.i2i import section
 
     assert invoke("train-classifier").exit_code == 0
     for name in NAMES:
@@ -325,7 +325,7 @@ def test_train_and_evaluate_every_i2i_family_then_the_report_section(tiny_repo):
 
 
 def test_report_section_reads_n_a_without_files(tmp_path, monkeypatch):
-    from trilemma.report_i2i import section
+    from trilemma.report.i2i import section
 
     monkeypatch.chdir(tmp_path)
     text = section(["srgan"], tmp_path / "reports")

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from trilemma import figures, report
+from trilemma import figures
+from trilemma.report import build, plots, sections
 
 REASON = "the image folder has no class subfolders, so there are no labels to train a judge on."
 DATA = "image folder data/faces (64x64 RGB, 3 classes)"
@@ -131,7 +132,7 @@ def summary_line(readme: str, family: str) -> dict[str, str]:
 
 @pytest.fixture
 def no_commit(monkeypatch):
-    monkeypatch.setattr(report, "git_commit", lambda: "0" * 12)  # the tmp dir is no git repo
+    monkeypatch.setattr(build, "git_commit", lambda: "0" * 12)  # the tmp dir is no git repo
 
 
 def test_k_named_classes_give_k_rows_and_log_k(tmp_path, monkeypatch, no_commit):
@@ -140,7 +141,7 @@ def test_k_named_classes_give_k_rows_and_log_k(tmp_path, monkeypatch, no_commit)
                              "ddpm": {"sweeps": ["steps"], "conditional": False}},
                   classes, {"real": None, "cgan": None, "ddpm": None})
     monkeypatch.chdir(tmp_path)
-    readme = report.build(["cgan", "ddpm"])
+    readme = build.build(["cgan", "ddpm"])
 
     assert "log 3 = 1.10" in readme and "3 is the maximum" in readme and "log 10" not in readme
     assert "rarest class ↑" in readme and "rarest digit" not in readme
@@ -163,7 +164,7 @@ def test_without_a_judge_the_report_shows_what_is_computable(tmp_path, monkeypat
     figures_dir = tmp_path / "reports" / "figures"
     _png(figures_dir / "class_histograms.png")  # left by an earlier build on labelled data
     monkeypatch.chdir(tmp_path)
-    readme = report.build(["vae", "ddpm"])
+    readme = build.build(["vae", "ddpm"])
 
     assert REASON.rstrip(".") in readme
     assert f"Data **{DATA}**" in readme
@@ -195,7 +196,7 @@ def test_without_a_judge_or_inception_there_is_no_trilemma_figure(tmp_path, monk
     write_reports(tmp_path, {"vae": {"sweeps": [], "conditional": False}}, None,
                   {"real": None, "vae": None})
     monkeypatch.chdir(tmp_path)
-    readme = report.build(["vae"])
+    readme = build.build(["vae"])
     assert "No trilemma figure" in readme and "figures/trilemma.png" not in readme
     assert summary_line(readme, "vae")["Inception FID ↓"] == "n/a"
     assert not (tmp_path / "reports" / "figures" / "trilemma.png").exists()
@@ -215,7 +216,7 @@ def test_mnist_files_without_the_new_keys_read_as_ten_digits(tmp_path, monkeypat
     table = pd.read_csv(clf / "per_class.csv").drop(columns="class")
     table.to_csv(clf / "per_class.csv", index=False)
     monkeypatch.chdir(tmp_path)
-    readme = report.build(["cgan"])
+    readme = build.build(["cgan"])
     for text in ("against the\nMNIST test set", "rarest digit ↑", "log 10 = 2.30",
                  "10 is the maximum", "accuracy per requested digit", "| digit | n | correct |",
                  "## The judge: classifier accuracy per digit (test set)", "Test accuracy"):
@@ -226,9 +227,9 @@ def test_mnist_files_without_the_new_keys_read_as_ten_digits(tmp_path, monkeypat
 def test_class_histogram_keys_sorted_as_strings_come_back_in_class_order():
     twelve = {str(i): float(i) for i in range(12)}
     as_written = dict(sorted(twelve.items()))  # "0", "1", "10", "11", "2", ...
-    assert report._in_class_order(as_written, []) == [float(i) for i in range(12)]
+    assert plots.in_class_order(as_written, []) == [float(i) for i in range(12)]
     named = {"fox": 0.5, "cat": 0.2, "dog": 0.3}
-    assert report._in_class_order(named, ["dog", "fox", "cat"]) == [0.3, 0.5, 0.2]
+    assert plots.in_class_order(named, ["dog", "fox", "cat"]) == [0.3, 0.5, 0.2]
 
 
 def test_confusion_figure_is_k_by_k_with_class_names():
@@ -255,7 +256,7 @@ FLOOR = {"fid_classifier": 1.737645, "fid_classifier_std": 0.603627}
 
 
 def test_trilemma_floor_line_sits_at_the_floors_fid_and_no_labels_overlap():
-    fig = figures.trilemma(CROWDED, FLOOR)
+    fig = plots.trilemma(CROWDED, FLOOR)
     ax = fig.axes[0]
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 1
@@ -290,7 +291,7 @@ def test_learning_curves_give_verdicts_an_equal_budget_table_and_a_warning_first
     _curve(tmp_path, "ddpm", [10 * k for k in range(1, 9)], [100 / k for k in range(1, 9)],
            step=100)
     monkeypatch.chdir(tmp_path)
-    readme = report.build(["cgan", "ddpm"])
+    readme = build.build(["cgan", "ddpm"])
 
     first = readme.split("Profile **")[0]
     assert "compares training budgets, not families" in first and "`ddpm` was still" in first
@@ -316,18 +317,16 @@ def test_without_curves_there_is_no_warning_and_no_curve_figure(tmp_path, monkey
                   {"real": None, "vae": None})
     _png(tmp_path / "reports" / "figures" / "learning_curves.png")  # from an earlier build
     monkeypatch.chdir(tmp_path)
-    readme = report.build(["vae"])
+    readme = build.build(["vae"])
     assert readme.startswith(f"# trilemma report\n\nData **{DATA}** · Profile **quick**")
     assert "No learning curves" in readme and summary_line(readme, "vae")["verdict"] == "–"
     assert not (tmp_path / "reports" / "figures" / "learning_curves.png").exists()
 
 
 def test_curves_figure_draws_the_floor_at_its_fid():
-    from trilemma import report_curves
-
     curve = pd.DataFrame({"step": [1, 2], "train_seconds": [1.0, 2.0],
                           "fid_classifier": [50.0, 20.0]})
-    fig = report_curves.curves_figure({"vae": curve}, 1.737645)
+    fig = plots.curves_figure({"vae": curve}, 1.737645)
     dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
     assert [list(line.get_ydata()) for line in dashed] == [[1.737645] * 2]
     assert fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
@@ -335,6 +334,6 @@ def test_curves_figure_draws_the_floor_at_its_fid():
 
 
 def test_report_names_the_preview_steps_the_figures_use():
-    from trilemma import denoising, report
+    from trilemma import denoising
 
-    assert report.PREVIEW_STEPS == denoising.PREVIEW_STEPS
+    assert sections.PREVIEW_STEPS == denoising.PREVIEW_STEPS

@@ -1,42 +1,16 @@
 """The report's section on controllable generation, from the control stage's files
-(reports/control/<family>/) and the referee's (reports/control/referee/), and the control figures."""
+(reports/control/<family>/) and the referee's (reports/control/referee/)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import torch
 
 from trilemma import paths
-from trilemma.figures import _image_row, pyplot
-
-if TYPE_CHECKING:
-    import matplotlib.pyplot as plt
+from trilemma.report.tables import read_optional
+from trilemma.report.prose import render
 
 FIGURE = "before_after.png"  # the control stage's figure, in reports/control/<family>/
-
-
-def rows_figure(rows: list[tuple[str, torch.Tensor]]) -> plt.Figure:
-    """Rows of uint8 images (m,C,S,S), each labelled at the left (e.g. "3 before", "3 after")."""
-    cols = max(len(images) for _, images in rows)
-    fig, axes = pyplot().subplots(len(rows), cols, figsize=(0.7 * cols + 0.8, 0.7 * len(rows)),
-                             squeeze=False)
-    for ax_row, (label, images) in zip(axes, rows):
-        for ax in ax_row[len(images):]:
-            ax.set_axis_off()
-        _image_row(ax_row, images, label)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
-    return fig
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _pct(value: float | None) -> str:
@@ -51,21 +25,15 @@ def section(families_in_control: list[str], out: Path, unit: str) -> str:
     a line saying which stage to run."""
     lines = ["## Controllable generation", ""]
     if not families_in_control:
-        return "\n".join(lines + ["No family is listed in params.yaml `control.families`.", ""])
-    referee = _read(paths.REFEREE_REPORTS / "metrics.json")
-    lines += [
-        f"Steering asks an unconditional generator for a {unit} without retraining it, using the "
-        "judge's gradient. An optimiser that ascends the judge's log-probability can also fool "
-        "the judge with small adversarial pixel changes, so every success is counted twice: by "
-        "the judge and by the *referee*, a second classifier (other seed, width and shift "
-        "augmentation) that the steering never saw. The gap between the two is the share of "
-        f"images that convince the judge but not another network: adversarial, not the {unit}."
-        + (f" The referee's test accuracy is {referee['test_accuracy']:.4f}."
-           if referee and "test_accuracy" in referee else
-           " (No referee metrics: run `trilemma train-referee`.)"), ""]
+        return "\n".join(lines + [render("control_none"), ""])
+    referee = read_optional(paths.REFEREE_REPORTS / "metrics.json")
+    lines += [render("control_intro", unit=unit, referee=(
+        f" The referee's test accuracy is {referee['test_accuracy']:.4f}."
+        if referee and "test_accuracy" in referee else
+        " (No referee metrics: run `trilemma train-referee`.)")), ""]
     results, missing, no_judge = {}, [], []
     for family in families_in_control:
-        result = _read(paths.control_reports(family) / "metrics.json")
+        result = read_optional(paths.control_reports(family) / "metrics.json")
         if result is None:
             missing.append(family)
         elif result.get("judge") is False:
@@ -77,12 +45,7 @@ def section(families_in_control: list[str], out: Path, unit: str) -> str:
     if steered:
         classes = list(next(iter(steered.values()))["referee_per_class"])
         lines += [
-            "### Latent steering",
-            "",
-            f"Latents from the prior, moved by Adam on -log p_judge({unit} given G(z)) + "
-            "prior_weight * squared norm(z) / 2; success is the share of images classified as "
-            f"the requested {unit}, before and after. The referee columns per {unit} are after.",
-            "",
+            render("control_steering", unit=unit),
             "| family | judge before | judge after | referee before | referee after | "
             "z norm before -> after | " + " | ".join(f"referee {c}" for c in classes) + " |",
             "|---" * (6 + len(classes)) + "|"]
@@ -97,20 +60,9 @@ def section(families_in_control: list[str], out: Path, unit: str) -> str:
         lines += ["", f"{first['per_class']} latents per {unit}, {first['steps']} steps, "
                   f"lr {first['lr']:g}, prior_weight {first['prior_weight']:g}.", ""]
     if guided:
-        lines += [
-            "### Guidance of diffusion models",
-            "",
-            "Classifier guidance steers the unconditional DDPM with the judge's gradient on the "
-            "predicted clean image (scale: the step on x0_hat per denoising step; 0 is "
-            "unguided, so its accuracy is chance). Classifier-free guidance is the conditional "
-            "model's own (scale w: 0 unconditional, 1 conditional). FID is against the test set "
-            "in the judge's features, on the table's n images (higher than the main table's, "
-            "which uses more).",
-            "",
-            "| family | method | scale | n | judge accuracy | referee accuracy | FID | images/s |",
-            "|---|---|---|---|---|---|---|---|"]
+        lines += [render("control_guidance")]
         for family, r in guided.items():
-            timing = _read(paths.control_reports(family) / "timing.json") or {}
+            timing = read_optional(paths.control_reports(family) / "timing.json") or {}
             rates = timing.get("images_per_second", {})
             for row in r["guidance"]:
                 rate = rates.get(f"{row['scale']:g}")
@@ -125,7 +77,7 @@ def section(families_in_control: list[str], out: Path, unit: str) -> str:
             link = os.path.relpath(figure, out)
             caption = (f"before (prior latents) and after steering, two rows per {unit}"
                        if family in steered else "the same noise at each guidance scale, "
-                       f"requested {unit} 0, 1, 2, ... left to right")
+                       "requested labels 0, 1, 2, ... left to right")
             lines += [f"**{family}**: {caption}.", "", f"![{family} control]({link})", ""]
     lines += [f"- {line}" for line in no_judge]
     if missing:

@@ -1,21 +1,16 @@
-"""The report's learning-curve parts, from the train stages' curve.csv files: quality against
-training cost (a figure), FID at equal training budgets (a table) and a convergence verdict per
-family (a column of the main table)."""
+"""The report's learning-curve parts, from the train stages' curve.csv files: FID at equal
+training budgets (a table), a convergence verdict per family (a column of the main table) and the
+text around the quality-against-training-cost figure (drawn by plots.curves_figure)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from trilemma import paths
-from trilemma.figures import pyplot
-
-if TYPE_CHECKING:
-    import matplotlib.pyplot as plt
+from trilemma.report.prose import render
 
 PLATEAU = 0.10  # "plateaued": FID fell by less than this share over the last third of training
 PLATEAUED, IMPROVING = "plateaued", "still improving"
@@ -97,52 +92,22 @@ def equal_budget_rows(curves: dict[str, pd.DataFrame], spent: list[float]) -> li
             for name, curve in curves.items()]
 
 
-def curves_figure(curves: dict[str, pd.DataFrame], floor_fid: float | None) -> plt.Figure:
-    """Probe FID against training seconds, log-log: a line per family, the real-data floor as a
-    dashed line (its FID at the main table's n: a lower bound, not a target at the probes' n)."""
-    fig, ax = pyplot().subplots(figsize=(8, 5))
-    colours = pyplot().get_cmap("tab10")
-    for i, (name, curve) in enumerate(curves.items()):
-        keep = curve["train_seconds"] > 0
-        ax.plot(curve["train_seconds"][keep], curve["fid_classifier"][keep], marker="o", ms=3,
-                color=colours(i % 10), label=name)
-    if floor_fid:
-        ax.axhline(floor_fid, color="grey", linestyle="--", linewidth=1,
-                   label=f"real data (floor), FID {floor_fid:.3g}")
-    ax.set(xscale="log", yscale="log", xlabel="training seconds (log; probes excluded)",
-           ylabel="probe FID (classifier, log)",
-           title="quality against training cost: the judge's probes during training")
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
 def banner(shown: dict[str, str | None]) -> str:
     """The report's first lines when a family was still improving when training stopped."""
     improving = [name for name, v in shown.items() if v == IMPROVING]
     if not improving:
         return ""
-    names = ", ".join(f"`{n}`" for n in improving)
-    return (f"> **The ranking below compares training budgets, not families.** {names} "
-            f"{'was' if len(improving) == 1 else 'were'} still improving when training stopped "
-            f"(FID fell by {PLATEAU:.0%} or more over the last third of training): more training "
-            f"would change {'its' if len(improving) == 1 else 'their'} numbers. See "
-            f"[quality against training cost](#quality-against-training-cost) for the curves and "
-            f"FID at equal budgets.\n\n")
+    one = len(improving) == 1
+    return render("banner", names=", ".join(f"`{n}`" for n in improving),
+                  was="was" if one else "were", its="its" if one else "their",
+                  plateau=f"{PLATEAU:.0%}")
 
 
-def section(curves: dict[str, pd.DataFrame], floor_fid: float | None, out: Path,
-            fmt) -> str:
-    """The figure (drawn to out/figures/) and the equal-budget table; `fmt` formats a cell.
-    Without curves, a line saying why and no figure."""
-    from trilemma.figures import save_figure
-
-    figure = out / "figures" / FIGURE
+def section(curves: dict[str, pd.DataFrame], fmt) -> str:
+    """The equal-budget table and the text around the figure (plots.draw draws it); `fmt` formats
+    a cell. Without curves, a line saying why."""
     if not curves:
-        figure.unlink(missing_ok=True)
-        return ("## Quality against training cost\n\nNo learning curves: the train stages wrote "
-                "no probe with a FID (params `train.probes` is 0, or there is no judge).\n")
-    save_figure(curves_figure(curves, floor_fid), figure)
+        return render("curves_none")
     spent = budgets(curves)
     rows = equal_budget_rows(curves, spent)
     head = ["family", *(f"FID at {b:g} s" for b in spent), "train s", "final probe FID"]
@@ -153,21 +118,5 @@ def section(curves: dict[str, pd.DataFrame], floor_fid: float | None, out: Path,
         lines.append("| " + " | ".join(cells) + " |")
     n = sorted({r["n"] for r in rows if r["n"] is not None})
     n_text = f"n = {', '.join(map(str, n))}" if n else "the probes' n"
-    return f"""## Quality against training cost
-
-![quality against training cost](figures/{FIGURE})
-
-At evenly spaced steps of its training, each train stage scored a probe of the model as it
-stood: the judge's FID of {n_text} samples (diffusion families: a few DDIM steps), which is
-higher than the main table's FID at its larger n, so compare the curves with each other. Training
-seconds leave the probes' own time out; they vary a little between reruns (the scores do not).
-
-**FID at equal training budgets**: each family's probe FID after the same training time,
-interpolated log-log between its probes; budgets up to the shortest family's whole training.
-– : before the family's first probe.
-
-{chr(10).join(lines)}
-
-**verdict** in the main table: *{PLATEAUED}* when FID fell by less than {PLATEAU:.0%} over the
-last third of training, else *{IMPROVING}* (its rank would change with more training).
-"""
+    return render("curves", figure=FIGURE, n_text=n_text, table="\n".join(lines),
+                  plateaued=PLATEAUED, improving=IMPROVING, plateau=f"{PLATEAU:.0%}")

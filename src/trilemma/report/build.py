@@ -1,0 +1,70 @@
+"""The report stage's entry: reports/README.md, reports/summary.csv and reports/figures/ from
+the stage outputs under reports/ alone (metric files, tables and the sample stage's figures)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from trilemma import paths
+from trilemma.io import atomic_path, read_json, write_csv
+from trilemma.report import control as control_section
+from trilemma.report import curves, i2i as i2i_section, plots, sections, tables
+from trilemma.report.prose import render
+from trilemma.tracking import git_commit
+
+
+def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (),
+          i2i: list[str] = ()) -> str:
+    """Write the report files; return the README text. `control`: the families of the control
+    stage (params `control.families`); `i2i`: the image-to-image families."""
+    rows = tables.summary_rows(families)
+    write_csv(out / "summary.csv", rows)
+    clf = read_json(paths.CLASSIFIER_REPORTS / "metrics.json")
+    clf_timing = read_json(paths.CLASSIFIER_REPORTS / "timing.json")
+    per_class = pd.read_csv(paths.CLASSIFIER_REPORTS / "per_class.csv").to_dict("records")
+    data = tables.data_info(clf, per_class)
+    floor = read_json(paths.REAL_METRICS)
+
+    by_knob = tables.sweeps(families)
+    shown = plots.draw(families, rows, floor, data, by_knob, out)
+    sweep_sections = [sections.sweep_section(knob, by_family, floor.get("fid_classifier"), data)
+                      for knob, by_family in by_knob.items()]
+    devices = sorted({clf_timing["device"]} | {r[k] for r in rows[1:]
+                                               for k in ("sample_device", "train_device")})
+    notes = tables.inception_notes(families)
+    inception = ("; ".join(n for n in notes if n) if any(r["fid_inception"] is not None for r in rows)
+                 else "n/a: " + "; ".join(notes))
+    grids = "\n".join(f"| {f} | ![{f} samples]({os.path.relpath(paths.sample_figures(f), out)}"
+                      f"/grid.png) |" for f in families)
+    text = render(
+        "readme",
+        banner=curves.banner({r["family"]: r["verdict"] for r in rows[1:]}),
+        data_line="" if data.mnist else f"Data **{data.name}** · ",
+        profile=clf["profile"], devices=", ".join(devices), commit=git_commit(),
+        date=f"{datetime.now(timezone.utc):%Y-%m-%d}", torch=torch.__version__,
+        python=platform.python_version(),
+        summary=tables.markdown_table([tables.display(r, data.judge) for r in rows],
+                                      tables.summary_columns(data)),
+        n=rows[1]["n"] if len(rows) > 1 else floor["n"], test_set=data.test_set,
+        floor_n=floor["n"], bullets=sections.metric_bullets(data, inception),
+        trilemma=shown["trilemma"],
+        curves=curves.section(curves.read_curves(families), tables.fmt),
+        grids=grids, histograms=shown["histograms"],
+        diffusion_space=sections.diffusion_space_section(rows, by_knob, data),
+        sweeps=sections.sweeps_section(sweep_sections),
+        latent=sections.latent_section(families, out, data),
+        label_accuracy=sections.label_accuracy_section(families, data),
+        family_figures=sections.family_figures_section(families, out, data),
+        control=(control_section.section(list(control), out, data.unit) if control
+                 else ""),
+        i2i=i2i_section.section(list(i2i), out),
+        judge=sections.judge_section(clf, per_class, data))
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text(text)
+    return text
