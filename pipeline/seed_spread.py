@@ -14,7 +14,7 @@ from pipeline.common import ParamsOption, log, single_process, user_errors
 from trilemma import paths, seed_spread as spread_lib
 from trilemma.config import load_params
 from trilemma.errors import DataError
-from trilemma.io import atomic_dir
+from trilemma.io import atomic_dir, write_csv
 
 OUT = paths.REPORTS / "seeds"
 ExpShowOption = Annotated[Optional[Path], typer.Option(
@@ -34,7 +34,7 @@ def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption
     text = spread_lib.markdown(runs, table)
     with atomic_dir(OUT) as tmp:
         (tmp / "spread.md").write_text(text)
-        (tmp / "spread.csv").write_text(spread_lib.to_csv(table))
+        write_csv(tmp / "spread.csv", *spread_lib.csv_rows(table))
     log(text.rstrip())
     log(f"wrote {OUT / 'spread.md'} and spread.csv from {len(runs)} runs: "
         + ", ".join(f"{r.name} (seed {r.seed})" for r in runs))

@@ -7,8 +7,6 @@ CPU's kernels that GAN training amplifies)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from dataclasses import dataclass
@@ -127,14 +125,10 @@ def _cell(spread: Spread | None, metric: str) -> str:
     return f"{spread.mean:.{digits}f} ± {spread.std:.{digits}f}"
 
 
-def to_csv(table: dict[str, dict[str, Spread]]) -> str:
-    """One row per family and score: mean, std, n and the value of each seed."""
+def csv_rows(table: dict[str, dict[str, Spread]]) -> tuple[list[dict], list[str]]:
+    """One row per family and score (mean, std, n and the value of each seed), and the columns."""
     seeds = sorted({seed for scores in table.values() for s in scores.values() for seed in s.values})
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["family", "metric", "mean", "std", "n", *(f"seed_{s}" for s in seeds)])
-    for family, scores in table.items():
-        for metric, s in scores.items():
-            writer.writerow([family, metric, f"{s.mean:.6g}", f"{s.std:.6g}", len(s.values),
-                             *(f"{s.values[k]:.6g}" if k in s.values else "" for k in seeds)])
-    return out.getvalue()
+    rows = [{"family": family, "metric": metric, "mean": s.mean, "std": s.std, "n": len(s.values),
+             **{f"seed_{k}": v for k, v in s.values.items()}}
+            for family, scores in table.items() for metric, s in scores.items()]
+    return rows, ["family", "metric", "mean", "std", "n", *(f"seed_{k}" for k in seeds)]
