@@ -23,7 +23,8 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
           i2i: list[str] = ()) -> str:
     """Write the report files; return the README text. `control`: the families of the control
     stage (params `control.families`); `i2i`: the image-to-image families."""
-    rows = tables.summary_rows(families)
+    learning = curves.read_curves(families)  # the train stages' curve.csv files
+    rows = tables.summary_rows(families, curves.verdicts(learning))
     write_csv(out / "summary.csv", rows)
     clf = read_json(paths.CLASSIFIER_REPORTS / "metrics.json")
     clf_timing = read_json(paths.CLASSIFIER_REPORTS / "timing.json")
@@ -32,7 +33,7 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
     floor = read_json(paths.REAL_METRICS)
 
     by_knob = tables.sweeps(families)
-    shown = plots.draw(families, rows, floor, data, by_knob, out)
+    shown = plots.draw(families, rows, floor, data, by_knob, learning, out)
     sweep_sections = [sections.sweep_section(knob, by_family, floor.get("fid_classifier"), data)
                       for knob, by_family in by_knob.items()]
     devices = sorted({clf_timing["device"]} | {r[k] for r in rows[1:]
@@ -54,7 +55,7 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
         n=rows[1]["n"] if len(rows) > 1 else floor["n"], test_set=data.test_set,
         floor_n=floor["n"], bullets=sections.metric_bullets(data, inception),
         trilemma=shown["trilemma"],
-        curves=curves.section(curves.read_curves(families), tables.fmt),
+        curves=curves.section(learning, tables.fmt),
         grids=grids, histograms=shown["histograms"],
         diffusion_space=sections.diffusion_space_section(rows, by_knob, data),
         sweeps=sections.sweeps_section(sweep_sections),

@@ -13,7 +13,7 @@ from trilemma import paths
 from trilemma.config import SWEEPS
 from trilemma.figures import pyplot, save_figure, tick_rotation
 from trilemma.io import read_json
-from trilemma.report import curves as learning
+from trilemma.report.curves import FIGURE as LEARNING_CURVES
 from trilemma.report.tables import Data, has_fid, number
 from trilemma.report.prose import render
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def draw(families: list[str], rows: list[dict], floor: dict, data: Data,
-         by_knob: dict[str, dict[str, list[dict]]], out: Path) -> dict[str, str]:
+         by_knob: dict[str, dict[str, list[dict]]], probed: dict[str, pd.DataFrame],
+         out: Path) -> dict[str, str]:
     """Draw the report-level figures that the metric files allow; return the README text that
     stands for the histogram and trilemma figures (the image, or why there is none)."""
     folder = out / "figures"
@@ -54,11 +55,10 @@ def draw(families: list[str], rows: list[dict], floor: dict, data: Data,
             others = {r["family"]: r for r in rows[1:] if r["family"] not in by_family}
             save_figure(speed_corner(by_family, others), folder / "speed_corner.png")
     text["trilemma"] = _trilemma_figure(rows, floor, folder)
-    probed = learning.read_curves(families)
-    if probed:
-        save_figure(curves_figure(probed, floor.get("fid_classifier")), folder / learning.FIGURE)
+    if probed:  # the learning curves (curves.read_curves)
+        save_figure(curves_figure(probed, floor.get("fid_classifier")), folder / LEARNING_CURVES)
     else:
-        _drop(folder / learning.FIGURE)
+        _drop(folder / LEARNING_CURVES)
     return text
 
 

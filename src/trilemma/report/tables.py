@@ -13,7 +13,6 @@ import pandas as pd
 from trilemma import paths
 from trilemma.config import SWEEPS
 from trilemma.io import read_json
-from trilemma.report import curves
 
 SUMMARY_COLUMNS = {"family": "family", "fid_classifier": "FID ↓", "fid_over_floor": "× floor ↓",
                    "kid_classifier": "KID ↓", "is_classifier": "IS ↑",
@@ -101,11 +100,11 @@ def has_fid(rows: list[dict]) -> bool:
     return any(number(r.get("fid_classifier")) is not None for r in rows)
 
 
-def summary_rows(families: list[str]) -> list[dict]:
+def summary_rows(families: list[str], verdicts: dict[str, str | None]) -> list[dict]:
     """One row per family plus the real-data floor: quality, coverage, speed, conditional
-    accuracy, each straight from the metric files."""
+    accuracy, each straight from the metric files; `verdicts`: each family's convergence verdict
+    (curves.verdicts)."""
     floor = read_json(paths.REAL_METRICS)
-    verdicts = curves.verdicts(curves.read_curves(families))
     rows = [{"family": "real data (floor)", **{k: floor.get(k) for k in METRIC_KEYS},
              "fid_over_floor": over_floor(floor.get("fid_classifier"),
                                           floor.get("fid_classifier")), "n": floor["n"]}]
