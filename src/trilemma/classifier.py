@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma import distributed, registry
+from trilemma import distributed
 from trilemma.config import ClassifierConfig
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import DataError, NoJudge, brief
@@ -151,8 +151,9 @@ def load_judge(path: str | Path, device: torch.device) -> Judge:
 def judge_for(family: str, device: torch.device) -> Judge | None:
     """The frozen judge for a translator whose loss uses it (its entry `needs_judge`); None for
     the others."""
+    from trilemma import paths, registry
+
     if not registry.entry(family).needs_judge:
         return None
-    from trilemma import paths
 
     return load_judge(paths.CLASSIFIER, device)
