@@ -101,6 +101,37 @@ def test_profile_picks_value_from_quick_full_mapping():
     assert families.config(full, "vae").epochs == raw["vae"]["epochs"]["full"]
 
 
+def test_reference_profile_takes_its_own_value_or_quick_s():
+    raw = base_params()
+    ref = parse_params(with_overrides(raw, {"profile": "reference"}))
+    # named: train.probes has a reference entry; not named: classifier.epochs falls back to quick
+    assert ref.train.probes == raw["train"]["probes"]["reference"] != raw["train"]["probes"]["quick"]
+    assert "reference" not in raw["classifier"]["epochs"]
+    assert ref.classifier.epochs == raw["classifier"]["epochs"]["quick"]
+    assert families.config(ref, "ddpm").max_steps == raw["ddpm"]["max_steps"]["reference"]
+
+
+def test_profile_mapping_without_quick_and_full_names_its_key():
+    raw = with_overrides(base_params(), {"vae.epochs": {"reference": 3, "full": 9}})
+    with pytest.raises(ConfigError, match=r"^params.yaml: vae.epochs: a profile mapping names "
+                                          r"quick and full"):
+        parse_params(raw)
+
+
+def test_reference_profile_changes_only_lengths_probes_and_ema():
+    """reference is quick's networks and recipes trained longer: every family setting it
+    changes is a training length, a warm-up or an EMA decay (the recipes stay quick's)."""
+    raw = base_params()
+    quick = parse_params(raw)
+    ref = parse_params(with_overrides(raw, {"profile": "reference"}))
+    allowed = {"epochs", "max_steps", "ae_steps", "warmup_steps", "resolution_steps",
+               "fade_steps", "ema_decay"}
+    for name in quick.families:
+        a = families.config(quick, name).model_dump()
+        b = families.config(ref, name).model_dump()
+        assert {k for k in a if a[k] != b[k]} <= allowed, name
+
+
 def test_family_config_is_validated_and_unknown_family_lookup_fails():
     p = parse_params(with_overrides(base_params(), {"vae.latent_dim": 2}))
     assert families.config(p, "vae").latent_dim == 2

@@ -1,7 +1,9 @@
 """params.yaml as validated pydantic models: the only place params are parsed.
 
-A value written as ``{quick: a, full: b}`` depends on the top-level ``profile`` and is resolved
-before validation, so every model below sees plain values.
+A value written as ``{quick: a, full: b}`` (optionally ``reference: c`` too) depends on the
+top-level ``profile`` and is resolved before validation, so every model below sees plain values.
+The ``reference`` profile takes quick's value wherever a mapping does not name it: it is the
+quick networks and recipes trained to their plateau, so it states only what it changes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from trilemma import registry
 from trilemma.errors import ConfigError
 from trilemma.params_file import check_bounded, read_params_file
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "reference", "full")
+_REQUIRED = {"quick", "full"}  # a profile mapping names these; reference falls back to quick
 Kind = registry.Kind
 
 
@@ -183,7 +186,7 @@ class ControlConfig(Section):
 
 
 class Params(Section):
-    profile: Literal["quick", "full"] = "quick"
+    profile: Literal["quick", "reference", "full"] = "quick"
     seed: int = Field(0, ge=0, le=2**32 - 2)  # numpy's seeds are 32-bit; the referee's is seed + 1
     families: list[str] = Field(min_length=1)
     i2i_families: list[str] = []  # image-to-image families (trilemma.i2i): DVC's foreach
@@ -216,14 +219,21 @@ class Params(Section):
         return self._sections[name]
 
 
-def resolve_profile(value: Any, profile: str) -> Any:
-    """Replace every {quick: a, full: b} mapping by the value of `profile`."""
+def resolve_profile(value: Any, profile: str, key: str = "") -> Any:
+    """Replace every {quick: a, full: b} (or {quick: a, reference: c, full: b}) mapping by the
+    value of `profile`; reference takes quick's value where the mapping does not name it.
+    `key`: where `value` sits, for the error line of a mapping that names only some profiles."""
     if isinstance(value, dict):
-        if value and set(value) == set(PROFILES):
-            return resolve_profile(value[profile], profile)
-        return {k: resolve_profile(v, profile) for k, v in value.items()}
+        names = set(value)
+        if names and names <= set(PROFILES):
+            if not _REQUIRED <= names:
+                raise ConfigError(f"{key}: a profile mapping names quick and full (reference is "
+                                  f"optional; got {', '.join(sorted(names))})")
+            return resolve_profile(value.get(profile, value["quick"]), profile, key)
+        return {k: resolve_profile(v, profile, f"{key}.{k}" if key else str(k))
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_profile(v, profile) for v in value]
+        return [resolve_profile(v, profile, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -279,7 +289,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     profile = raw.get("profile", "quick")
     if profile not in PROFILES:
         raise ConfigError(f"{source}: profile: must be one of {', '.join(PROFILES)} (got {profile!r})")
-    resolved = resolve_profile(raw, profile)
+    try:
+        resolved = resolve_profile(raw, profile)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     _check_listed(resolved, "families", "generator", source)
     _check_listed(resolved, "i2i_families", "translator", source)
     sections = {name: resolved.pop(name) or {} for name in list(resolved)
