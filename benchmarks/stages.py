@@ -11,34 +11,17 @@ imports included) to its end; DVC's own work between stages is in the span, not 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from pipeline.common import STAGE_LOG
+from trilemma.stage_log import Runs, latest_runs, read, totals
 
 PER_FAMILY = ("train", "sample", "evaluate")
 SINGLE = ("download", "train-classifier", "report", "sync-mlflow")
 
 
-def latest_runs(entries: list[dict]) -> dict[str, dict[tuple[str, str | None], dict]]:
-    """profile -> (stage, family) -> the latest successful entry."""
-    latest: dict[str, dict[tuple[str, str | None], dict]] = {}
-    for entry in entries:
-        if entry.get("status") == "ok" and entry.get("profile"):
-            key = (entry["stage"], entry.get("family"))
-            kept = latest.setdefault(entry["profile"], {}).get(key)
-            if kept is None or entry["started"] >= kept["started"]:
-                latest[entry["profile"]][key] = entry
-    return latest
-
-
-def _end(entry: dict) -> datetime:
-    return datetime.fromisoformat(entry["started"]) + timedelta(seconds=entry["wall_seconds"])
-
-
-def table(profile: str, runs: dict[tuple[str, str | None], dict]) -> str:
+def table(profile: str, runs: Runs) -> str:
     """A markdown table: a row per single stage, per family (train, sample, evaluate) and per
     other stage (train-i2i@pix2pix, control@dcgan, ...)."""
     families = sorted({f for (s, f) in runs if s in PER_FAMILY and f},
@@ -71,15 +54,13 @@ def table(profile: str, runs: dict[tuple[str, str | None], dict]) -> str:
             row(stage, [runs[(stage, None)]], ["–"] * 3)
     every = list(runs.values())
     row("**all stages**", every, ["–"] * 3)
-    first = min(datetime.fromisoformat(e["started"]) for e in every)
-    span = (max(_end(e) for e in every) - first).total_seconds()
-    devices = ", ".join(sorted({e["device"] for e in every}))
+    t = totals(runs)
     return "\n".join([
-        f"## Profile `{profile}`: {len(every)} stages on {devices}", "",
-        f"First stage started {first:%Y-%m-%d %H:%M} UTC; first start to last end: "
-        f"**{span / 60:.1f} min** ({span:.0f} s, DVC's own work between stages included); "
-        f"stage wall times sum to {sum(e['wall_seconds'] for e in every):.0f} s, of which "
-        f"{sum(e['startup_seconds'] for e in every):.0f} s is start-up (interpreter and imports).",
+        f"## Profile `{profile}`: {t.stages} stages on {', '.join(t.devices)}", "",
+        f"First stage started {t.first_start:%Y-%m-%d %H:%M} UTC; first start to last end: "
+        f"**{t.span_seconds / 60:.1f} min** ({t.span_seconds:.0f} s, DVC's own work between "
+        f"stages included); stage wall times sum to {t.wall_seconds:.0f} s, of which "
+        f"{t.startup_seconds:.0f} s is start-up (interpreter and imports).",
         "", *lines, ""])
 
 
@@ -96,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.log.exists():
         print(f"error: {args.log}: not found; run the pipeline first (`dvc repro`)")
         return 2
-    entries = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
-    latest = latest_runs(entries)
+    latest = latest_runs(read(args.log))
     if not latest:
         print(f"error: {args.log}: no successful stage runs in it")
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -228,14 +229,22 @@ def test_every_stage_of_the_advanced_families_writes_its_files(chain, family, fi
 
 def test_report_writes_readme_summary_and_tracks_in_mlflow(chain):
     root = stage_ok(chain, "report")
-    readme = (root / "reports" / "README.md").read_text()
+    report = root / "reports" / "quick"  # each profile's report in its own folder
+    readme = (report / "README.md").read_text()
     for text in ("Test accuracy", "Latent space", "### truncation", "### steps", "### guidance",
                  "accuracy per requested digit", "samples/cgan/grid.png",
                  "train/ddpm/denoising.png", "train/cfg_diffusion/reconstruction.png",
                  "## Latent against pixel-space diffusion", "train/stylegan/style_mixing.png",
                  "train/progan/growth.png"):
         assert text in readme, text
-    summary = pd.read_csv(root / "reports" / "summary.csv")
+    # self-contained: every image it shows is a copy inside its folder (another profile's run
+    # rewrites the stage figures it came from)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert len(links) > 20 and all(not link.startswith("..") for link in links)
+    for link in links:
+        assert (report / link).is_file(), link
+    assert "pipeline time **" in readme  # the stage log of this chain's stages
+    summary = pd.read_csv(report / "summary.csv")
     assert summary["family"].tolist() == ["real data (floor)", *FAMILIES]
     assert summary.loc[0, "fid_over_floor"] == 1.0
     assert summary["label_accuracy"].notna().tolist() == [False, *[REGISTRY[f].conditional
@@ -248,7 +257,7 @@ def test_report_writes_readme_summary_and_tracks_in_mlflow(chain):
     assert "figures/trilemma.png" in readme and " ± " in readme
     for name in ("loss_curves.png", "class_histograms.png", "sweep_truncation.png",
                  "sweep_steps.png", "sweep_guidance.png", "speed_corner.png", "trilemma.png"):
-        assert (root / "reports" / "figures" / name).is_file(), name
+        assert (report / "figures" / name).is_file(), name
     assert (root / "mlflow.db").is_file()
 
 
@@ -315,12 +324,12 @@ def test_sync_mlflow_skips_stages_not_run_yet(tiny_repo):
 
 def test_report_with_mlflow_unreachable_warns_and_succeeds(chain, monkeypatch):
     root = stage_ok(chain, "report")
-    (root / "reports" / "README.md").unlink()
+    (root / "reports" / "quick" / "README.md").unlink()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     result = invoke("report")
     assert result.exit_code == 0, result.output
     assert "warning: MLflow" in result.output
-    assert (root / "reports" / "README.md").is_file()
+    assert (root / "reports" / "quick" / "README.md").is_file()
 
 
 def test_every_stage_appends_its_timing_to_the_stage_log(chain):

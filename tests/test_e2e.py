@@ -102,10 +102,10 @@ def test_second_dvc_repro_is_a_no_op(repo: Path, first_repro: str):
 
 
 def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: str):
-    summary = pd.read_csv(repo / "reports/summary.csv")
+    summary = pd.read_csv(repo / "reports/quick/summary.csv")
     assert list(summary["family"]) == ["real data (floor)", *FAMILIES]
     assert (summary["fid_classifier"] > 0).all()
-    readme = (repo / "reports/README.md").read_text()
+    readme = (repo / "reports/quick/README.md").read_text()
     assert "| vae |" in readme and "samples/vae/grid.png" in readme
     for section in ("## Latent against pixel-space diffusion", "## Controllable generation",
                     "## Image-to-image"):
@@ -114,10 +114,11 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
                  "eval/real/metrics.json", "eval/vae/metrics.json", "eval/vae/per_class.csv",
                  "eval/cgan/truncation_sweep.csv", "eval/ddpm/steps_sweep.csv",
                  "eval/latent_diffusion/guidance_sweep.csv", "train/ddpm/reconstruction.png",
-                 "train/vae/loss.csv", "train/vae/grid.png", "figures/speed_corner.png",
+                 "train/vae/loss.csv", "train/vae/grid.png", "quick/figures/speed_corner.png",
                  "train/vae/latent.png", "samples/vae/grid.png", "samples/cgan/interpolation.png",
-                 "figures/loss_curves.png", "figures/class_histograms.png",
-                 "figures/sweep_truncation.png", "figures/trilemma.png",
+                 "quick/figures/loss_curves.png", "quick/figures/class_histograms.png",
+                 "quick/figures/sweep_truncation.png", "quick/figures/trilemma.png",
+                 "quick/figures/samples/vae/grid.png", "quick/figures/control/vae/before_after.png",
                  "train/latent_diffusion/reconstruction.png", "eval/srgan/metrics.json",
                  "eval/srgan/examples.png", "control/vae/before_after.png",
                  "control/ddpm/metrics.json", "control/referee/metrics.json"):
@@ -141,8 +142,8 @@ def test_dvc_metrics_show_lists_the_families(repo: Path, first_repro: str):
 
 def test_dvc_plots_declare_the_summary_and_the_sweeps(repo: Path, first_repro: str):
     out = run(["dvc", "plots", "show", "--json"], repo)
-    for name in ("reports/summary.csv", "reports/eval/vae/truncation_sweep.csv",
-                 "reports/eval/ddpm/steps_sweep.csv", "reports/figures/trilemma.png"):
+    for name in ("reports/quick/summary.csv", "reports/eval/vae/truncation_sweep.csv",
+                 "reports/eval/ddpm/steps_sweep.csv", "reports/quick/figures/trilemma.png"):
         assert name in out, name
 
 

@@ -122,7 +122,7 @@ def test_pipeline_runs_on_a_labelled_image_folder(tmp_path, monkeypatch):
         assert grid.mode == "RGB"
     cgan = json.loads((root / "reports/eval/cgan/metrics.json").read_text())
     assert 0 <= cgan["label_accuracy"] <= 1
-    readme = (root / "reports/README.md").read_text()
+    readme = (root / "reports/quick/README.md").read_text()
     assert all(f"| {family} " in readme for family in families)
     assert "image folder" in readme and "square" in readme  # the data and its class names
 

@@ -137,3 +137,10 @@ def test_a_stage_imports_no_other_stage(module):
     pipeline/common.py, so a stage's deps never drag in another stage's command."""
     others = imported_modules(module_file(module)) & (set(STAGE_MODULES) - {module})
     assert not others, f"{module} imports the stage modules {sorted(others)}"
+
+
+def test_the_report_s_pipeline_time_counts_every_command_dvc_runs_before_it():
+    from trilemma.stage_log import BEFORE_REPORT
+
+    commands = {command for _, command, _, _ in STAGE_LIST}
+    assert set(BEFORE_REPORT) == commands - {"report"}

@@ -1,9 +1,8 @@
-"""The report stage's entry: reports/README.md, reports/summary.csv and reports/figures/ from
+"""The report stage's entry: README.md, summary.csv and figures/ in reports/<profile>/ from
 the stage outputs under reports/ alone (metric files, tables and the sample stage's figures)."""
 
 from __future__ import annotations
 
-import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,14 +14,16 @@ from trilemma import paths
 from trilemma.io import atomic_path, read_json, write_csv
 from trilemma.report import control as control_section
 from trilemma.report import curves, i2i as i2i_section, plots, sections, tables
+from trilemma.report.embed import embed
 from trilemma.report.prose import render
 from trilemma.tracking import git_commit
 
 
 def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (),
-          i2i: list[str] = ()) -> str:
-    """Write the report files; return the README text. `control`: the families of the control
-    stage (params `control.families`); `i2i`: the image-to-image families."""
+          i2i: list[str] = (), cost: str = "pipeline time not recorded") -> str:
+    """Write the report files into `out`; return the README text. `control`: the families of
+    the control stage (params `control.families`); `i2i`: the image-to-image families; `cost`:
+    the line that says what the pipeline took."""
     learning = curves.read_curves(families)  # the train stages' curve.csv files
     rows = tables.summary_rows(families, curves.verdicts(learning))
     write_csv(out / "summary.csv", rows)
@@ -41,15 +42,15 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
     notes = tables.inception_notes(families)
     inception = ("; ".join(n for n in notes if n) if any(r["fid_inception"] is not None for r in rows)
                  else "n/a: " + "; ".join(notes))
-    grids = "\n".join(f"| {f} | ![{f} samples]({os.path.relpath(paths.sample_figures(f), out)}"
-                      f"/grid.png) |" for f in families)
+    grids = "\n".join(f"| {f} | ![{f} samples]"
+                      f"({embed(paths.sample_figures(f) / 'grid.png', out)}) |" for f in families)
     text = render(
         "readme",
         banner=curves.banner({r["family"]: r["verdict"] for r in rows[1:]}),
         data_line="" if data.mnist else f"Data **{data.name}** · ",
         profile=clf["profile"], devices=", ".join(devices), commit=git_commit(),
         date=f"{datetime.now(timezone.utc):%Y-%m-%d}", torch=torch.__version__,
-        python=platform.python_version(),
+        python=platform.python_version(), cost=cost,
         summary=tables.markdown_table([tables.display(r, data.judge) for r in rows],
                                       tables.summary_columns(data)),
         n=rows[1]["n"] if len(rows) > 1 else floor["n"], test_set=data.test_set,
@@ -65,7 +66,7 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
         control=(control_section.section(list(control), out, data.unit) if control
                  else ""),
         i2i=i2i_section.section(list(i2i), out),
-        judge=sections.judge_section(clf, per_class, data))
+        judge=sections.judge_section(clf, per_class, data, out))
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(text)
     return text

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from trilemma import paths
 from trilemma.report.tables import read_optional
+from trilemma.report.embed import embed
 from trilemma.report.prose import render
 
 FIGURE = "before_after.png"  # the control stage's figure, in reports/control/<family>/
@@ -74,7 +74,7 @@ def section(families_in_control: list[str], out: Path, unit: str) -> str:
     for family in results:
         figure = paths.control_reports(family) / FIGURE
         if figure.exists():
-            link = os.path.relpath(figure, out)
+            link = embed(figure, out)
             caption = (f"before (prior latents) and after steering, two rows per {unit}"
                        if family in steered else "the same noise at each guidance scale, "
                        "requested labels 0, 1, 2, ... left to right")

@@ -3,11 +3,11 @@ no-learning baseline) and the input | output | target figures; missing files rea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from trilemma import paths
 from trilemma.report.tables import read_optional
+from trilemma.report.embed import embed
 from trilemma.report.prose import render
 
 COLUMNS = [("psnr", "PSNR dB", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"),
@@ -39,8 +39,7 @@ def section(i2i_families: list[str], out: Path = paths.REPORTS) -> str:
             "n/a" if seconds is None else f"{seconds:.0f}"]) + " |")
         figure = paths.eval_reports(family) / "examples.png"
         if figure.exists():
-            rel = Path(os.path.relpath(figure, out)).as_posix()
-            figures.append(f"![{family}: input, baseline, output, target]({rel})")
+            figures.append(f"![{family}: input, baseline, output, target]({embed(figure, out)})")
     ceilings = [f"{f} {s['target_judge_accuracy']:.3f}" for f in i2i_families
                 if (s := read_optional(paths.eval_reports(f) / "metrics.json"))
                 and s.get("target_judge_accuracy") is not None]

@@ -5,7 +5,6 @@ judge. Each returns markdown ("" when it has nothing to show); the prose is in t
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +12,7 @@ import pandas as pd
 from trilemma import paths, registry
 from trilemma.report.tables import (SWEEP_SCORES, Data, class_columns, has_fid, markdown_table,
                                     number, over_floor, summary_columns)
+from trilemma.report.embed import embed
 from trilemma.report.prose import render
 
 # the DDIM steps of the diffusion families' figures: denoising.PREVIEW_STEPS (a test keeps the
@@ -55,8 +55,7 @@ def family_figures_section(families: list[str], out: Path, data: Data) -> str:
         folder = paths.train_reports(name)
         for png in sorted(folder.glob("*.png")):
             if png.name != "grid.png":
-                rel = Path(os.path.relpath(png, out))
-                blocks.append(f"### {name}: {png.stem}\n\n![{name} {png.stem}]({rel})\n")
+                blocks.append(f"### {name}: {png.stem}\n\n![{name} {png.stem}]({embed(png, out)})\n")
     if not blocks:
         return ""
     return render("family_figures", steps=PREVIEW_STEPS, things=data.things,
@@ -68,9 +67,9 @@ def latent_section(families: list[str], out: Path, data: Data) -> str:
     for name in families:
         folder = paths.sample_figures(name)
         if (folder / "interpolation.png").exists():
-            rel = Path(os.path.relpath(folder, out))
-            blocks.append(f"| {name} | ![{name} interpolation]({rel}/interpolation.png) | "
-                          f"![{name} arithmetic]({rel}/arithmetic.png) |")
+            blocks.append(f"| {name} | ![{name} interpolation]"
+                          f"({embed(folder / 'interpolation.png', out)}) | "
+                          f"![{name} arithmetic]({embed(folder / 'arithmetic.png', out)}) |")
     if not blocks:
         return ""
     rows = (f" Conditional families show {data.unit} i % {len(data.classes)} in row i."
@@ -139,11 +138,12 @@ def metric_bullets(data: Data, inception: str) -> str:
                   even=f"{1 / k:.2g}", log_k=f"{math.log(k):.2f}", speed=speed)
 
 
-def judge_section(clf: dict, per_class: list[dict], data: Data) -> str:
+def judge_section(clf: dict, per_class: list[dict], data: Data, out: Path) -> str:
     if not data.judge:
         return render("judge_none", reason=data.judge_reason)
     rows = [{**r, "class": data.class_name(int(r["digit"]))} for r in per_class]
     table = markdown_table(rows, {**class_columns(data), "n": "n", "correct": "correct",
                                   "accuracy": "accuracy"})
     return render("judge", unit=data.unit, accuracy=f"{clf['test_accuracy']:.4f}",
-                  epochs=clf["epochs"], table=table)
+                  epochs=clf["epochs"], table=table,
+                  confusion=embed(paths.CLASSIFIER_REPORTS / "confusion.png", out))
