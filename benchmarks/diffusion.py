@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 
 from trilemma import families
-from trilemma.config import parse_params
+from trilemma.config import PROFILES, parse_params
 from trilemma.denoising import DiffusionConfig
 from trilemma.runtime import autocast, device_name, resolve_device, set_precision
 from trilemma.train import adam
@@ -209,7 +209,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--profile", choices=["quick", "full"], default=None,
+    parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="the params file's profile if not given")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=None,

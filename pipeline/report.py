@@ -8,21 +8,25 @@ from pathlib import Path
 from pipeline.common import (STAGE_LOG, DryRunOption, ParamsOption, log, print_settings,
                              single_process, user_errors)
 from trilemma import paths, stage_log, tracking
-from trilemma.config import load_params
+from trilemma.config import Params, load_params
+from trilemma.errors import DataError
+from trilemma.io import read_json
 
 
-def pipeline_time(params: Path, profile: str) -> str:
+def pipeline_time(params: Path, p: Params) -> str:
     """The line the report states its pipeline's cost in: the latest run of every stage of this
-    profile in the stage log (the report's own run is not in it yet)."""
+    profile's pipeline (as params.yaml defines it now) in the stage log, added up; the report's
+    own run is not in it yet. A stage interrupted and resumed counts its last run only."""
     log_path = params.parent / STAGE_LOG
-    latest = stage_log.latest_runs(stage_log.read(log_path)) if log_path.exists() else {}
-    runs = {key: entry for key, entry in latest.get(profile, {}).items()
-            if key[0] in stage_log.BEFORE_REPORT}
-    if not runs:
-        return f"pipeline time not recorded ({log_path} has no {profile} stage runs)"
-    t = stage_log.totals(runs)
-    return (f"pipeline time **{t.wall_seconds / 60:.0f} min** ({t.stages} stages, the latest "
-            f"run of each, added up; {t.startup_seconds / 60:.1f} min of it start-up)")
+    wanted = stage_log.before_report(p.families, p.i2i_families, p.control.families)
+    try:
+        latest = stage_log.latest_runs(stage_log.read(log_path)).get(p.profile, {})
+        t = stage_log.totals({k: e for k, e in latest.items() if k in wanted})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no log or a bad line
+        return f"pipeline time not recorded ({log_path})"
+    return (f"pipeline time **{t.wall_seconds / 60:.1f} min** ({t.stages} of {len(wanted)} "
+            f"stages; the latest run of each, added up, {t.startup_seconds / 60:.1f} min of it "
+            f"start-up)")
 
 
 @user_errors
@@ -37,10 +41,14 @@ def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = F
         return print_settings({"families": p.families, "control": p.control.families,
                                "i2i_families": p.i2i_families,
                                "output": str(out / "README.md")})
+    ran = read_json(paths.CLASSIFIER_REPORTS / "metrics.json").get("profile")
+    if ran != p.profile:  # the stage outputs are another profile's: its report, not this one
+        raise DataError(f"{paths.CLASSIFIER_REPORTS / 'metrics.json'}: the stages ran with "
+                        f"profile {ran!r}, params.yaml says {p.profile!r}: run `dvc repro` first")
     from trilemma.report.build import build  # pandas and matplotlib: only when needed
 
     build(p.families, out, control=p.control.families, i2i=p.i2i_families,
-          cost=pipeline_time(params, p.profile))
+          cost=pipeline_time(params, p))
     log(f"wrote {out / 'README.md'} and summary.csv for {', '.join(p.families)}")
     with tracking.stage_run("report", None, p.profile) as run:
         run.log_params({"families": ",".join(p.families)})

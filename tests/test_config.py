@@ -118,7 +118,7 @@ def test_profile_mapping_without_quick_and_full_names_its_key():
         parse_params(raw)
 
 
-def test_reference_profile_changes_only_lengths_probes_and_ema():
+def test_reference_profile_changes_only_lengths_warmups_and_ema():
     """reference is quick's networks and recipes trained longer: every family setting it
     changes is a training length, a warm-up or an EMA decay (the recipes stay quick's)."""
     raw = base_params()
@@ -126,10 +126,10 @@ def test_reference_profile_changes_only_lengths_probes_and_ema():
     ref = parse_params(with_overrides(raw, {"profile": "reference"}))
     allowed = {"epochs", "max_steps", "ae_steps", "warmup_steps", "resolution_steps",
                "fade_steps", "ema_decay"}
-    for name in quick.families:
-        a = families.config(quick, name).model_dump()
-        b = families.config(ref, name).model_dump()
-        assert {k for k in a if a[k] != b[k]} <= allowed, name
+    pairs = [(families.config(quick, n), families.config(ref, n)) for n in quick.families]
+    pairs += [(i2i.config(quick, n), i2i.config(ref, n)) for n in quick.i2i_families]
+    for a, b in ((a.model_dump(), b.model_dump()) for a, b in pairs):
+        assert {k for k in a if a[k] != b[k]} <= allowed
 
 
 def test_family_config_is_validated_and_unknown_family_lookup_fails():

@@ -17,6 +17,7 @@ from trilemma import control, diffusion, families, latent
 from trilemma.classifier import Judge
 from trilemma.config import load_params
 from trilemma.data import MNIST_SPEC
+from trilemma.report.images import Images
 
 CPU = torch.device("cpu")
 STEERABLE = ["vae", "mlp_gan", "dcgan", "wgan_gp"]
@@ -242,9 +243,12 @@ def test_control_compares_guidance_of_diffusion_families_end_to_end(judged_repo)
         assert all(rate > 0 for rate in timing["images_per_second"].values())
     from trilemma.report.control import section
 
-    text = section(["dcgan", "ddpm", "cfg_diffusion"], judged_repo / "reports", "digit")
+    images = Images(judged_repo / "reports" / "quick" / "images")
+    text = section(["dcgan", "ddpm", "cfg_diffusion"], images, "digit")
     assert "classifier-free guidance" in text and "classifier guidance (judge on x0)" in text
-    assert "![ddpm control](control/ddpm/before_after.png)" in text
+    assert "![ddpm control](images/control/ddpm/before_after.png)" in text
+    assert (images.folder / "control/ddpm/before_after.png").read_bytes() == \
+        (judged_repo / "reports/control/ddpm/before_after.png").read_bytes()
     assert "`trilemma control dcgan`" in text  # not run here: the section says so
 
 
@@ -275,7 +279,7 @@ def test_section_without_results_names_the_stages_to_run(tmp_path, monkeypatch):
     from trilemma.report.control import section
 
     monkeypatch.chdir(tmp_path)
-    text = section(["dcgan"], tmp_path / "reports", "class")
+    text = section(["dcgan"], Images(tmp_path / "images"), "class")
     assert "`trilemma control dcgan`" in text and "`trilemma train-referee`" in text
     assert "for a class without retraining" in text and "digit" not in text  # the data set's word
 

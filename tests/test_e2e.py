@@ -118,7 +118,7 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
                  "train/vae/latent.png", "samples/vae/grid.png", "samples/cgan/interpolation.png",
                  "quick/figures/loss_curves.png", "quick/figures/class_histograms.png",
                  "quick/figures/sweep_truncation.png", "quick/figures/trilemma.png",
-                 "quick/figures/samples/vae/grid.png", "quick/figures/control/vae/before_after.png",
+                 "quick/images/samples/vae/grid.png", "quick/images/control/vae/before_after.png",
                  "train/latent_diffusion/reconstruction.png", "eval/srgan/metrics.json",
                  "eval/srgan/examples.png", "control/vae/before_after.png",
                  "control/ddpm/metrics.json", "control/referee/metrics.json"):

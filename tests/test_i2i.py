@@ -24,6 +24,7 @@ from trilemma.errors import ConfigError
 from trilemma.i2i import tasks
 from trilemma.i2i.scores import PSNR_CAP, psnr, quantise, ssim
 from trilemma.registry import REGISTRY
+from trilemma.report.images import Images
 
 CPU = torch.device("cpu")
 SMALL = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 8, "blocks": 1}
@@ -317,10 +318,12 @@ def test_train_and_evaluate_every_i2i_family_then_the_report_section(tiny_repo):
     # the untranslated digit against its own thickened version: the same on every run
     assert cycle["baseline_judge_accuracy"] == json.loads(
         (tiny_repo / "reports/eval/pix2pix/metrics.json").read_text())["target_judge_accuracy"]
-    text = section(NAMES, tiny_repo / "reports")
+    images = Images(tiny_repo / "reports" / "quick" / "images")
+    text = section(NAMES, images)
     assert text.startswith("## Image-to-image")
     for name in NAMES:
-        assert f"| {name} |" in text and f"(eval/{name}/examples.png)" in text
+        assert f"| {name} |" in text and f"(images/eval/{name}/examples.png)" in text
+        assert (images.folder / f"eval/{name}/examples.png").is_file()
     assert "standing in for VGG" in text and "unpaired" in text
 
 
@@ -328,9 +331,9 @@ def test_report_section_reads_n_a_without_files(tmp_path, monkeypatch):
     from trilemma.report.i2i import section
 
     monkeypatch.chdir(tmp_path)
-    text = section(["srgan"], tmp_path / "reports")
+    text = section(["srgan"], Images(tmp_path / "images"))
     assert "| srgan | not evaluated yet | n/a |" in text and "![" not in text
-    assert section([], tmp_path) == ""
+    assert section([], Images(tmp_path)) == ""
 
 
 def test_evaluate_without_a_trained_model_is_one_line(tiny_repo):

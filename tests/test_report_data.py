@@ -13,8 +13,11 @@ import pytest
 from PIL import Image
 
 from trilemma import figures
+from trilemma.errors import DataError
 from trilemma.report import build, plots, sections
+from trilemma.report.images import Images
 
+OUT = Path("reports/quick")  # the report stage's folder for the quick profile
 REASON = "the image folder has no class subfolders, so there are no labels to train a judge on."
 DATA = "image folder data/faces (64x64 RGB, 3 classes)"
 KNOBS = ("truncation", "steps", "guidance")
@@ -141,7 +144,7 @@ def test_k_named_classes_give_k_rows_and_log_k(tmp_path, monkeypatch, no_commit)
                              "ddpm": {"sweeps": ["steps"], "conditional": False}},
                   classes, {"real": None, "cgan": None, "ddpm": None})
     monkeypatch.chdir(tmp_path)
-    readme = build.build(["cgan", "ddpm"])
+    readme = build.build(["cgan", "ddpm"], OUT)
 
     assert "log 3 = 1.10" in readme and "3 is the maximum" in readme and "log 10" not in readme
     assert "rarest class ↑" in readme and "rarest digit" not in readme
@@ -154,17 +157,17 @@ def test_k_named_classes_give_k_rows_and_log_k(tmp_path, monkeypatch, no_commit)
     assert summary_line(readme, "cgan")["label accuracy ↑"] == "0.750"
     for name in ("class_histograms.png", "sweep_truncation.png", "sweep_steps.png",
                  "speed_corner.png", "trilemma.png", "loss_curves.png"):
-        assert (tmp_path / "reports" / "figures" / name).is_file(), name
+        assert (tmp_path / OUT / "figures" / name).is_file(), name
 
 
 def test_without_a_judge_the_report_shows_what_is_computable(tmp_path, monkeypatch, no_commit):
     write_reports(tmp_path, {"vae": {"sweeps": [], "conditional": False},
                              "ddpm": {"sweeps": ["steps"], "conditional": False}},
                   None, {"real": 5.25, "vae": 150.4, "ddpm": 87.6})
-    figures_dir = tmp_path / "reports" / "figures"
+    figures_dir = tmp_path / OUT / "figures"
     _png(figures_dir / "class_histograms.png")  # left by an earlier build on labelled data
     monkeypatch.chdir(tmp_path)
-    readme = build.build(["vae", "ddpm"])
+    readme = build.build(["vae", "ddpm"], OUT)
 
     assert REASON.rstrip(".") in readme
     assert f"Data **{DATA}**" in readme
@@ -186,7 +189,7 @@ def test_without_a_judge_the_report_shows_what_is_computable(tmp_path, monkeypat
     assert (figures_dir / "trilemma.png").is_file() and (figures_dir / "loss_curves.png").is_file()
     for name in ("class_histograms.png", "sweep_steps.png", "speed_corner.png"):
         assert not (figures_dir / name).exists(), name
-    summary = pd.read_csv(tmp_path / "reports" / "summary.csv")
+    summary = pd.read_csv(tmp_path / OUT / "summary.csv")
     assert summary["fid_classifier"].isna().all() and summary["fid_over_floor"].isna().all()
     assert summary["fid_inception"].tolist() == [5.25, 150.4, 87.6]
 
@@ -196,10 +199,10 @@ def test_without_a_judge_or_inception_there_is_no_trilemma_figure(tmp_path, monk
     write_reports(tmp_path, {"vae": {"sweeps": [], "conditional": False}}, None,
                   {"real": None, "vae": None})
     monkeypatch.chdir(tmp_path)
-    readme = build.build(["vae"])
+    readme = build.build(["vae"], OUT)
     assert "No trilemma figure" in readme and "figures/trilemma.png" not in readme
     assert summary_line(readme, "vae")["Inception FID ↓"] == "n/a"
-    assert not (tmp_path / "reports" / "figures" / "trilemma.png").exists()
+    assert not (tmp_path / OUT / "figures" / "trilemma.png").exists()
 
 
 def test_mnist_files_without_the_new_keys_read_as_ten_digits(tmp_path, monkeypatch, no_commit):
@@ -216,7 +219,7 @@ def test_mnist_files_without_the_new_keys_read_as_ten_digits(tmp_path, monkeypat
     table = pd.read_csv(clf / "per_class.csv").drop(columns="class")
     table.to_csv(clf / "per_class.csv", index=False)
     monkeypatch.chdir(tmp_path)
-    readme = build.build(["cgan"])
+    readme = build.build(["cgan"], OUT)
     for text in ("against the\nMNIST test set", "rarest digit ↑", "log 10 = 2.30",
                  "10 is the maximum", "accuracy per requested digit", "| digit | n | correct |",
                  "## The judge: classifier accuracy per digit (test set)", "Test accuracy"):
@@ -291,7 +294,7 @@ def test_learning_curves_give_verdicts_an_equal_budget_table_and_a_warning_first
     _curve(tmp_path, "ddpm", [10 * k for k in range(1, 9)], [100 / k for k in range(1, 9)],
            step=100)
     monkeypatch.chdir(tmp_path)
-    readme = build.build(["cgan", "ddpm"])
+    readme = build.build(["cgan", "ddpm"], OUT)
 
     first = readme.split("Profile **")[0]
     assert "compares training budgets, not families" in first and "`ddpm` was still" in first
@@ -307,20 +310,20 @@ def test_learning_curves_give_verdicts_an_equal_budget_table_and_a_warning_first
     assert "| cgan | 200.0 | 100.0 | 88.0 | 30.0 | 88.0 |" in table
     assert "| ddpm | – | 66.7 | 33.3 | 80.0 | 12.5 |" in table
     assert "n = 500" in readme
-    assert (tmp_path / "reports" / "figures" / "learning_curves.png").is_file()
-    summary = pd.read_csv(tmp_path / "reports" / "summary.csv")
+    assert (tmp_path / OUT / "figures" / "learning_curves.png").is_file()
+    summary = pd.read_csv(tmp_path / OUT / "summary.csv")
     assert summary["verdict"].tolist()[1:] == ["plateaued", "still improving"]
 
 
 def test_without_curves_there_is_no_warning_and_no_curve_figure(tmp_path, monkeypatch, no_commit):
     write_reports(tmp_path, {"vae": {"sweeps": [], "conditional": False}}, ["0", "1"],
                   {"real": None, "vae": None})
-    _png(tmp_path / "reports" / "figures" / "learning_curves.png")  # from an earlier build
+    _png(tmp_path / OUT / "figures" / "learning_curves.png")  # from an earlier build
     monkeypatch.chdir(tmp_path)
-    readme = build.build(["vae"])
+    readme = build.build(["vae"], OUT)
     assert readme.startswith(f"# trilemma report\n\nData **{DATA}** · Profile **quick**")
     assert "No learning curves" in readme and summary_line(readme, "vae")["verdict"] == "–"
-    assert not (tmp_path / "reports" / "figures" / "learning_curves.png").exists()
+    assert not (tmp_path / OUT / "figures" / "learning_curves.png").exists()
 
 
 def test_curves_figure_draws_the_floor_at_its_fid():
@@ -337,3 +340,29 @@ def test_report_names_the_preview_steps_the_figures_use():
     from trilemma import denoising
 
     assert sections.PREVIEW_STEPS == denoising.PREVIEW_STEPS
+
+
+def test_report_images_are_copies_inside_its_folder_and_none_outlives_its_report(
+        tmp_path, monkeypatch, no_commit):
+    write_reports(tmp_path, {"vae": {"sweeps": [], "conditional": False}}, None,
+                  {"real": None, "vae": None})
+    monkeypatch.chdir(tmp_path)
+    stale = OUT / "images" / "samples" / "gone" / "grid.png"  # a family of an earlier build
+    _png(stale)
+    readme = build.build(["vae"], OUT)
+    assert "![vae samples](images/samples/vae/grid.png)" in readme
+    copy = OUT / "images" / "samples" / "vae" / "grid.png"
+    assert copy.read_bytes() == Path("reports/samples/vae/grid.png").read_bytes()
+    assert not stale.exists()
+    # the stage image a report needs is gone: one error naming it, the last report left whole
+    Path("reports/samples/vae/grid.png").unlink()
+    with pytest.raises(DataError, match=r"^reports/samples/vae/grid.png: not found"):
+        build.build(["vae"], OUT)
+    assert copy.is_file()
+
+
+def test_an_image_outside_reports_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _png(tmp_path / "elsewhere.png")
+    with pytest.raises(ValueError, match="only stage outputs under reports/"):
+        Images(tmp_path / "images").link(tmp_path / "elsewhere.png")

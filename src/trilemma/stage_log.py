@@ -10,9 +10,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 Runs = dict[tuple[str, str | None], dict]  # (stage, family) -> its log entry
-# the commands dvc.yaml runs before the report (tests/test_stage_deps.py checks against dvc.yaml)
-BEFORE_REPORT = ("download", "train-classifier", "train", "sample", "evaluate", "train-i2i",
-                 "evaluate-i2i", "train-referee", "control")
 
 
 def read(path: Path) -> list[dict]:
@@ -37,6 +34,16 @@ def latest_runs(entries: list[dict]) -> dict[str, Runs]:
             if kept is None or entry["started"] >= kept["started"]:
                 latest[entry["profile"]][key] = entry
     return latest
+
+
+def before_report(families: list[str], i2i: list[str],
+                  control: list[str]) -> set[tuple[str, str | None]]:
+    """The (stage, family) runs dvc.yaml makes before the report for these params lists
+    (tests/test_stage_deps.py checks the commands against dvc.yaml)."""
+    return {("download", None), ("train-classifier", None), ("train-referee", None),
+            *((s, f) for s in ("train", "sample", "evaluate") for f in families),
+            *((s, f) for s in ("train-i2i", "evaluate-i2i") for f in i2i),
+            *(("control", f) for f in control)}
 
 
 def end(entry: dict) -> datetime:

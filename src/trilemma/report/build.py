@@ -11,19 +11,20 @@ import pandas as pd
 import torch
 
 from trilemma import paths
-from trilemma.io import atomic_path, read_json, write_csv
+from trilemma.io import atomic_dir, atomic_path, read_json, write_csv
 from trilemma.report import control as control_section
 from trilemma.report import curves, i2i as i2i_section, plots, sections, tables
-from trilemma.report.embed import embed
+from trilemma.report.images import FOLDER, Images
 from trilemma.report.prose import render
 from trilemma.tracking import git_commit
 
 
-def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (),
-          i2i: list[str] = (), cost: str = "pipeline time not recorded") -> str:
-    """Write the report files into `out`; return the README text. `control`: the families of
-    the control stage (params `control.families`); `i2i`: the image-to-image families; `cost`:
-    the line that says what the pipeline took."""
+def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str] = (),
+          cost: str = "pipeline time not recorded") -> str:
+    """Write the report into `out` (reports/<profile>/: README.md, summary.csv, figures/ and
+    images/); return the README text. `control`: the families of the control stage (params
+    `control.families`); `i2i`: the image-to-image families; `cost`: the line that says what
+    the pipeline took."""
     learning = curves.read_curves(families)  # the train stages' curve.csv files
     rows = tables.summary_rows(families, curves.verdicts(learning))
     write_csv(out / "summary.csv", rows)
@@ -42,31 +43,34 @@ def build(families: list[str], out: Path = paths.REPORTS, control: list[str] = (
     notes = tables.inception_notes(families)
     inception = ("; ".join(n for n in notes if n) if any(r["fid_inception"] is not None for r in rows)
                  else "n/a: " + "; ".join(notes))
-    grids = "\n".join(f"| {f} | ![{f} samples]"
-                      f"({embed(paths.sample_figures(f) / 'grid.png', out)}) |" for f in families)
-    text = render(
-        "readme",
-        banner=curves.banner({r["family"]: r["verdict"] for r in rows[1:]}),
-        data_line="" if data.mnist else f"Data **{data.name}** · ",
-        profile=clf["profile"], devices=", ".join(devices), commit=git_commit(),
-        date=f"{datetime.now(timezone.utc):%Y-%m-%d}", torch=torch.__version__,
-        python=platform.python_version(), cost=cost,
-        summary=tables.markdown_table([tables.display(r, data.judge) for r in rows],
-                                      tables.summary_columns(data)),
-        n=rows[1]["n"] if len(rows) > 1 else floor["n"], test_set=data.test_set,
-        floor_n=floor["n"], bullets=sections.metric_bullets(data, inception),
-        trilemma=shown["trilemma"],
-        curves=curves.section(learning, tables.fmt),
-        grids=grids, histograms=shown["histograms"],
-        diffusion_space=sections.diffusion_space_section(rows, by_knob, data),
-        sweeps=sections.sweeps_section(sweep_sections),
-        latent=sections.latent_section(families, out, data),
-        label_accuracy=sections.label_accuracy_section(families, data),
-        family_figures=sections.family_figures_section(families, out, data),
-        control=(control_section.section(list(control), out, data.unit) if control
-                 else ""),
-        i2i=i2i_section.section(list(i2i), out),
-        judge=sections.judge_section(clf, per_class, data, out))
+    header = dict(banner=curves.banner({r["family"]: r["verdict"] for r in rows[1:]}),
+                  data_line="" if data.mnist else f"Data **{data.name}** · ",
+                  profile=clf["profile"], devices=", ".join(devices), commit=git_commit(),
+                  date=f"{datetime.now(timezone.utc):%Y-%m-%d}", torch=torch.__version__,
+                  python=platform.python_version(), cost=cost)
+    with atomic_dir(out / FOLDER) as folder:  # the stage images it shows, copied whole
+        images = Images(folder)
+        grids = "\n".join(f"| {f} | ![{f} samples]"
+                          f"({images.link(paths.sample_figures(f) / 'grid.png')}) |"
+                          for f in families)
+        text = render(
+            "readme", **header,
+            summary=tables.markdown_table([tables.display(r, data.judge) for r in rows],
+                                          tables.summary_columns(data)),
+            n=rows[1]["n"] if len(rows) > 1 else floor["n"], test_set=data.test_set,
+            floor_n=floor["n"], bullets=sections.metric_bullets(data, inception),
+            trilemma=shown["trilemma"],
+            curves=curves.section(learning, tables.fmt),
+            grids=grids, histograms=shown["histograms"],
+            diffusion_space=sections.diffusion_space_section(rows, by_knob, data),
+            sweeps=sections.sweeps_section(sweep_sections),
+            latent=sections.latent_section(families, images, data),
+            label_accuracy=sections.label_accuracy_section(families, data),
+            family_figures=sections.family_figures_section(families, images, data),
+            control=(control_section.section(list(control), images, data.unit) if control
+                     else ""),
+            i2i=i2i_section.section(list(i2i), images),
+            judge=sections.judge_section(clf, per_class, data, images))
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(text)
     return text

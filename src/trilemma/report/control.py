@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from trilemma import paths
+from trilemma.report.images import Images
 from trilemma.report.tables import read_optional
-from trilemma.report.embed import embed
 from trilemma.report.prose import render
 
 FIGURE = "before_after.png"  # the control stage's figure, in reports/control/<family>/
@@ -17,11 +16,10 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def section(families_in_control: list[str], out: Path, unit: str) -> str:
+def section(families_in_control: list[str], images: Images, unit: str) -> str:
     """Markdown: the steering table (judge and referee success before/after, referee success per
     class), the before/after figures, and one guidance table for classifier guidance and
-    classifier-free guidance. `out` is the folder the markdown lives in (figure links are
-    relative to it); `unit` is what one class is called ("digit", "class"). Missing files become
+    classifier-free guidance. `images` copies the figures into the report; `unit` is what one class is called ("digit", "class"). Missing files become
     a line saying which stage to run."""
     lines = ["## Controllable generation", ""]
     if not families_in_control:
@@ -74,7 +72,7 @@ def section(families_in_control: list[str], out: Path, unit: str) -> str:
     for family in results:
         figure = paths.control_reports(family) / FIGURE
         if figure.exists():
-            link = embed(figure, out)
+            link = images.link(figure)
             caption = (f"before (prior latents) and after steering, two rows per {unit}"
                        if family in steered else "the same noise at each guidance scale, "
                        "requested labels 0, 1, 2, ... left to right")

@@ -1,13 +1,12 @@
-"""The "Image-to-image" section of reports/README.md: one row per i2i family (model against its
+"""The report's "Image-to-image" section: one row per i2i family (model against its
 no-learning baseline) and the input | output | target figures; missing files read n/a."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from trilemma import paths
+from trilemma.report.images import Images
 from trilemma.report.tables import read_optional
-from trilemma.report.embed import embed
 from trilemma.report.prose import render
 
 COLUMNS = [("psnr", "PSNR dB", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"),
@@ -20,8 +19,8 @@ def _cell(scores: dict, key: str, fmt: str) -> str:
     return text if base is None else f"{text} ({fmt.format(base)})"
 
 
-def section(i2i_families: list[str], out: Path = paths.REPORTS) -> str:
-    """Markdown for reports/README.md (written into `out`): the table and figure links."""
+def section(i2i_families: list[str], images: Images) -> str:
+    """The report's markdown: the table and the example figures (copied by `images`)."""
     if not i2i_families:
         return ""
     head = ["family", "task", "baseline", *(title for _, title, _ in COLUMNS), "train s"]
@@ -39,7 +38,7 @@ def section(i2i_families: list[str], out: Path = paths.REPORTS) -> str:
             "n/a" if seconds is None else f"{seconds:.0f}"]) + " |")
         figure = paths.eval_reports(family) / "examples.png"
         if figure.exists():
-            figures.append(f"![{family}: input, baseline, output, target]({embed(figure, out)})")
+            figures.append(f"![{family}: input, baseline, output, target]({images.link(figure)})")
     ceilings = [f"{f} {s['target_judge_accuracy']:.3f}" for f in i2i_families
                 if (s := read_optional(paths.eval_reports(f) / "metrics.json"))
                 and s.get("target_judge_accuracy") is not None]

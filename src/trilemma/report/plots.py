@@ -1,5 +1,5 @@
 """The report's figures: loss curves, class histograms, sweeps, the speed corner, the trilemma
-and the learning curves, drawn to reports/figures/ from the metric files' rows."""
+and the learning curves, drawn to reports/<profile>/figures/ from the metric files' rows."""
 
 from __future__ import annotations
 

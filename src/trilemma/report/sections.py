@@ -5,14 +5,13 @@ judge. Each returns markdown ("" when it has nothing to show); the prose is in t
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
 from trilemma import paths, registry
 from trilemma.report.tables import (SWEEP_SCORES, Data, class_columns, has_fid, markdown_table,
                                     number, over_floor, summary_columns)
-from trilemma.report.embed import embed
+from trilemma.report.images import Images
 from trilemma.report.prose import render
 
 # the DDIM steps of the diffusion families' figures: denoising.PREVIEW_STEPS (a test keeps the
@@ -48,28 +47,28 @@ def sweep_section(knob: str, by_family: dict[str, list[dict]], floor: float | No
     return render("sweep", knob=knob, text=text, table=table, speed=speed)
 
 
-def family_figures_section(families: list[str], out: Path, data: Data) -> str:
+def family_figures_section(families: list[str], images: Images, data: Data) -> str:
     """Figures a family draws of itself in its train stage (all PNGs but the sample grid)."""
     blocks = []
     for name in families:
         folder = paths.train_reports(name)
         for png in sorted(folder.glob("*.png")):
             if png.name != "grid.png":
-                blocks.append(f"### {name}: {png.stem}\n\n![{name} {png.stem}]({embed(png, out)})\n")
+                blocks.append(f"### {name}: {png.stem}\n\n![{name} {png.stem}]({images.link(png)})\n")
     if not blocks:
         return ""
     return render("family_figures", steps=PREVIEW_STEPS, things=data.things,
                   blocks="\n".join(blocks))
 
 
-def latent_section(families: list[str], out: Path, data: Data) -> str:
+def latent_section(families: list[str], images: Images, data: Data) -> str:
     blocks = []
     for name in families:
         folder = paths.sample_figures(name)
         if (folder / "interpolation.png").exists():
             blocks.append(f"| {name} | ![{name} interpolation]"
-                          f"({embed(folder / 'interpolation.png', out)}) | "
-                          f"![{name} arithmetic]({embed(folder / 'arithmetic.png', out)}) |")
+                          f"({images.link(folder / 'interpolation.png')}) | "
+                          f"![{name} arithmetic]({images.link(folder / 'arithmetic.png')}) |")
     if not blocks:
         return ""
     rows = (f" Conditional families show {data.unit} i % {len(data.classes)} in row i."
@@ -138,7 +137,7 @@ def metric_bullets(data: Data, inception: str) -> str:
                   even=f"{1 / k:.2g}", log_k=f"{math.log(k):.2f}", speed=speed)
 
 
-def judge_section(clf: dict, per_class: list[dict], data: Data, out: Path) -> str:
+def judge_section(clf: dict, per_class: list[dict], data: Data, images: Images) -> str:
     if not data.judge:
         return render("judge_none", reason=data.judge_reason)
     rows = [{**r, "class": data.class_name(int(r["digit"]))} for r in per_class]
@@ -146,4 +145,4 @@ def judge_section(clf: dict, per_class: list[dict], data: Data, out: Path) -> st
                                   "accuracy": "accuracy"})
     return render("judge", unit=data.unit, accuracy=f"{clf['test_accuracy']:.4f}",
                   epochs=clf["epochs"], table=table,
-                  confusion=embed(paths.CLASSIFIER_REPORTS / "confusion.png", out))
+                  confusion=images.link(paths.CLASSIFIER_REPORTS / "confusion.png"))
