@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from trilemma import paths
 from trilemma.report.images import Images
 from trilemma.report.tables import read_optional
@@ -19,8 +18,8 @@ def _pct(value: float | None) -> str:
 def section(families_in_control: list[str], images: Images, unit: str) -> str:
     """Markdown: the steering table (judge and referee success before/after, referee success per
     class), the before/after figures, and one guidance table for classifier guidance and
-    classifier-free guidance. `images` copies the figures into the report; `unit` is what one class is called ("digit", "class"). Missing files become
-    a line saying which stage to run."""
+    classifier-free guidance. `images` copies the figures into the report; `unit` is what one
+    class is called ("digit", "class"). Missing files become a line saying which stage to run."""
     lines = ["## Controllable generation", ""]
     if not families_in_control:
         return "\n".join(lines + [render("control_none"), ""])

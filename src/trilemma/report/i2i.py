@@ -3,7 +3,6 @@ no-learning baseline) and the input | output | target figures; missing files rea
 
 from __future__ import annotations
 
-
 from trilemma import paths
 from trilemma.report.images import Images
 from trilemma.report.tables import read_optional

@@ -54,7 +54,8 @@ def family_figures_section(families: list[str], images: Images, data: Data) -> s
         folder = paths.train_reports(name)
         for png in sorted(folder.glob("*.png")):
             if png.name != "grid.png":
-                blocks.append(f"### {name}: {png.stem}\n\n![{name} {png.stem}]({images.link(png)})\n")
+                link = images.link(png)
+                blocks.append(f"### {name}: {png.stem}\n\n![{name} {png.stem}]({link})\n")
     if not blocks:
         return ""
     return render("family_figures", steps=PREVIEW_STEPS, things=data.things,
