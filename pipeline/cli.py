@@ -24,6 +24,7 @@ STAGES = {
     "control": "pipeline.control:control",
     "report": "pipeline.report:report",
     "sync-mlflow": "pipeline.sync_mlflow:sync_mlflow",
+    "repro": "pipeline.repro:repro",
     "generate": "pipeline.generate:generate",
     "seed-spread": "pipeline.seed_spread:seed_spread",
 }

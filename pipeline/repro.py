@@ -1,0 +1,181 @@
+"""Command `repro`: `dvc repro` with independent stages side by side.
+
+DVC runs one stage at a time, and on a CPU one small training uses two cores poorly. This
+command takes DVC's own stage graph and runs every stage as `dvc repro --single-item <stage>`
+(so DVC decides whether it changed, runs it and records it in dvc.lock, as in a plain `dvc
+repro`), `--jobs` at a time, each as soon as the stages it depends on are done. DVC releases its
+repository lock while a stage's command runs, which is what lets two run at once.
+
+Each stage gets an equal share of the cores (OMP_NUM_THREADS, unless that is set already).
+Results equal a plain `dvc repro` with that thread count: a CPU's float sums depend on how many
+threads share them, so a model trained with 1 thread and one trained with 2 differ in the last
+bits (and a GAN amplifies that). The stage log records each stage's thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.common import STAGE_LOG
+from trilemma import stage_log
+
+LOGS = Path("logs/repro")  # one file per stage: what its `dvc repro` printed
+UNCHANGED, RESTORED = "didn't change, skipping", "is cached - skipping run"  # DVC's words
+DEFAULT_SECONDS = 30.0  # a stage's expected time when the stage log has none
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stages (DVC addressing, e.g. `train@vae`), what each waits for, and its expected seconds."""
+    needs: dict[str, set[str]]
+    seconds: dict[str, float]
+
+    def priority(self) -> dict[str, float]:
+        """The expected seconds from a stage's start to the end of the longest chain that waits
+        for it: starting the longest chains first keeps the cores busy to the end."""
+        waiting: dict[str, set[str]] = {s: set() for s in self.needs}
+        for stage, needs in self.needs.items():
+            for need in needs:
+                waiting[need].add(stage)
+        chain: dict[str, float] = {}
+
+        def length(stage: str) -> float:
+            if stage not in chain:
+                chain[stage] = self.seconds[stage] + max(map(length, waiting[stage]), default=0.0)
+            return chain[stage]
+
+        return {s: length(s) for s in self.needs}
+
+
+def plan(targets: list[str], force: bool) -> Plan:
+    """The targets (every stage of dvc.yaml if none) and all they depend on; without `force`
+    only the stages DVC finds changed and those downstream of them (their inputs will change).
+    Expected seconds come from the latest successful run of each stage in the stage log."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+        chosen = set(graph) if not targets else {
+            stage for target in targets for stage in repo.stage.collect(target)}
+        chosen |= {dep for stage in chosen for dep in nx.descendants(graph, stage)}
+        if not force:
+            stale = repo.status()  # the changed stages, by addressing
+            changed = {s for s in chosen if s.addressing in stale}
+            chosen = {s for s in chosen
+                      if s in changed or changed & nx.descendants(graph, s)}
+        needs = {s.addressing: {d.addressing for d in graph.successors(s) if d in chosen}
+                 for s in chosen}
+    recorded: dict[str, float] = {}
+    if STAGE_LOG.is_file():
+        for runs in stage_log.latest_runs(stage_log.read(STAGE_LOG)).values():
+            for (stage, family), entry in runs.items():
+                recorded[f"{stage}@{family}" if family else stage] = entry["wall_seconds"]
+    return Plan(needs, {s: recorded.get(s, DEFAULT_SECONDS) for s in needs})
+
+
+def run_stage(stage: str, force: bool, threads: int | None) -> tuple[int, str, float]:
+    """`dvc repro --single-item` of one stage, its output to logs/repro/<stage>.log: the exit
+    code, what happened ("ran", "unchanged", "restored" from DVC's run cache, or "failed") and
+    the seconds it took."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    command = ["dvc", "--wait-for-lock", "repro", "--single-item", *(["--force"] * force), stage]
+    started = time.monotonic()
+    with (LOGS / f"{stage}.log").open("w") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    said = (LOGS / f"{stage}.log").read_text()
+    what = ("failed" if code else "unchanged" if UNCHANGED in said
+            else "restored" if RESTORED in said else "ran")
+    return code, what, time.monotonic() - started
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    return "\n".join("    " + line for line in path.read_text().splitlines()[-lines:])
+
+
+def schedule(p: Plan, jobs: int, force: bool) -> int:
+    """Run the plan, the most urgent ready stage first; after a failure, start nothing more,
+    let the running stages finish and return 1."""
+    cores = len(os.sched_getaffinity(0))
+    own_threads = "OMP_NUM_THREADS" not in os.environ  # a user's setting stands
+    priority = p.priority()
+    done: set[str] = set()
+    running: dict[Future, str] = {}
+    failed: list[str] = []
+    counts = {"ran": 0, "unchanged": 0, "restored": 0, "failed": 0}
+    started = time.monotonic()
+    total = len(p.needs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while len(done) + len(failed) < total:
+            ready = sorted((s for s in p.needs if s not in done and s not in running.values()
+                            and s not in failed and p.needs[s] <= done),
+                           key=lambda s: -priority[s])
+            while ready and len(running) < jobs and not failed:
+                stage = ready.pop(0)
+                share = max(1, cores // min(jobs, len(running) + 1 + len(ready)))
+                threads = share if own_threads else None
+                running[pool.submit(run_stage, stage, force, threads)] = stage
+                shown = f"{threads} thread{'s' * (threads != 1)}" if threads else "own threads"
+                typer.echo(f"        {stage}: started ({shown})")
+            if not running:
+                break  # a failure left stages that can no longer start
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                code, what, seconds = future.result()
+                counts[what] += 1
+                typer.echo(f"[{sum(counts.values()):>2}/{total}] {stage}: {what} in {seconds:.0f} s")
+                if code:
+                    failed.append(stage)
+                    typer.echo(f"  {stage} exited with {code}; the end of {LOGS / stage}.log:\n"
+                               f"{tail(LOGS / f'{stage}.log')}", err=True)
+                else:
+                    done.add(stage)
+    minutes = (time.monotonic() - started) / 60
+    typer.echo(f"{counts['ran']} ran, {counts['unchanged']} unchanged, {counts['restored']} "
+               f"restored from DVC's run cache, {counts['failed']} failed, "
+               f"{total - sum(counts.values())} not started, in {minutes:.1f} min "
+               f"({jobs} at a time)")
+    return 1 if failed else 0
+
+
+def repro(targets: Annotated[list[str] | None, typer.Argument(
+              help="Stages to bring up to date with all they depend on (default: every stage), "
+                   "as `dvc repro` names them: train@vae, or train for every family.")] = None,
+          jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
+                                            help="Stages run at once.")] = 2,
+          force: Annotated[bool, typer.Option("--force", "-f",
+                                              help="Run every stage, changed or not.")] = False
+          ) -> None:
+    """`dvc repro` with up to --jobs independent stages at once, each with its share of the
+    cores; every stage's output goes to logs/repro/<stage>.log. The same stages, commands and
+    dvc.lock as a plain `dvc repro`."""
+    from dvc.exceptions import DvcException
+
+    try:
+        p = plan(targets or [], force)
+    except DvcException as err:
+        typer.echo(f"error: {str(err).splitlines()[0]}", err=True)
+        raise typer.Exit(2) from None
+    if not p.needs:
+        typer.echo("every stage is up to date")
+        raise typer.Exit(0)
+    try:
+        code = schedule(p, jobs, force)
+    except KeyboardInterrupt:  # the stages got the same Ctrl-C; each keeps what it wrote whole
+        typer.echo("interrupted: rerun to continue (stages that finished are in dvc.lock)",
+                   err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
