@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# sync-mlflow: stages DVC skipped logged nothing; this puts their current reports in MLflow too
+# `trilemma repro`: DVC's stages, JOBS at a time where they are independent (plain `dvc repro`
+# runs the same stages one by one). sync-mlflow: stages DVC skipped logged nothing; this puts
+# their current reports in MLflow too
+JOBS ?= 2
 repro: setup
 ifeq ($(PROFILE),)
-	dvc repro
+	trilemma repro --jobs $(JOBS)
 else
 	dvc exp run -S profile=$(PROFILE)
 endif

@@ -24,9 +24,12 @@ def pipeline_time(params: Path, p: Params) -> str:
         t = stage_log.totals({k: e for k, e in latest.items() if k in wanted})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no log or a bad line
         return f"pipeline time not recorded ({log_path})"
-    return (f"pipeline time **{t.wall_seconds / 60:.1f} min** ({t.stages} of {len(wanted)} "
+    line = (f"pipeline time **{t.wall_seconds / 60:.1f} min** ({t.stages} of {len(wanted)} "
             f"stages; the latest run of each, added up, {t.startup_seconds / 60:.1f} min of it "
             f"start-up)")
+    if t.span_seconds < t.wall_seconds:  # stages overlapped (`trilemma repro`): the wall clock too
+        line += f", {t.span_seconds / 60:.1f} min from the first start to the last end"
+    return line
 
 
 @user_errors

@@ -1,22 +1,22 @@
 """Command `repro`: `dvc repro` with independent stages side by side.
 
-DVC runs one stage at a time, and on a CPU one small training uses two cores poorly. This
-command takes DVC's own stage graph and runs every stage as `dvc repro --single-item <stage>`
-(so DVC decides whether it changed, runs it and records it in dvc.lock, as in a plain `dvc
-repro`), `--jobs` at a time, each as soon as the stages it depends on are done. DVC releases its
-repository lock while a stage's command runs, which is what lets two run at once.
+DVC runs one stage at a time, with every core; on a machine with many cores, small stages use
+them poorly. This command takes DVC's own stage graph and runs every stage as `dvc repro
+--single-item <stage>` (so DVC decides whether it changed, runs it and records it in dvc.lock,
+as in a plain `dvc repro`), `--jobs` at a time, each as soon as the stages it depends on are
+done. DVC releases its repository lock while a stage's command runs, which lets two run at once.
 
-Each stage gets an equal share of the cores (OMP_NUM_THREADS, unless that is set already).
-Results equal a plain `dvc repro` with that thread count: a CPU's float sums depend on how many
-threads share them, so a model trained with 1 thread and one trained with 2 differ in the last
-bits (and a GAN amplifies that). The stage log records each stage's thread count.
+Every stage gets the same share of the cores, cores // jobs threads (OMP_NUM_THREADS, unless
+that is set already), whatever else is running, so that a rerun gives the same results. They
+equal a plain `dvc repro` with that thread count: a CPU's float sums depend on how many threads
+share them, so a model trained with 1 thread and one trained with 2 differ in the last bits (and
+a GAN amplifies that). The stage log records each stage's thread count.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -59,7 +59,7 @@ class Plan:
 def plan(targets: list[str], force: bool) -> Plan:
     """The targets (every stage of dvc.yaml if none) and all they depend on; without `force`
     only the stages DVC finds changed and those downstream of them (their inputs will change).
-    Expected seconds come from the latest successful run of each stage in the stage log."""
+    Expected seconds come from the stage log (`recorded_seconds`)."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -75,12 +75,25 @@ def plan(targets: list[str], force: bool) -> Plan:
                       if s in changed or changed & nx.descendants(graph, s)}
         needs = {s.addressing: {d.addressing for d in graph.successors(s) if d in chosen}
                  for s in chosen}
-    recorded: dict[str, float] = {}
-    if STAGE_LOG.is_file():
-        for runs in stage_log.latest_runs(stage_log.read(STAGE_LOG)).values():
-            for (stage, family), entry in runs.items():
-                recorded[f"{stage}@{family}" if family else stage] = entry["wall_seconds"]
+    recorded = recorded_seconds()
     return Plan(needs, {s: recorded.get(s, DEFAULT_SECONDS) for s in needs})
+
+
+def recorded_seconds() -> dict[str, float]:
+    """Each stage's wall seconds in its latest successful run of params.yaml's profile."""
+    from trilemma.errors import TrilemmaError
+    from trilemma.params_file import read_params_file
+
+    if not STAGE_LOG.is_file():
+        return {}
+    try:
+        raw = read_params_file(Path("params.yaml"))
+    except TrilemmaError:  # the stages will say what is wrong with it
+        return {}
+    profile = raw.get("profile", "quick") if isinstance(raw, dict) else "quick"
+    runs = stage_log.latest_runs(stage_log.read(STAGE_LOG)).get(profile, {})
+    return {f"{stage}@{family}" if family else stage: entry["wall_seconds"]
+            for (stage, family), entry in runs.items()}
 
 
 def run_stage(stage: str, force: bool, threads: int | None) -> tuple[int, str, float]:
@@ -108,8 +121,10 @@ def tail(path: Path, lines: int = 15) -> str:
 def schedule(p: Plan, jobs: int, force: bool) -> int:
     """Run the plan, the most urgent ready stage first; after a failure, start nothing more,
     let the running stages finish and return 1."""
-    cores = len(os.sched_getaffinity(0))
-    own_threads = "OMP_NUM_THREADS" not in os.environ  # a user's setting stands
+    # a fixed share, never more for a stage that happens to run alone: results depend on it
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    if "OMP_NUM_THREADS" in os.environ:  # a user's setting stands
+        threads = None
     priority = p.priority()
     done: set[str] = set()
     running: dict[Future, str] = {}
@@ -117,6 +132,9 @@ def schedule(p: Plan, jobs: int, force: bool) -> int:
     counts = {"ran": 0, "unchanged": 0, "restored": 0, "failed": 0}
     started = time.monotonic()
     total = len(p.needs)
+    shown = f"{threads} thread{'s' * (threads != 1)}" if threads else "OMP_NUM_THREADS threads"
+    typer.echo(f"{total} stages to bring up to date, {jobs} at a time with {shown} each; what "
+               f"each prints goes to {LOGS}/<stage>.log")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while len(done) + len(failed) < total:
             ready = sorted((s for s in p.needs if s not in done and s not in running.values()
@@ -124,11 +142,8 @@ def schedule(p: Plan, jobs: int, force: bool) -> int:
                            key=lambda s: -priority[s])
             while ready and len(running) < jobs and not failed:
                 stage = ready.pop(0)
-                share = max(1, cores // min(jobs, len(running) + 1 + len(ready)))
-                threads = share if own_threads else None
                 running[pool.submit(run_stage, stage, force, threads)] = stage
-                shown = f"{threads} thread{'s' * (threads != 1)}" if threads else "own threads"
-                typer.echo(f"        {stage}: started ({shown})")
+                typer.echo(f"        {stage}: started")
             if not running:
                 break  # a failure left stages that can no longer start
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -136,7 +151,8 @@ def schedule(p: Plan, jobs: int, force: bool) -> int:
                 stage = running.pop(future)
                 code, what, seconds = future.result()
                 counts[what] += 1
-                typer.echo(f"[{sum(counts.values()):>2}/{total}] {stage}: {what} in {seconds:.0f} s")
+                finished_count = sum(counts.values())
+                typer.echo(f"[{finished_count:>2}/{total}] {stage}: {what} in {seconds:.0f} s")
                 if code:
                     failed.append(stage)
                     typer.echo(f"  {stage} exited with {code}; the end of {LOGS / stage}.log:\n"
@@ -163,8 +179,10 @@ def repro(targets: Annotated[list[str] | None, typer.Argument(
     cores; every stage's output goes to logs/repro/<stage>.log. The same stages, commands and
     dvc.lock as a plain `dvc repro`."""
     from dvc.exceptions import DvcException
+    from dvc.repo import Repo
 
     try:
+        os.chdir(Repo.find_root())  # from a subfolder too: logs/ and params.yaml are the repo's
         p = plan(targets or [], force)
     except DvcException as err:
         typer.echo(f"error: {str(err).splitlines()[0]}", err=True)
