@@ -2,8 +2,9 @@
 
     python -m benchmarks.stages [--log logs/stages.jsonl] [--out benchmarks/results]
 
-For each profile in the log, the latest successful run of every (stage, family) is taken: after a
-`dvc repro` (or `dvc repro -f`) that is the pipeline as it last ran. Prints one table per profile
+For each profile in the log, the latest successful run of every (stage, family) that dvc.yaml
+defines is taken (commands a user runs by hand, such as `generate`, are left out): after a `dvc
+repro` (or `trilemma repro -f`) that is the pipeline as it last ran. Prints one table per profile
 and writes it to <out>/stages-<profile>-<device>.md. Wall time runs from the command's start (its
 imports included) to its end; DVC's own work between stages is in the span, not in any stage.
 """
@@ -14,11 +15,13 @@ import argparse
 import re
 from pathlib import Path
 
+import yaml
+
 from pipeline.common import STAGE_LOG
 from trilemma.stage_log import Runs, latest_runs, read, totals
 
 PER_FAMILY = ("train", "sample", "evaluate")
-SINGLE = ("download", "train-classifier", "report", "sync-mlflow")
+SINGLE = ("download", "train-classifier", "report")
 
 
 def table(profile: str, runs: Runs) -> str:
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, default=STAGE_LOG, help="the stage log to read")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                         help="folder for stages-<profile>-<device>.md")
+    parser.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"),
+                        help="the pipeline whose stages are tabulated")
     args = parser.parse_args(argv)
     if not args.log.exists():
         print(f"error: {args.log}: not found; run the pipeline first (`dvc repro`)")
@@ -81,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     if not latest:
         print(f"error: {args.log}: no successful stage runs in it")
         return 2
+    stages = set(yaml.safe_load(args.dvc_yaml.read_text())["stages"])
     args.out.mkdir(parents=True, exist_ok=True)
-    for profile, runs in sorted(latest.items()):
+    for profile, every_run in sorted(latest.items()):
+        runs = {key: e for key, e in every_run.items() if key[0] in stages}
+        if not runs:
+            continue
         text = table(profile, runs)
         device = sorted({e["device"] for e in runs.values()})[0]
         path = args.out / f"stages-{profile}-{slug(device)}.md"

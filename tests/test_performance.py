@@ -228,6 +228,7 @@ def test_stage_table_takes_the_latest_successful_run_of_each_stage(tmp_path):
                entry("evaluate", "vae", 27, 99.0, status="error"),  # failed: not counted
                entry("evaluate", "vae", 30, 3.0),
                entry("report", None, 40, 1.0),
+               entry("generate", "vae", 59, 1.0),  # by hand, not a stage: not counted
                entry("train", "vae", 50, 7.0, profile="full")]
     log.write_text("".join(json.dumps(e) + "\n" for e in entries))
     assert stage_table.main(["--log", str(log), "--out", str(tmp_path / "out")]) == 0
