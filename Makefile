@@ -17,13 +17,16 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# `trilemma repro`: DVC's stages, JOBS at a time where they are independent (plain `dvc repro`
-# runs the same stages one by one). sync-mlflow: stages DVC skipped logged nothing; this puts
-# their current reports in MLflow too
-JOBS ?= 2
+# JOBS=2: `trilemma repro`, DVC's stages two at a time where independent (faster, but each
+# stage's train seconds and images/s then include its neighbour's load; README "Speed").
+# sync-mlflow: stages DVC skipped logged nothing; this puts their current reports in MLflow too
+JOBS ?= 1
 repro: setup
-ifeq ($(PROFILE),)
+ifneq ($(JOBS),1)
+	@[ -z "$(PROFILE)" ] || { echo "error: PROFILE runs as a DVC experiment, one stage at a time; for JOBS=$(JOBS) set profile in params.yaml instead"; exit 2; }
 	trilemma repro --jobs $(JOBS)
+else ifeq ($(PROFILE),)
+	dvc repro
 else
 	dvc exp run -S profile=$(PROFILE)
 endif

@@ -28,7 +28,9 @@ def pipeline_time(params: Path, p: Params) -> str:
             f"stages; the latest run of each, added up, {t.startup_seconds / 60:.1f} min of it "
             f"start-up)")
     if t.span_seconds < t.wall_seconds:  # stages overlapped (`trilemma repro`): the wall clock too
-        line += f", {t.span_seconds / 60:.1f} min from the first start to the last end"
+        line += (f", {t.span_seconds / 60:.1f} min from the first start to the last end. Stages "
+                 f"ran side by side, so train seconds and images/s include a neighbour's load "
+                 f"and compare families only roughly")
     return line
 
 

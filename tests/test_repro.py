@@ -150,5 +150,6 @@ def test_the_report_states_the_wall_clock_only_when_stages_overlapped(tmp_path, 
     assert f"**{len(wanted):.1f} min**" in line  # 60 s each, added up
     if side_by_side:
         assert f"{len(wanted) / 2:.1f} min from the first start to the last end" in line
+        assert "include a neighbour's load" in line
     else:
-        assert "first start" not in line
+        assert "first start" not in line and "neighbour" not in line
