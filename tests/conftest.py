@@ -46,22 +46,6 @@ TINY = {
 }
 
 
-# Under pytest-xdist (`make test`: two workers), a worker runs whole groups: each test file, and
-# every file that uses one of these session fixtures together, so that each is built once (no
-# file uses both; one that did would join the later one's group and build the other again).
-SHARED_FIXTURES = ("pipeline_chain", "trained")
-
-
-def pytest_collection_modifyitems(config, items):
-    group = {item.path: item.path.stem for item in items}
-    for item in items:
-        for fixture in SHARED_FIXTURES:
-            if fixture in item.fixturenames:
-                group[item.path] = fixture
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.path]))
-
-
 # every family of the registry (params.yaml lists them in this order) (control has stage tests
 # of its own, and so has evaluate-i2i; test_e2e runs one family of each kind under dvc repro)
 FAMILIES = names("generator")
