@@ -23,7 +23,8 @@ setup: $(VENV)/.installed
 JOBS ?= 1
 repro: setup
 ifneq ($(JOBS),1)
-	@[ -z "$(PROFILE)" ] || { echo "error: PROFILE runs as a DVC experiment, one stage at a time; for JOBS=$(JOBS) set profile in params.yaml instead"; exit 2; }
+	@[ -z "$(PROFILE)" ] || { echo "error: PROFILE runs as a DVC experiment, one stage at" \
+	  "a time; for JOBS=$(JOBS) set profile in params.yaml instead"; exit 2; }
 	trilemma repro --jobs $(JOBS)
 else ifeq ($(PROFILE),)
 	dvc repro

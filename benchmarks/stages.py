@@ -86,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     if not latest:
         print(f"error: {args.log}: no successful stage runs in it")
         return 2
-    stages = set(yaml.safe_load(args.dvc_yaml.read_text())["stages"])
+    try:
+        stages = set(yaml.safe_load(args.dvc_yaml.read_text())["stages"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError) as err:
+        print(f"error: {args.dvc_yaml}: no pipeline stages read ({type(err).__name__}); run from "
+              f"the repository or pass --dvc-yaml")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for profile, every_run in sorted(latest.items()):
         runs = {key: e for key, e in every_run.items() if key[0] in stages}

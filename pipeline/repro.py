@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -91,9 +92,12 @@ def recorded_seconds() -> dict[str, float]:
     except TrilemmaError:  # the stages will say what is wrong with it
         return {}
     profile = raw.get("profile", "quick") if isinstance(raw, dict) else "quick"
-    runs = stage_log.latest_runs(stage_log.read(STAGE_LOG)).get(profile, {})
-    return {f"{stage}@{family}" if family else stage: entry["wall_seconds"]
-            for (stage, family), entry in runs.items()}
+    try:  # the log only orders the stages: one that cannot be read orders nothing
+        runs = stage_log.latest_runs(stage_log.read(STAGE_LOG)).get(profile, {})
+        return {f"{stage}@{family}" if family else stage: float(entry["wall_seconds"])
+                for (stage, family), entry in runs.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def run_stage(stage: str, force: bool, threads: int | None) -> tuple[int, str, float]:
@@ -102,16 +106,24 @@ def run_stage(stage: str, force: bool, threads: int | None) -> tuple[int, str, f
     the seconds it took."""
     env = dict(os.environ)
     if threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+        env.setdefault("MKL_NUM_THREADS", str(threads))
     LOGS.mkdir(parents=True, exist_ok=True)
-    command = ["dvc", "--wait-for-lock", "repro", "--single-item", *(["--force"] * force), stage]
+    # this interpreter's DVC, whether or not its virtual environment is on the PATH
+    command = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item",
+               *(["--force"] * force), stage]
     started = time.monotonic()
-    with (LOGS / f"{stage}.log").open("w") as out:
+    with log_of(stage).open("w") as out:
         code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-    said = (LOGS / f"{stage}.log").read_text()
+    said = log_of(stage).read_text()
     what = ("failed" if code else "unchanged" if UNCHANGED in said
             else "restored" if RESTORED in said else "ran")
     return code, what, time.monotonic() - started
+
+
+def log_of(stage: str) -> Path:
+    """logs/repro/<stage>.log; a stage of a dvc.yaml in a subfolder (`sub/dvc.yaml:train`) too."""
+    return LOGS / (stage.replace("/", "_").replace(":", "_") + ".log")
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -119,10 +131,11 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 def schedule(p: Plan, jobs: int, force: bool) -> int:
-    """Run the plan, the most urgent ready stage first; after a failure, start nothing more,
-    let the running stages finish and return 1."""
+    """Run the plan, the most urgent ready stage first; after a failure, start nothing more (as
+    `dvc repro` does), let the running stages finish and return 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # a fixed share, never more for a stage that happens to run alone: results depend on it
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    threads = max(1, (cores or 1) // jobs)
     if "OMP_NUM_THREADS" in os.environ:  # a user's setting stands
         threads = None
     priority = p.priority()
@@ -132,7 +145,8 @@ def schedule(p: Plan, jobs: int, force: bool) -> int:
     counts = {"ran": 0, "unchanged": 0, "restored": 0, "failed": 0}
     started = time.monotonic()
     total = len(p.needs)
-    shown = f"{threads} thread{'s' * (threads != 1)}" if threads else "OMP_NUM_THREADS threads"
+    shown = f"{threads} thread{'s' * (threads != 1)}" if threads else \
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} threads"
     typer.echo(f"{total} stages to bring up to date, {jobs} at a time with {shown} each; what "
                f"each prints goes to {LOGS}/<stage>.log")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -155,8 +169,8 @@ def schedule(p: Plan, jobs: int, force: bool) -> int:
                 typer.echo(f"[{finished_count:>2}/{total}] {stage}: {what} in {seconds:.0f} s")
                 if code:
                     failed.append(stage)
-                    typer.echo(f"  {stage} exited with {code}; the end of {LOGS / stage}.log:\n"
-                               f"{tail(LOGS / f'{stage}.log')}", err=True)
+                    typer.echo(f"  {stage} exited with {code}; the end of {log_of(stage)}:\n"
+                               f"{tail(log_of(stage))}", err=True)
                 else:
                     done.add(stage)
     minutes = (time.monotonic() - started) / 60

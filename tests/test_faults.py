@@ -149,9 +149,12 @@ def test_ctrl_c_in_training_says_where_it_resumes(tmp_path, mnist_npz):
     write_params(repo / "params.yaml", {"data.train_size": 3000, "vae.epochs": 3})
     env = {**os.environ, "TRILEMMA_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # a shell's background job (`pytest &`) starts with SIGINT ignored, and a child inherits that:
+    # the command gets the default disposition back, as from a terminal
     proc = subprocess.Popen([str(Path(sys.executable).with_name("trilemma")), "train", "vae"],
                             cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt, deadline = repo / paths.checkpoint("vae"), time.monotonic() + 300
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -245,6 +245,14 @@ def test_stage_table_without_a_log_exits_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().out
 
 
+def test_stage_table_without_a_pipeline_exits_2(tmp_path, capsys):
+    log = tmp_path / "stages.jsonl"
+    log.write_text(json.dumps(entry("report", None, 0, 1.0)) + "\n")
+    assert stage_table.main(["--log", str(log), "--dvc-yaml", str(tmp_path / "absent.yaml"),
+                             "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().out.startswith(f"error: {tmp_path / 'absent.yaml'}")
+
+
 def test_scoring_right_after_preload_waits_for_the_background_import():
     """Two threads importing torchmetrics at once deadlock (Python raises in one of them): a fresh
     process scores straight after `torchmetrics_loader.start` and must print nothing but the score."""

@@ -5,6 +5,7 @@ DVC recorded. The real pipeline under `trilemma repro` is test_e2e's."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def ran(root: Path, name: str) -> dict:
 @pytest.fixture()
 def diamond(tmp_path) -> Path:
     """a and b independent, c waits for both."""
-    return make_repo(tmp_path, {"a": stage("a", 1.5), "b": stage("b", 1.5),
+    return make_repo(tmp_path, {"a": stage("a", 3), "b": stage("b", 3),
                                 "c": stage("c", 0, deps=["a", "b"])})
 
 
@@ -81,7 +82,7 @@ def test_independent_stages_run_side_by_side_and_dvc_records_them(diamond: Path)
     assert again.returncode == 0 and "every stage is up to date" in again.stdout
     # a changed command: a reruns, and c, which waits for it; b stays as it was
     stages = yaml.safe_load((diamond / "dvc.yaml").read_text())["stages"]
-    stages["a"]["cmd"] = stages["a"]["cmd"].replace(" 1.5 ", " 1 ")
+    stages["a"]["cmd"] = stages["a"]["cmd"].replace(" 3 ", " 1 ")
     (diamond / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     changed = repro(diamond)
     assert changed.returncode == 0, changed.stdout + changed.stderr
@@ -102,7 +103,7 @@ def test_a_target_brings_only_what_it_depends_on(diamond: Path):
     assert not (diamond / "b.json").exists()
 
 
-def test_a_failure_stops_what_waits_for_it_and_keeps_the_rest(tmp_path):
+def test_a_failure_starts_nothing_new_and_keeps_what_finished(tmp_path):
     root = make_repo(tmp_path, {"bad": stage("bad", 0, code=3), "after": stage("after", 0, ["bad"]),
                                 "good": stage("good", 1)})
     done = repro(root)
@@ -113,6 +114,14 @@ def test_a_failure_stops_what_waits_for_it_and_keeps_the_rest(tmp_path):
     assert ran(root, "good") and not (root / "after.json").exists()
     assert "good" not in subprocess.run(["dvc", "status"], cwd=root, capture_output=True,
                                         text=True).stdout
+    # one at a time: the stage still waiting when the failure came does not start, as in dvc repro
+    one = tmp_path / "one"
+    one.mkdir()
+    make_repo(one, {"bad": stage("bad", 0, code=3), "after": stage("after", 0, ["bad"]),
+                    "good": stage("good", 0)})  # bad first: the longer chain
+    done = repro(one, "--jobs", "1")
+    assert done.returncode == 1 and "1 failed, 2 not started" in done.stdout
+    assert not (one / "good.json").exists()
 
 
 def test_an_unknown_target_is_one_line_and_exit_code_2(diamond: Path):
@@ -143,13 +152,14 @@ def test_the_report_states_the_wall_clock_only_when_stages_overlapped(tmp_path, 
     wanted = before_report(p.families, p.i2i_families, p.control.families)
     # side by side: two stages at a time, 60 s each; else one after the other
     starts = [1e9 + 60 * (i // 2 if side_by_side else i) for i in range(len(wanted))]
+    span_minutes = math.ceil(len(wanted) / 2) if side_by_side else len(wanted)
     log = tmp_path / "logs/stages.jsonl"
     log.parent.mkdir()
     log.write_text("".join(json.dumps(e) + "\n" for e in stage_log_entries(starts, 60.0, wanted)))
     line = pipeline_time(params, p)
     assert f"**{len(wanted):.1f} min**" in line  # 60 s each, added up
     if side_by_side:
-        assert f"{len(wanted) / 2:.1f} min from the first start to the last end" in line
+        assert f"{span_minutes:.1f} min from the first start to the last end" in line
         assert "include a neighbour's load" in line
     else:
         assert "first start" not in line and "neighbour" not in line
