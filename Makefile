@@ -41,8 +41,10 @@ seeds: setup
 	dvc exp run --run-all
 	trilemma seed-spread
 
+# a worker per CPU, each running whole test files (tests/conftest.py: files that share a session
+# fixture stay together, the slowest start first)
 test: setup
-	pytest -q
+	pytest -q -n logical --dist loadfile
 
 # Not a prerequisite of `test`: it needs root (or sudo) and Debian's package servers. CI runs it.
 CHROMIUM := /usr/bin/chromium

@@ -46,6 +46,57 @@ TINY = {
 }
 
 
+# Under pytest-xdist (`make test`: `pytest -n auto --dist loadfile`) a worker runs whole groups: a
+# test file, or all the files that share one of these session fixtures, so each is built once.
+SHARED_FIXTURES = {
+    "pipeline_chain": ("test_cli.py", "test_generate.py", "test_model_registry.py"),
+    "trained": ("test_bad_input.py", "test_bad_params.py", "test_bad_samples.py", "test_faults.py",
+                "test_stylegan.py"),
+}
+# the files that take longest (`pytest --durations`), handed out first so the workers end together
+SLOWEST_FIRST = ("test_e2e.py", "test_parallel_experiments.py", "test_distributed.py",
+                 "test_cli.py", "test_reproducibility.py", "test_resume.py", "test_repro.py")
+
+
+def xdist_group(file_name: str) -> str:
+    """The group a test file runs in under pytest-xdist: its shared fixture's, or its own."""
+    return next((fixture for fixture, files in SHARED_FIXTURES.items() if file_name in files),
+                file_name)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the files of one shared session fixture kept together (xdist's
+    `loadgroup` marks do not reach the scheduler under pytest 9: it renames tests by a field that
+    pytest 9 no longer reads), in the workers' order: the slowest groups first."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileAndSharedFixture(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(Path(nodeid.split("::", 1)[0]).name)
+
+    config.option.loadscopereorder = False  # keep the collection's order (below)
+    return ByFileAndSharedFixture(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # not an xdist worker: run in the usual order
+        return
+    for item in items:
+        for fixture, files in SHARED_FIXTURES.items():
+            if fixture in item.fixturenames and item.path.name not in files:
+                raise pytest.UsageError(f"{item.path.name} uses the session fixture {fixture}: "
+                                        "list it in conftest.py's SHARED_FIXTURES")
+    rank: dict[str, int] = {}  # a group's place: its earliest file's in SLOWEST_FIRST
+    for item in items:
+        place = SLOWEST_FIRST.index(item.path.name) if item.path.name in SLOWEST_FIRST \
+            else len(SLOWEST_FIRST)
+        group = xdist_group(item.path.name)
+        rank[group] = min(rank.get(group, place), place)
+    items.sort(key=lambda item: rank[xdist_group(item.path.name)])  # stable: files keep order
+
+
 # every family of the registry (params.yaml lists them in this order) (control has stage tests
 # of its own, and so has evaluate-i2i; test_e2e runs one family of each kind under dvc repro)
 FAMILIES = names("generator")
@@ -262,3 +313,4 @@ def repo(trained, tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TRILEMMA_DEVICE", "cpu")
     return root
+

@@ -1,6 +1,6 @@
 """Parallel experiments, end to end: two `dvc exp run --queue` experiments with different seeds,
 run by `dvc queue start -j 2`, every stage logging to one `mlflow server` on loopback through
-MLFLOW_TRACKING_URI. Tiny settings and two families (vae, dcgan) keep it near two minutes
+MLFLOW_TRACKING_URI. Tiny settings and one family (vae) keep it near a minute and a half
 on a 2-core CPU.
 
 Checks: both experiments succeed and `dvc exp show` lines up their (different) metrics, which
@@ -38,7 +38,7 @@ pytestmark = [
     pytest.mark.skipif(GIT is None, reason="`git` not found: `dvc exp run --queue` needs a git repo"),
 ]
 
-FAMILIES = ["vae", "dcgan"]
+FAMILIES = ["vae"]  # the queue and the server are what is tested: one family is enough
 SEEDS = {"seed1": 1, "seed2": 2}  # DVC experiment name -> its seed
 STAGES = ["download", "train-classifier", *[f"{stage}:{family}" for family in FAMILIES
                                             for stage in ("train", "sample", "evaluate")], "report"]

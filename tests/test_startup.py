@@ -35,11 +35,43 @@ def test_light_commands_never_import_torch(command):
     assert "torch" not in imported_by(command)
 
 
+# torch imported once, then each command built in a forked child: what the command adds to an
+# interpreter that has torch, without paying torch's import 14 times over
+FORKED_PROBE = """
+import os, sys
+import torch
+import typer.main
+from pipeline.cli import STAGES, app
+group = typer.main.get_command(app)
+for command in sorted(STAGES):
+    pid = os.fork()
+    if pid == 0:
+        group.get_command(None, command)
+        heavy = [m for m in ("matplotlib.pyplot", "mlflow", "torchmetrics") if m in sys.modules]
+        print(command, ",".join(heavy), flush=True)
+        os._exit(0)
+    if os.waitpid(pid, 0)[1] != 0:
+        print(command, "FAILED", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def imported_to_start() -> dict[str, set[str]]:
+    """command -> which of pyplot, MLflow and torchmetrics building it imports."""
+    out = subprocess.run([sys.executable, "-c", FORKED_PROBE], check=True, capture_output=True,
+                         text=True, timeout=300).stdout
+    found = {}
+    for line in out.splitlines():
+        command, _, modules = line.partition(" ")
+        found[command] = {m for m in modules.split(",") if m}
+    return found
+
+
 @pytest.mark.parametrize("command", sorted(STAGES))
-def test_no_command_imports_pyplot_mlflow_or_torchmetrics_to_start(command):
+def test_no_command_imports_pyplot_mlflow_or_torchmetrics_to_start(imported_to_start, command):
     # each is imported where it is used: figures when they are drawn, MLflow on the thread that
     # logs, torchmetrics while images are embedded
-    assert not {"matplotlib.pyplot", "mlflow", "torchmetrics"} & set(imported_by(command))
+    assert imported_to_start[command] == set()
 
 
 def test_every_stage_module_resolves():
@@ -90,3 +122,36 @@ def test_adam_steps_exactly_as_torch_adamw():
             net(x).pow(2).sum().backward()
             opt.step()
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+
+
+GRID_PROBE = """
+import sys, numpy as np
+from trilemma.figures import save_grid
+save_grid(np.zeros((5, 1, 28, 28), np.uint8), sys.argv[1])
+print(",".join(m for m in ("torchvision", "torch._dynamo") if m in sys.modules))
+"""
+
+
+def test_drawing_an_image_grid_imports_neither_torchvision_nor_the_compiler(tmp_path):
+    out = subprocess.run([sys.executable, "-c", GRID_PROBE, str(tmp_path / "grid.png")],
+                         check=True, capture_output=True, text=True, timeout=120).stdout.strip()
+    assert out == "" and (tmp_path / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("n,channels,nrow", [(1, 1, None), (5, 1, None), (16, 1, 4), (7, 3, None),
+                                             (10, 1, 3), (3, 3, 8)])
+def test_image_grid_is_torchvisions_make_grid_byte_for_byte(tmp_path, n, channels, nrow):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from trilemma.figures import save_grid
+
+    images = np.random.default_rng(n).integers(0, 256, (n, channels, 28, 20), dtype=np.uint8)
+    save_grid(images, tmp_path / "ours.png", nrow=nrow)
+    grid = make_grid(torch.from_numpy(images), nrow=nrow or int(np.ceil(np.sqrt(n))), padding=2,
+                     pad_value=255)
+    pixels = grid[0].numpy() if channels == 1 else grid.permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(tmp_path / "theirs.png", format="PNG")
+    assert (tmp_path / "ours.png").read_bytes() == (tmp_path / "theirs.png").read_bytes()
