@@ -46,7 +46,7 @@ TINY = {
 }
 
 
-# Under pytest-xdist (`make test`: `pytest -n auto --dist loadfile`) a worker runs whole groups: a
+# Under pytest-xdist (`make test`: `pytest -n logical --dist loadfile`) a worker runs whole groups: a
 # test file, or all the files that share one of these session fixtures, so each is built once.
 SHARED_FIXTURES = {
     "pipeline_chain": ("test_cli.py", "test_generate.py", "test_model_registry.py"),
@@ -64,6 +64,7 @@ def xdist_group(file_name: str) -> str:
                 file_name)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it (`-p no:xdist`), unused
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile`, with the files of one shared session fixture kept together (xdist's
     `loadgroup` marks do not reach the scheduler under pytest 9: it renames tests by a field that
@@ -86,8 +87,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture, files in SHARED_FIXTURES.items():
             if fixture in item.fixturenames and item.path.name not in files:
-                raise pytest.UsageError(f"{item.path.name} uses the session fixture {fixture}: "
-                                        "list it in conftest.py's SHARED_FIXTURES")
+                # a failing test says it (an error raised here only crashes the worker)
+                item.runtest = lambda f=fixture, n=item.path.name: pytest.fail(
+                    f"{n} uses the session fixture {f}: list it in conftest.py's "
+                    "SHARED_FIXTURES", pytrace=False)
     rank: dict[str, int] = {}  # a group's place: its earliest file's in SLOWEST_FIRST
     for item in items:
         place = SLOWEST_FIRST.index(item.path.name) if item.path.name in SLOWEST_FIRST \

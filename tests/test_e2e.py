@@ -2,8 +2,8 @@
 repository with tiny params; then a plain `dvc repro` finds nothing to do.
 
 Every stage starts a process (about 10 s of imports and MLflow start-up for a tiny stage), so the
-run here takes a latent and a diffusion family, an image-to-image family and control through every
-stage template: 14 stages instead of 49 (each template is the same for every family).
+run here takes a VAE, a guided diffusion family, an image-to-image family and control through
+every stage template: 14 stages instead of 49 (each template is the same for every family).
 What the other families' stages write is checked in-process by test_cli's chain, and
 `test_project_params_wire_every_stage` checks that the project's own params give DVC all 49 stages
 with every source file they depend on."""
@@ -24,11 +24,12 @@ from conftest import base_params, write_params
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
           "src", "pipeline"]
-# a VAE (latent steering, truncation) and pixel-space diffusion (step sweep, classifier
-# guidance); every family's stage outputs and report sections are checked in test_cli's chain
-FAMILIES = ["vae", "ddpm"]
+# a VAE (latent steering, truncation) and pixel-space diffusion with classifier-free guidance
+# (step and guidance sweeps, label accuracy, guidance in control); every family's stage outputs
+# and report sections, latent diffusion's included, are checked in test_cli's in-process chain
+FAMILIES = ["vae", "cfg_diffusion"]
 I2I = ["srgan"]
-CONTROL = ["vae", "ddpm"]
+CONTROL = ["vae", "cfg_diffusion"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -115,8 +116,8 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
         assert section in readme, section
     for name in ("classifier/metrics.json", "classifier/per_class.csv", "classifier/confusion.png",
                  "eval/real/metrics.json", "eval/vae/metrics.json", "eval/vae/per_class.csv",
-                 "eval/vae/truncation_sweep.csv", "eval/ddpm/steps_sweep.csv",
-                 "eval/ddpm/guidance_sweep.csv", "train/ddpm/reconstruction.png",
+                 "eval/vae/truncation_sweep.csv", "eval/cfg_diffusion/steps_sweep.csv",
+                 "eval/cfg_diffusion/guidance_sweep.csv", "train/cfg_diffusion/reconstruction.png",
                  "train/vae/loss.csv", "train/vae/grid.png", "quick/figures/speed_corner.png",
                  "train/vae/latent.png", "samples/vae/grid.png", "samples/vae/interpolation.png",
                  "quick/figures/loss_curves.png", "quick/figures/class_histograms.png",
@@ -124,8 +125,11 @@ def test_report_files_have_every_family_and_the_floor(repo: Path, first_repro: s
                  "quick/images/samples/vae/grid.png", "quick/images/control/vae/before_after.png",
                  "eval/srgan/metrics.json",
                  "eval/srgan/examples.png", "control/vae/before_after.png",
-                 "control/ddpm/metrics.json", "control/referee/metrics.json"):
+                 "control/cfg_diffusion/metrics.json", "control/referee/metrics.json"):
         assert (repo / "reports" / name).stat().st_size > 0, name
+    for sweep in ("vae/truncation_sweep.csv", "cfg_diffusion/steps_sweep.csv",
+                  "cfg_diffusion/guidance_sweep.csv"):  # rows, not only a header
+        assert len(pd.read_csv(repo / "reports/eval" / sweep)) > 0, sweep
     metrics = json.loads((repo / "reports/eval/vae/metrics.json").read_text())
     assert {"fid_classifier", "is_classifier", "class_histogram", "profile"} <= metrics.keys()
     timing = json.loads((repo / "reports/eval/vae/timing.json").read_text())
@@ -146,7 +150,7 @@ def test_dvc_metrics_show_lists_the_families(repo: Path, first_repro: str):
 def test_dvc_plots_declare_the_summary_and_the_sweeps(repo: Path, first_repro: str):
     out = run(["dvc", "plots", "show", "--json"], repo)
     for name in ("reports/quick/summary.csv", "reports/eval/vae/truncation_sweep.csv",
-                 "reports/eval/ddpm/steps_sweep.csv", "reports/quick/figures/trilemma.png"):
+                 "reports/eval/cfg_diffusion/steps_sweep.csv", "reports/quick/figures/trilemma.png"):
         assert name in out, name
 
 
