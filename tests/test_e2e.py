@@ -150,7 +150,8 @@ def test_dvc_metrics_show_lists_the_families(repo: Path, first_repro: str):
 def test_dvc_plots_declare_the_summary_and_the_sweeps(repo: Path, first_repro: str):
     out = run(["dvc", "plots", "show", "--json"], repo)
     for name in ("reports/quick/summary.csv", "reports/eval/vae/truncation_sweep.csv",
-                 "reports/eval/cfg_diffusion/steps_sweep.csv", "reports/quick/figures/trilemma.png"):
+                 "reports/eval/cfg_diffusion/steps_sweep.csv",
+                 "reports/quick/figures/trilemma.png"):
         assert name in out, name
 
 
