@@ -46,8 +46,9 @@ TINY = {
 }
 
 
-# Under pytest-xdist (`make test`: `pytest -n logical --dist loadfile`) a worker runs whole groups: a
-# test file, or all the files that share one of these session fixtures, so each is built once.
+# Under pytest-xdist (`make test`: `pytest -n logical --dist loadfile`) a worker runs whole
+# groups: a test file, or all the files that share one of these session fixtures, so each is built
+# once.
 SHARED_FIXTURES = {
     "pipeline_chain": ("test_cli.py", "test_generate.py", "test_model_registry.py"),
     "trained": ("test_bad_input.py", "test_bad_params.py", "test_bad_samples.py", "test_faults.py",
@@ -91,17 +92,16 @@ def pytest_collection_modifyitems(config, items):
                 item.runtest = lambda f=fixture, n=item.path.name: pytest.fail(
                     f"{n} uses the session fixture {f}: list it in conftest.py's "
                     "SHARED_FIXTURES", pytrace=False)
+    place = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     rank: dict[str, int] = {}  # a group's place: its earliest file's in SLOWEST_FIRST
     for item in items:
-        place = SLOWEST_FIRST.index(item.path.name) if item.path.name in SLOWEST_FIRST \
-            else len(SLOWEST_FIRST)
-        group = xdist_group(item.path.name)
-        rank[group] = min(rank.get(group, place), place)
+        group, last = xdist_group(item.path.name), len(SLOWEST_FIRST)
+        rank[group] = min(rank.get(group, last), place.get(item.path.name, last))
     items.sort(key=lambda item: rank[xdist_group(item.path.name)])  # stable: files keep order
 
 
 # every family of the registry (params.yaml lists them in this order) (control has stage tests
-# of its own, and so has evaluate-i2i; test_e2e runs one family of each kind under dvc repro)
+# of its own, and so has evaluate-i2i; test_e2e runs every stage template under DVC)
 FAMILIES = names("generator")
 I2I = names("translator")  # the translators, trained in the chain for their models
 CHAIN = [["download"], ["train-classifier"],
@@ -316,4 +316,3 @@ def repo(trained, tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("TRILEMMA_DEVICE", "cpu")
     return root
-
