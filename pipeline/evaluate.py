@@ -32,10 +32,8 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     if dry_run:
         return print_settings({"evaluate": p.evaluate.model_dump(), "seed": p.seed,
                                "data": p.data.model_dump(), "device": str(dev)})
-    from trilemma import data, metrics, torchmetrics_loader
+    from trilemma import data, metrics
     from trilemma.classifier import load_judge
-
-    torchmetrics_loader.start()  # torchmetrics loads while the inputs are read and the samples embedded
 
     images = data.load_npz(paths.DATA, p.data)
     require_scorable(len(images.x_test), "data.test_size", "the samples are scored against them")

@@ -46,11 +46,10 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
     if dry_run:
         return print_settings({family: cfg.model_dump(), "evaluate": p.evaluate.model_dump(),
                                "data": p.data.model_dump(), "device": str(dev)})
-    from trilemma import data, figures, i2i, metrics, torchmetrics_loader
+    from trilemma import data, figures, i2i, metrics
     from trilemma.classifier import judge_for, load_judge
     from trilemma.i2i.scores import EXAMPLES, examples_figure, quantise
 
-    torchmetrics_loader.start()
     images = data.load_npz(paths.DATA, p.data)
     judge = load_judge(paths.CLASSIFIER, dev)
     model = i2i.load(family, cfg, paths.model(family), dev, judge_for(family, dev))

@@ -34,7 +34,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     scoring = {"evaluate": p.evaluate.model_dump()}  # the floor's: not the training's
     if dry_run:
         return print_settings({**settings, **scoring, "device": str(dev)})
-    from trilemma import metrics, torchmetrics_loader
+    from trilemma import metrics
 
     inception = metrics.inception(p.evaluate.inception_weights, dev)  # a bad file fails here
     images = data.load_npz(paths.DATA, p.data)
@@ -68,7 +68,6 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
         save_judge(trainee.net, cfg, images.spec, paths.CLASSIFIER)
 
         judge = load_judge(paths.CLASSIFIER, dev)  # evaluate exactly what was saved
-        torchmetrics_loader.start()  # now that training is timed: it loads while the test set is embedded
         test = metrics.embed(judge, images.x_test, dev, p.evaluate.batch_size)
         metrics.save_embedded(test, paths.TEST_EMBEDDING)  # every evaluate stage reads it
         predictions = test.predictions

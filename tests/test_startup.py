@@ -69,8 +69,8 @@ def imported_to_start() -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("command", sorted(STAGES))
 def test_no_command_imports_pyplot_mlflow_or_torchmetrics_to_start(imported_to_start, command):
-    # each is imported where it is used: figures when they are drawn, MLflow on the thread that
-    # logs, torchmetrics while images are embedded
+    # pyplot and MLflow are imported where they are used: figures when they are drawn, MLflow on
+    # the thread that logs; torchmetrics nowhere (next test)
     assert imported_to_start[command] == set()
 
 
@@ -136,6 +136,28 @@ def test_drawing_an_image_grid_imports_neither_torchvision_nor_the_compiler(tmp_
     out = subprocess.run([sys.executable, "-c", GRID_PROBE, str(tmp_path / "grid.png")],
                          check=True, capture_output=True, text=True, timeout=120).stdout.strip()
     assert out == "" and (tmp_path / "grid.png").stat().st_size > 0
+
+
+SCORING_PROBE = """
+import sys, torch
+from trilemma import metrics
+from trilemma.i2i.scores import psnr, ssim
+g = torch.Generator().manual_seed(0)
+real, fake = (metrics.Embedded(torch.randn(40, 8, generator=g, dtype=torch.float64),
+                               torch.randn(40, 10, generator=g, dtype=torch.float64)) for _ in "rf")
+metrics.score_set(real, fake, None, seed=0)
+x = torch.rand(3, 1, 28, 28, generator=g)
+psnr(x, x.flip(0)), ssim(x, x.flip(0))
+print(",".join(m for m in ("torchmetrics", "torchvision", "torch._dynamo", "scipy.signal")
+               if m in sys.modules))
+"""
+
+
+def test_scoring_imports_neither_torchmetrics_nor_torchvision():
+    # torchmetrics' import costs a stage 4-5 s of CPU: scores follow its formulas without it
+    out = subprocess.run([sys.executable, "-c", SCORING_PROBE], check=True, capture_output=True,
+                         text=True, timeout=120).stdout.strip()
+    assert out == ""
 
 
 @pytest.mark.parametrize("n,channels,nrow", [(1, 1, None), (5, 1, None), (16, 1, 4), (7, 3, None),

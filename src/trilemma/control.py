@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma import diffusion
+from trilemma.optim import adam
 
 Decode = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # z (n,L) -> (n,C,S,S) [0,1]
 Guide = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x_t, eps, t) -> eps
@@ -43,7 +44,7 @@ def steer(decode: Decode, classifier: nn.Module, z0: torch.Tensor, target: torch
     `steering_loss`. Each latent's loss depends on that latent alone (eval-mode networks), so
     one optimiser on the summed loss moves every latent as if it were steered by itself."""
     z = z0.detach().clone().to(target.device).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
+    opt = adam([z], lr)  # Adam, without the compiler import torch.optim's own step brings
     for _ in range(steps):
         loss = steering_loss(decode, classifier, z, target, prior_weight).sum()
         opt.zero_grad(set_to_none=True)

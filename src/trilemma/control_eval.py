@@ -85,9 +85,8 @@ def guidance(model, kind: str, judge, referee, images: data.ImageData, p: Params
     label accuracy by the judge and the referee and FID against the test set in the judge's
     features (the results), and images/s (the timing)."""
     from trilemma.generation import batch_generator
-    from trilemma import metrics, torchmetrics_loader
+    from trilemma import metrics
 
-    torchmetrics_loader.start()
     real = metrics.load_embedded(paths.TEST_EMBEDDING, len(images.x_test))  # by train-classifier
     s, c, k = p.sample, p.control, model.image.num_classes
     if kind == "classifier-free":

@@ -3,15 +3,14 @@ every score is computed from those.
 
 Two extractors: the pipeline's own classifier (the judge; always there) and Inception-V3 (the
 reference network of FID/IS; only when its weights file is given). The Frechet distance, KID and
-the Inception score are torchmetrics' own math, fed with precomputed features; precision/recall
-(k-NN manifolds) and the class-histogram KL are written here and tested against reference values.
+the Inception score follow torchmetrics' formulas and are tested against its values; precision/
+recall (k-NN manifolds) and the class-histogram KL are tested against reference values.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Iterable
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trilemma import distributed, torchmetrics_loader
+from trilemma import distributed
 from trilemma.classifier import Judge
 from trilemma.errors import DataError, brief
 from trilemma.io import atomic_path
@@ -129,37 +128,36 @@ def embed_inception(net: nn.Module, images: np.ndarray, device: torch.device,
     return Embedded(torch.cat(features), torch.cat(logits))
 
 
-# Every metric below is given whole feature sets, already gathered (`embed(shard=True)`): under
-# torchrun only rank 0 scores, so torchmetrics must not sync its states across the processes
-# (sync_on_compute=False), which would wait for ranks that are not scoring.
+# FID, KID and IS follow torchmetrics' formulas step for step (tests/test_metrics_golden.py holds
+# them to torchmetrics' values); written here because importing torchmetrics costs a stage 4-5 s
+# of CPU (it loads torchvision, torch._dynamo and scipy.signal) for a few lines of arithmetic.
+# Every metric is given whole feature sets, already gathered (`embed(shard=True)`).
 
 
-class _Given(nn.Module):
-    """Features computed already: the 'extractor' torchmetrics runs is the identity."""
+def _gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (F,) and unbiased covariance (F,F) of features (n,F), in float64."""
+    x = features.double()
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"FID needs at least 2 images in each set, got {n}")
+    mean = x.sum(dim=0) / n
+    cov = (x.t().mm(x) - n * torch.outer(mean, mean)) / (n - 1)
+    return mean, cov
 
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
+def _frechet(real: tuple[torch.Tensor, torch.Tensor], fake: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^1/2); the trace of the square root is the sum
+    of the square roots of S_r S_f's eigenvalues (real and non-negative up to rounding)."""
+    (mu_r, cov_r), (mu_f, cov_f) = real, fake
+    root_trace = torch.linalg.eigvals(cov_r @ cov_f).sqrt().real.sum()
+    return float((mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * root_trace)
 
 
 def fids(real: torch.Tensor, fakes: Iterable[torch.Tensor]) -> list[float]:
-    """Frechet distance between the features `real` (n,F) and each feature set in `fakes`;
-    the real statistics are computed once."""
-    torchmetrics_loader.wait()
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), reset_real_features=False,
-                                      sync_on_compute=False)
-    metric.update(real, real=True)
-    scores = []
-    for fake in fakes:
-        metric.reset()  # forgets the previous fake set only
-        metric.update(fake, real=False)
-        scores.append(float(metric.compute()))
-    return scores
+    """Frechet distance between the features `real` (n,F) and each feature set in `fakes` (read
+    one at a time); the real statistics are computed once."""
+    real_stats = _gaussian(real)
+    return [_frechet(real_stats, _gaussian(fake)) for fake in fakes]
 
 
 def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -185,40 +183,47 @@ def fid_bootstrap(real: torch.Tensor, fake: torch.Tensor, rounds: int, seed: int
             "high": float(point + (high - median)), "bias": float(median - point)}
 
 
+def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KID's kernel k(a, b) = (a.b / F + 1)^3 between rows of a (n,F) and b (m,F)."""
+    return (a @ b.T * (1.0 / a.shape[1]) + 1.0) ** 3
+
+
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 between two equally large sets with the cubic kernel (Binkowski et al.)."""
+    m = len(x)
+    k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+    within = (k_xx.sum(dim=-1) - k_xx.diag()).sum() + (k_yy.sum(dim=-1) - k_yy.diag()).sum()
+    return within / (m * (m - 1)) - 2 * k_xy.sum(dim=0).sum() / m**2
+
+
 def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -> tuple[float, float]:
     """Kernel distance (cubic polynomial kernel MMD^2, unbiased) averaged over `subsets` random
-    subsets of min(KID_SUBSET, n) images: mean and std over subsets."""
-    torchmetrics_loader.wait()
-    from torchmetrics.image.kid import KernelInceptionDistance
-
+    subsets of min(KID_SUBSET, n) images: mean and (population) std over subsets."""
     size = min(KID_SUBSET, len(real), len(fake))
-    with warnings.catch_warnings():  # its note on buffering every feature: ours are small
-        warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets,
-                                         subset_size=size, sync_on_compute=False)
-    metric.update(real, real=True)
-    metric.update(fake, real=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
-    return float(mean), float(std)
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 images in each set; got {len(real)} and {len(fake)}")
+    g = torch.Generator().manual_seed(seed)
+    scores = []
+    for _ in range(subsets):  # a real subset, then a fake one, as torchmetrics draws them
+        x = real[torch.randperm(len(real), generator=g)[:size]]
+        y = fake[torch.randperm(len(fake), generator=g)[:size]]
+        scores.append(_mmd2_unbiased(x, y))
+    scores = torch.stack(scores)
+    return float(scores.mean()), float(scores.std(unbiased=False))
 
 
 def inception_score(logits: torch.Tensor, seed: int, splits: int = 10) -> tuple[float, float]:
-    """exp(E KL(p(y|x) || p(y))) from class logits (n,C): mean and std over `splits` splits.
-    With the judge, 10 means confident, evenly spread digits; 1 one class or no confidence."""
-    torchmetrics_loader.wait()
-    from torchmetrics.image.inception import InceptionScore
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits,
-                                sync_on_compute=False)
-    metric.update(logits)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # torchmetrics shuffles before splitting
-        mean, std = metric.compute()
-    return float(mean), float(std)
+    """exp(E KL(p(y|x) || p(y))) from class logits (n,C): mean and std over `splits` splits of a
+    seeded shuffle. With the judge, 10 means confident, evenly spread digits; 1 one class or no
+    confidence."""
+    shuffled = logits[torch.randperm(len(logits), generator=torch.Generator().manual_seed(seed))]
+    per_split = []
+    for log_p in shuffled.log_softmax(dim=1).chunk(splits, dim=0):
+        p = log_p.exp()
+        log_marginal = p.mean(dim=0, keepdim=True).log()
+        per_split.append((p * (log_p - log_marginal)).sum(dim=1).mean().exp())
+    scores = torch.stack(per_split)
+    return float(scores.mean()), float(scores.std())
 
 
 def _kth_neighbour_distance(x: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:

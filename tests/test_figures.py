@@ -1,0 +1,32 @@
+"""The image-row figure: one picture per row, images in their places with white lines between."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trilemma import figures
+
+
+def test_grid_array_places_each_image_between_white_lines_and_fills_empty_places_white():
+    images = np.arange(3 * 1 * 2 * 2, dtype=np.uint8).reshape(3, 1, 2, 2)  # values below 255
+    grid = figures.grid_array(images, cols=2, padding=1)
+    assert grid.shape == (2 * 3 + 1, 2 * 3 + 1, 1)
+    for i, image in enumerate(images):
+        top, left = 1 + 3 * (i // 2), 1 + 3 * (i % 2)
+        assert (grid[top:top + 2, left:left + 2, 0] == image[0]).all()
+    assert (grid[4:6, 4:6] == 255).all()  # the fourth place is empty
+    assert (grid[[0, 3, 6]] == 255).all() and (grid[:, [0, 3, 6]] == 255).all()  # the lines
+
+
+def test_rows_figure_draws_each_row_as_one_labelled_picture_as_wide_as_the_longest():
+    rows = [("3 before", torch.zeros(4, 1, 28, 28, dtype=torch.uint8)),
+            ("3 after", torch.zeros(2, 1, 28, 28, dtype=torch.uint8))]
+    fig = figures.rows_figure(rows)
+    axes = fig.get_axes()
+    assert [ax.get_ylabel() for ax in axes] == ["3 before", "3 after"]
+    shapes = [ax.get_images()[0].get_array().shape for ax in axes]
+    assert shapes == [(28 + 4, 4 * 30 + 2)] * 2  # grey, 4 places each, white lines of 2
+    short_row = axes[1].get_images()[0].get_array()
+    assert (short_row[:, 2 * 30 + 2:] == 255).all() and (short_row[2:30, 2:30] == 0).all()
+    figures.pyplot().close(fig)
