@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from trilemma import figures
@@ -30,3 +31,13 @@ def test_rows_figure_draws_each_row_as_one_labelled_picture_as_wide_as_the_longe
     short_row = axes[1].get_images()[0].get_array()
     assert (short_row[:, 2 * 30 + 2:] == 255).all() and (short_row[2:30, 2:30] == 0).all()
     figures.pyplot().close(fig)
+
+
+def test_grids_take_uint8_tensors_or_arrays_and_refuse_other_dtypes(tmp_path):
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    figures.save_grid(images, tmp_path / "tensor.png")
+    figures.save_grid(images.numpy(), tmp_path / "array.png")
+    assert (tmp_path / "tensor.png").read_bytes() == (tmp_path / "array.png").read_bytes()
+    with pytest.raises(TypeError, match="uint8.*float32"):
+        figures.save_grid(images.float() / 255, tmp_path / "float.png")  # would wrap silently
+    assert not (tmp_path / "float.png").exists()

@@ -35,12 +35,23 @@ def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int | N
     """uint8 images (n,C,H,W) as one PNG grid (grey or RGB), `nrow` to a row, white lines between
     images: torchvision's make_grid layout, drawn in numpy because importing torchvision costs a
     stage about 1.5 s (it pulls in torch._dynamo)."""
-    images = np.asarray(images)
+    images = uint8_array(images)
     n = len(images)
     cols = min(nrow or max(1, int(np.ceil(np.sqrt(n)))), n)
     grid = grid_array(images, cols, 0 if n == 1 else padding)  # one image alone, as make_grid
     with atomic_path(path) as tmp:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+
+
+def uint8_array(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """uint8 images as a numpy array on the CPU, from a tensor on any device; TypeError for any
+    other dtype, which would otherwise wrap around silently when written into the grid."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 (0-255), got {images.dtype}")
+    return images
 
 
 def grid_array(images: np.ndarray, cols: int, padding: int = 2) -> np.ndarray:
@@ -130,7 +141,7 @@ def rows_figure(rows: list[tuple[str, torch.Tensor]]) -> plt.Figure:
     fig, axes = pyplot().subplots(len(rows), 1, figsize=(0.7 * cols + 0.8, 0.7 * len(rows)),
                                   squeeze=False)
     for ax, (label, images) in zip(axes[:, 0], rows):
-        strip = grid_array(np.asarray(images), cols)
+        strip = grid_array(uint8_array(images), cols)
         ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
