@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ def test_fid_of_a_single_image_is_refused_as_torchmetrics_refuses_it():
         metrics.fid(features(10, 4, 0), features(1, 4, 1))
 
 
-@pytest.mark.parametrize("n_real,n_fake,subsets", [(1200, 1100, 4), (300, 250, 20), (60, 60, 3)])
+@pytest.mark.parametrize("n_real,n_fake,subsets", [(1200, 1100, 4), (300, 250, 20), (80, 60, 5)])
 def test_kid_equals_torchmetrics_with_the_same_random_subsets(n_real, n_fake, subsets):
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -98,6 +99,13 @@ def image_pairs(n: int, channels: int, size: int) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
+def flat_pairs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearly flat images (0.99 and a faint ramp): float32 rounding makes some local variances
+    come out below zero, which SSIM must clamp as torchmetrics does."""
+    ramp = torch.linspace(0, 1e-3, 28).expand(n, 1, 28, 28)
+    return torch.full((n, 1, 28, 28), 0.99), (0.99 - ramp).contiguous()
+
+
 @pytest.mark.parametrize("n,channels,size", [(250, 1, 28), (7, 3, 32), (3, 1, 12)])
 def test_psnr_equals_torchmetrics_per_image(n, channels, size):
     from torchmetrics.functional.image import peak_signal_noise_ratio
@@ -106,6 +114,15 @@ def test_psnr_equals_torchmetrics_per_image(n, channels, size):
     expected = peak_signal_noise_ratio(x.double(), y.double(), data_range=1.0, reduction="none",
                                        dim=(1, 2, 3))
     torch.testing.assert_close(psnr(x, y), expected, rtol=1e-6, atol=0)
+
+
+def test_psnr_is_the_float64_formula_per_image():
+    # torchmetrics' own float32 constant 10 / ln 10 leaves ~1e-7 dB between us: this test pins
+    # our value itself, so that an MSE in float32 (or over the wrong axes) cannot hide in that
+    x, y = image_pairs(5, 3, 16)
+    mse = ((x.double() - y.double()) ** 2).numpy().reshape(5, -1).mean(axis=1)
+    expected = torch.from_numpy(10 * np.log10(1 / mse))
+    torch.testing.assert_close(psnr(x, y), expected, rtol=1e-13, atol=0)
 
 
 def test_psnr_of_identical_images_is_the_cap():
@@ -123,3 +140,18 @@ def test_ssim_equals_torchmetrics_per_image(n, channels, size):
                                                   reduction="none")
     torch.testing.assert_close(ssim(x, y), same_precision.double(), rtol=0, atol=1e-7)
     torch.testing.assert_close(ssim(x, y), float64, rtol=0, atol=1e-6)  # float32 costs ~1e-7
+
+
+def test_ssim_clamps_negative_variances_of_flat_images_as_torchmetrics():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    x, y = flat_pairs(4)
+    expected = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+    torch.testing.assert_close(ssim(x, y), expected.double(), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("score", [psnr, ssim])
+def test_image_scores_refuse_batches_of_different_shapes_with_both_shapes(score):
+    x, y = image_pairs(4, 1, 28)
+    with pytest.raises(ValueError, match=r"\(4, 1, 28, 28\) and \(1, 1, 28, 28\)"):
+        score(x, y[:1])

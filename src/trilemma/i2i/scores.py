@@ -23,15 +23,22 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def _same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.shape != target.shape or pred.dim() != 4:
+        raise ValueError(f"expected two image batches (n,C,S,S) of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of (n,C,S,S) images in [0,1] (data range 1), capped at PSNR_CAP:
     (n,)."""
+    _same_shape(pred, target)
     mse = (pred.double() - target.double()).square().mean(dim=(1, 2, 3))
     return (-10 * torch.log10(mse)).clamp(max=PSNR_CAP)  # 1/0 -> inf -> the cap
 
 
-def _gaussian_window(channels: int, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
-    """The normalised 2-D Gaussian (channels,1,size,size), one copy per channel."""
+def _ssim_window(channels: int, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """SSIM's normalised 2-D Gaussian window (channels,1,size,size), one copy per channel."""
     offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     line = torch.exp(-(offsets / sigma).square() / 2)
     line = line / line.sum()
@@ -42,6 +49,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004; Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03) of
     (n,C,S,S) images in [0,1] (data range 1), averaged over every pixel of a reflect-padded image,
     as torchmetrics computes it: (n,)."""
+    _same_shape(pred, target)
     # float32: a CPU convolves it about 12x faster than float64 (oneDNN), and per-image values
     # move by about 1e-7; in chunks, to bound the five stacked moment images
     return torch.cat([_ssim_chunk(pred[i:i + SSIM_CHUNK].float(), target[i:i + SSIM_CHUNK].float())
@@ -52,7 +60,7 @@ def _ssim_chunk(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     c1, c2 = 0.01**2, 0.03**2
     pad = SSIM_WINDOW // 2
     x, y = (F.pad(t, (pad, pad, pad, pad), mode="reflect") for t in (x, y))
-    window = _gaussian_window(x.shape[1])
+    window = _ssim_window(x.shape[1]).to(x)  # on the images' device
     moments = F.conv2d(torch.cat([x, y, x * x, y * y, x * y]), window, groups=x.shape[1])
     mu_x, mu_y, xx, yy, xy = moments.split(len(x))
     var_x = (xx - mu_x.square()).clamp(min=0)
