@@ -139,7 +139,7 @@ def control(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
             write_json(staged / "metrics.json", result)  # results only: identical on a CPU rerun
             write_json(staged / "timing.json", {**timing, "device": device_name(dev)})
             write_csv(staged / "per_class.csv", rows)
-            figures.save_figure(figures.rows_figure(shown), staged / FIGURE)
+            figures.save_figure(figures.image_table(shown), staged / FIGURE)
         log(f"{family}: wrote {out}")
         run.log_params(tracking.flatten({"control": p.control.model_dump(), "seed": p.seed}))
         # per scale as guidance.<scale>.<column>, e.g. guidance.3.referee_accuracy

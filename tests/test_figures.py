@@ -1,4 +1,4 @@
-"""The image-row figure: one picture per row, images in their places with white lines between."""
+"""Image grids and tables: one picture, images in their places with white lines between."""
 
 from __future__ import annotations
 
@@ -20,16 +20,22 @@ def test_grid_array_places_each_image_between_white_lines_and_fills_empty_places
     assert (grid[[0, 3, 6]] == 255).all() and (grid[:, [0, 3, 6]] == 255).all()  # the lines
 
 
-def test_rows_figure_draws_each_row_as_one_labelled_picture_as_wide_as_the_longest():
+def test_image_table_is_one_picture_with_row_labels_column_titles_and_empty_places_white():
     rows = [("3 before", torch.zeros(4, 1, 28, 28, dtype=torch.uint8)),
             ("3 after", torch.zeros(2, 1, 28, 28, dtype=torch.uint8))]
-    fig = figures.rows_figure(rows)
-    axes = fig.get_axes()
-    assert [ax.get_ylabel() for ax in axes] == ["3 before", "3 after"]
-    shapes = [ax.get_images()[0].get_array().shape for ax in axes]
-    assert shapes == [(28 + 4, 4 * 30 + 2)] * 2  # grey, 4 places each, white lines of 2
-    short_row = axes[1].get_images()[0].get_array()
-    assert (short_row[:, 2 * 30 + 2:] == 255).all() and (short_row[2:30, 2:30] == 0).all()
+    fig = figures.image_table(rows, titles=["a", "b", "c", "d"], title="steering")
+    [ax] = fig.get_axes()  # one axes for the whole table, not one per image
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["3 before", "3 after"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c", "d"]
+    assert list(ax.get_yticks()) == [2 + 13.5, 2 + 30 + 13.5]  # each label at its row's middle
+    table = ax.get_images()[0].get_array()
+    assert table.shape == (2 * 30 + 2, 4 * 30 + 2)  # grey, 4 places a row, white lines of 2
+    places = [(row, col) for row, n in enumerate((4, 2)) for col in range(n)]
+    for row, col in places:  # each image in its place
+        assert (table[2 + 30 * row:30 + 30 * row, 2 + 30 * col:30 + 30 * col] == 0).all()
+    assert (table[[0, 1, 30, 31]] == 255).all()  # the white lines between rows
+    assert (table[30:, 2 * 30 + 2:] == 255).all()  # the short row's empty places
+    assert fig._suptitle.get_text() == "steering"
     figures.pyplot().close(fig)
 
 

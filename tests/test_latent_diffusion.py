@@ -140,7 +140,10 @@ def test_figures_show_reconstructions_and_the_decoded_reverse_process(batch):
     model.train_step(*batch)
     figs = model.figures(*batch)
     assert set(figs) == {"reconstruction", "denoising"}
-    assert len(figs["denoising"].axes) == 8 * 10  # 8 samples, x_T and 9 kept steps
+    [table] = figs["denoising"].axes
+    assert len(table.get_yticks()) == 8  # 8 samples
+    assert [t.get_text() for t in table.get_xticklabels()][-1] == "x_0"
+    assert len(table.get_xticks()) == 10  # x_T and 9 kept steps
 
 
 def test_registered_family_is_conditional_with_diffusion_knobs():

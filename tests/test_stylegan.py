@@ -163,8 +163,12 @@ def test_decode_matches_generate_and_has_gradients_wrt_z(trained):
 def test_figures_are_the_style_mixing_grid_and_truncation_strip(trained, batch):
     figs = trained.figures(*batch)
     assert set(figs) == {"style_mixing", "truncation"}
-    rows, cols = len(figs["style_mixing"].axes), len(figs["truncation"].axes)
-    assert rows == 6 * 7 and cols == 6 * 6
+    [mixing], [truncation] = figs["style_mixing"].axes, figs["truncation"].axes
+    size = batch[0].shape[-1]
+    # a row of column sources, then a row per row source: source + 6 mixes
+    assert mixing.get_images()[0].get_array().shape[:2] == (6 * (size + 2) + 2, 7 * (size + 2) + 2)
+    assert len(truncation.get_yticks()) == 6
+    assert [t.get_text() for t in truncation.get_xticklabels()][::5] == ["psi 1.0", "psi 0.0"]
     for fig in figs.values():
         plt.close(fig)
 

@@ -129,23 +129,16 @@ class LatentDiffusion:
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Test images and their reconstructions; the latent reverse process, decoded."""
-        from trilemma.figures import pyplot
-
-        plt = pyplot()
-
-        from trilemma.figures import _image_row, denoising_figure
+        from trilemma.figures import denoising_figure, image_table
 
         real = x[:8].to(self.device)  # (8,C,S,S) in [0,1]
         mean, _ = self.ae.encode(real)
         recon = torch.sigmoid(self.ae.decoder(mean))
         mse = (recon - real).square().mean().item()
-        fig, axes = plt.subplots(2, len(real), figsize=(0.9 * len(real) + 1.6, 2.0), squeeze=False)
-        _image_row(axes[0], real.mul(255).round().to(torch.uint8).cpu(), "test")
-        _image_row(axes[1], recon.mul(255).round().to(torch.uint8).cpu(), f"decoded\nMSE {mse:.4f}")
         c, s, _ = self.latent_shape
-        fig.suptitle(f"autoencoder: test images through the {c}x{s}x{s} latent and back",
-                     fontsize=9)
-        fig.tight_layout()
+        fig = image_table([("test", real.mul(255).round().to(torch.uint8)),
+                           (f"decoded\nMSE {mse:.4f}", recon.mul(255).round().to(torch.uint8))],
+                          title=f"autoencoder: test images through the {c}x{s}x{s} latent and back")
 
         gen = torch.Generator().manual_seed(0)
         z_T = torch.randn(8, *self.latent_shape, generator=gen)

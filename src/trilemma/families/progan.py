@@ -29,7 +29,7 @@ from trilemma import distributed, ema, gan_losses, latent
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
-from trilemma.figures import _image_row, pyplot
+from trilemma.figures import image_table
 from trilemma.gan import load_pair_state, pair_state
 from trilemma.nets import progan
 from trilemma.train import adam
@@ -162,15 +162,11 @@ class ProGAN:
         level, _ = self.phase()
         z = latent.noise(n, self.latent_dim, torch.Generator().manual_seed(0)).to(self.device)
         rows = self.g_sampling.every_level(z, level + 1)
-        fig, axes = pyplot().subplots(len(rows), n, figsize=(0.9 * n + 0.8, 0.9 * len(rows)),
-                                 squeeze=False)
-        for ax_row, out in zip(axes, rows):
-            images = F.interpolate(out, size=self.image.size, mode="nearest")
-            _image_row(ax_row, ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu(),
-                       f"{out.shape[-1]}x{out.shape[-1]}")
-        fig.suptitle("the same latents at each resolution (toRGB of every level)", fontsize=9)
-        fig.tight_layout()
-        return {"growth": fig}
+        table = [(f"{out.shape[-1]}x{out.shape[-1]}",
+                  ((F.interpolate(out, size=self.image.size, mode="nearest") + 1) * 127.5)
+                  .round().clamp(0, 255).to(torch.uint8)) for out in rows]
+        return {"growth": image_table(
+            table, title="the same latents at each resolution (toRGB of every level)")}
 
     def state_dict(self) -> dict[str, Any]:
         return {**pair_state(self), "steps": self.steps}

@@ -163,33 +163,23 @@ class StyleGAN(GAN):
             torch.randn(cols, self.latent_dim, generator=g)
         cells = self.mix(row_z.repeat_interleave(cols, 0), col_z.repeat(rows, 1)).cpu()
         row_src, col_src = self.generate(row_z).cpu(), self.generate(col_z).cpu()
-        fig, axes = figures.pyplot().subplots(rows + 1, cols + 1, squeeze=False,
-                                              figsize=(cols + 1.8, rows + 1.2))
-        figures._image_row(axes[0, 1:], col_src, "")
-        axes[0, 0].set_axis_off()
-        for i in range(rows):
-            figures._image_row(axes[i + 1], torch.cat([row_src[i:i + 1],
-                                                       cells[i * cols:(i + 1) * cols]]), "")
+        blank = torch.full_like(col_src[:1], 255)  # the top-left corner
+        table = [("", torch.cat([blank, col_src]))]
+        table += [("", torch.cat([row_src[i:i + 1], cells[i * cols:(i + 1) * cols]]))
+                  for i in range(rows)]
         coarse = sorted({s for s, lv in zip(self.g.synthesis.sizes, self.g.synthesis.levels)
                          if lv <= max(self.g.synthesis.levels) // 2})
-        fig.suptitle(f"style mixing: coarse styles ({', '.join(map(str, coarse))} px layers) from "
-                     f"the left column, fine styles from the top row", fontsize=9)
-        fig.tight_layout()
-        return fig
+        return figures.image_table(
+            table, title=f"style mixing: coarse styles ({', '.join(map(str, coarse))} px layers) "
+                         f"from the left column, fine styles from the top row")
 
     def _truncation_figure(self, g: torch.Generator, rows: int = 6) -> plt.Figure:
         psis = torch.linspace(1, 0, 6).tolist()
         z = torch.randn(rows, self.latent_dim, generator=g)
-        fig, axes = figures.pyplot().subplots(rows, len(psis), squeeze=False,
-                                              figsize=(len(psis) + 0.8, rows + 0.6))
         strips = torch.stack([self.generate(z, truncation=p).cpu() for p in psis], 1)  # (R,P,...)
-        for i in range(rows):
-            figures._image_row(axes[i], strips[i], "")
-        for ax, p in zip(axes[0], psis):
-            ax.set_title(f"psi {p:.1f}", fontsize=8)
-        fig.suptitle("truncation in w space: w_avg + psi (w - w_avg)", fontsize=9)
-        fig.tight_layout()
-        return fig
+        return figures.image_table([("", strip) for strip in strips],
+                                   titles=[f"psi {p:.1f}" for p in psis],
+                                   title="truncation in w space: w_avg + psi (w - w_avg)")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

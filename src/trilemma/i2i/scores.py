@@ -74,17 +74,11 @@ def _ssim_chunk(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def examples_figure(task: Task, translate, x: torch.Tensor, title: str):
     """Rows input | baseline | output | target for digits x (n,C,S,S) in [0,1]; `translate` maps
     task inputs to outputs. Small inputs are shown blown up with nearest neighbours."""
-    from trilemma.figures import _image_row, pyplot
+    from trilemma.figures import image_table
 
     inputs, target = task.pair(x)
     size = target.shape[-1]
     shown = inputs if inputs.shape[-1] == size else F.interpolate(inputs, size=size, mode="nearest")
     rows = [("input", shown), (task.baseline_name.replace(" ", "\n", 1), task.baseline(inputs)),
             ("output", translate(inputs).cpu()), ("target", target)]
-    fig, axes = pyplot().subplots(len(rows), len(x), figsize=(0.9 * len(x) + 1.6, 0.95 * len(rows)),
-                             squeeze=False)
-    for ax_row, (label, images) in zip(axes, rows):
-        _image_row(ax_row, quantise(images), label)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return image_table([(label, quantise(images)) for label, images in rows], title=title)
