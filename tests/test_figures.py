@@ -35,7 +35,7 @@ def test_image_table_is_one_picture_with_row_labels_column_titles_and_empty_plac
         assert (table[2 + 30 * row:30 + 30 * row, 2 + 30 * col:30 + 30 * col] == 0).all()
     assert (table[[0, 1, 30, 31]] == 255).all()  # the white lines between rows
     assert (table[30:, 2 * 30 + 2:] == 255).all()  # the short row's empty places
-    assert fig._suptitle.get_text() == "steering"
+    assert fig.get_suptitle() == "steering"
     figures.pyplot().close(fig)
 
 
