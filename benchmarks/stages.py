@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.common import STAGE_LOG
-from trilemma.stage_log import Runs, latest_runs, read, totals
+from trilemma.stage_log import Runs, latest_runs, read, stage_name, totals
 
 PER_FAMILY = ("train", "sample", "evaluate")
 SINGLE = ("download", "train-classifier", "report")
@@ -51,7 +51,7 @@ def table(profile: str, runs: Runs) -> str:
     others = sorted((k for k in runs if k[0] not in PER_FAMILY and k[0] not in SINGLE),
                     key=lambda k: runs[k]["started"])  # image-to-image, referee, control
     for stage, family in others:
-        row(f"{stage}@{family}" if family else stage, [runs[(stage, family)]], ["–"] * 3)
+        row(stage_name(stage, family), [runs[(stage, family)]], ["–"] * 3)
     for stage in SINGLE[2:]:
         if (stage, None) in runs:
             row(stage, [runs[(stage, None)]], ["–"] * 3)
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             continue
         text = table(profile, runs)
-        device = sorted({e["device"] for e in runs.values()})[0]
-        path = args.out / f"stages-{profile}-{slug(device)}.md"
+        devices = totals(runs).devices or ("no device",)
+        path = args.out / f"stages-{profile}-{slug(devices[0])}.md"
         path.write_text(f"# Pipeline stage times\n\n{text}")
         print(text)
         print(f"wrote {path}\n")

@@ -60,14 +60,16 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
     (process start to end) and start-up seconds (process start to the command's first line:
     interpreter and imports). A log that cannot be written is skipped: it is never worth failing
     a stage for."""
-    import torch
-
     from pipeline import STARTED
-    from trilemma import distributed
-    from trilemma.runtime import peak_memory
 
-    if not distributed.is_rank0():  # one line per command, from rank 0
-        return
+    # report and download never import torch, and importing it here would add seconds to them:
+    # without it the stage ran as one process and used no device (device and memory: None)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        from trilemma import distributed
+
+        if not distributed.is_rank0():  # one line per command, from rank 0
+            return
     global _previous_end
     ended = time.time()
     # several commands in one process (tests): only the first one paid for the imports
@@ -80,14 +82,18 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
         profile = read_params_file(params).get("profile", "quick")
     except Exception:  # a bad params file was reported by the stage itself
         profile = None
-    gpu = kwargs.get("device") != "cpu" and torch.cuda.is_available()
-    entry = {"stage": stage, "family": kwargs.get("family"), "profile": profile,
-             "device": torch.cuda.get_device_name() if gpu else
-             f"cpu ({torch.get_num_threads()} threads)",
+    device, memory = None, {"peak_gpu_memory_gib": None, "peak_rss_gib": None}
+    if torch is not None:
+        from trilemma.runtime import peak_memory
+
+        gpu = kwargs.get("device") != "cpu" and torch.cuda.is_available()
+        device = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
+        memory = peak_memory(torch.device("cuda" if gpu else "cpu"))
+    entry = {"stage": stage, "family": kwargs.get("family"), "profile": profile, "device": device,
              "status": status, "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
              "wall_seconds": round(ended - started, 2),
              "startup_seconds": round(body_started - started, 2),
-             **peak_memory(torch.device("cuda" if gpu else "cpu"))}
+             **memory}
     if not params.is_file():  # not in a repo (nor pointed at one): no logs/ folder made here
         return
     log_path = params.parent / STAGE_LOG  # in the repo whose params.yaml ran, from any folder

@@ -46,9 +46,9 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
     if dry_run:
         return print_settings({family: cfg.model_dump(), "evaluate": p.evaluate.model_dump(),
                                "data": p.data.model_dump(), "device": str(dev)})
-    from trilemma import data, figures, i2i, metrics
+    from trilemma import data, figures, i2i, metrics, pixels
     from trilemma.classifier import judge_for, load_judge
-    from trilemma.i2i.scores import EXAMPLES, examples_figure, quantise
+    from trilemma.i2i.scores import EXAMPLES, examples_figure
 
     images = data.load_npz(paths.DATA, p.data)
     judge = load_judge(paths.CLASSIFIER, dev)
@@ -62,11 +62,11 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
         t0 = time.perf_counter()
         out = model.translate(inputs).cpu()  # the copy waits for the device
         seconds += time.perf_counter() - t0
-        outputs.append(quantise(out))
-        baselines.append(quantise(task.baseline(inputs)))
-        targets.append(quantise(target))
+        outputs.append(pixels.from_unit(out))
+        baselines.append(pixels.from_unit(task.baseline(inputs)))
+        targets.append(pixels.from_unit(target))
         if back is not None:
-            backs.append(quantise(back(target).cpu()))
+            backs.append(pixels.from_unit(back(target).cpu()))
     out_u8, base_u8, target_u8 = (torch.cat(t).numpy() for t in (outputs, baselines, targets))
     labels = images.y_test
     with tracking.stage_run("evaluate-i2i", family, p.profile) as run:
@@ -78,7 +78,7 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
         result.update({f"baseline_{k}": v for k, v in score(
             metrics, judge, dev, bs, base_u8, target_u8, labels, real).items()})
         if back is not None:  # B -> A against the original digits
-            digits = quantise(x).numpy()
+            digits = pixels.from_unit(x).numpy()
             result.update({f"back_{k}": v for k, v in score(
                 metrics, judge, dev, bs, torch.cat(backs).numpy(), digits, labels,
                 metrics.embed(judge, digits, dev, bs)).items()})

@@ -94,7 +94,7 @@ def recorded_seconds() -> dict[str, float]:
     profile = raw.get("profile", "quick") if isinstance(raw, dict) else "quick"
     try:  # the log only orders the stages: one that cannot be read orders nothing
         runs = stage_log.latest_runs(stage_log.read(STAGE_LOG)).get(profile, {})
-        return {f"{stage}@{family}" if family else stage: float(entry["wall_seconds"])
+        return {stage_log.stage_name(stage, family): float(entry["wall_seconds"])
                 for (stage, family), entry in runs.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}

@@ -118,14 +118,15 @@ def test_profile_mapping_without_quick_and_full_names_its_key():
         parse_params(raw)
 
 
-def test_reference_profile_changes_only_lengths_warmups_and_ema():
+def test_reference_profile_changes_only_lengths_warmups_lr_decay_and_ema():
     """reference is quick's networks and recipes trained longer: every family setting it
-    changes is a training length, a warm-up or an EMA decay (the recipes stay quick's)."""
+    changes is a training length, a warm-up, the lr's decay over the length or an EMA decay
+    (networks, objectives and samplers stay quick's)."""
     raw = base_params()
     quick = parse_params(raw)
     ref = parse_params(with_overrides(raw, {"profile": "reference"}))
     allowed = {"epochs", "max_steps", "ae_steps", "warmup_steps", "resolution_steps",
-               "fade_steps", "ema_decay"}
+               "fade_steps", "ema_decay", "lr_schedule"}
     pairs = [(families.config(quick, n), families.config(ref, n)) for n in quick.families]
     pairs += [(i2i.config(quick, n), i2i.config(ref, n)) for n in quick.i2i_families]
     for a, b in ((a.model_dump(), b.model_dump()) for a, b in pairs):

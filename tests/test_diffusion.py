@@ -4,6 +4,8 @@ pure functions are tested in test_diffusion_math.py."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import assert_resume_repeats_the_next_step, params_of, same_params
@@ -307,6 +309,33 @@ def test_warm_up_raises_the_learning_rate_linearly_and_adam_uses_beta2():
         model.train_step(*fake_batch(seed=step))
         rates.append(model.opt.param_groups[0]["lr"])
     assert rates == pytest.approx([1e-3 * k / 4 for k in (1, 2, 3, 4, 4, 4)])
+
+
+def test_cosine_schedule_warms_up_then_falls_along_a_half_cosine_to_zero():
+    model = build("ddpm", **RECIPE, lr_schedule="cosine", max_steps=12)
+    rates = []
+    for step in range(12):
+        model.train_step(*fake_batch(seed=step))
+        rates.append(model.opt.param_groups[0]["lr"])
+    # 4 warm-up steps, then 8 of cosine: progress k/8 at steps 4..11
+    expected = [1e-3 * k / 4 for k in (1, 2, 3, 4)] + \
+        [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert rates == pytest.approx(expected)
+    assert rates[8] == pytest.approx(5e-4)  # half way through the cosine: half the lr
+    model.steps = 12
+    assert model.lr() == 0.0  # the last planned step has passed: nothing left to learn at
+
+
+def test_cosine_schedule_of_latent_diffusion_spans_its_diffusion_steps_only():
+    model = families.build("latent_diffusion", families.REGISTRY["latent_diffusion"].Config(
+        epochs=1, batch_size=8, lr=1e-3, widths=[8, 16], timesteps=20, ae_steps=3, max_steps=10,
+        lr_schedule="cosine"), CPU)
+    assert model.diffusion.lr_steps == 7
+
+
+def test_cosine_schedule_without_max_steps_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule cosine needs max_steps"):
+        families.REGISTRY["ddpm"].Config(**TINY, lr_schedule="cosine")
 
 
 def test_recipe_trains_with_a_finite_loss_and_resumes_exactly():

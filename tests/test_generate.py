@@ -101,18 +101,18 @@ def digit_inputs(name: str, folder, count: int = 3) -> tuple[np.ndarray, np.ndar
     from trilemma import data, i2i
     from trilemma.classifier import load_judge
     from trilemma.config import load_params
-    from trilemma.i2i.scores import quantise
+    from trilemma import pixels
 
     p = load_params("params.yaml")
     cpu = torch.device("cpu")
     model = i2i.load(name, i2i.config(p, name), f"models/{name}.pt", cpu,
                      load_judge("models/classifier.pt", cpu))
     x = torch.from_numpy(data.load_npz("data/images.npz", p.data).x_test[:count]).float() / 255
-    inputs = quantise(model.task.pair(x)[0]).numpy()
+    inputs = pixels.from_unit(model.task.pair(x)[0]).numpy()
     folder.mkdir(exist_ok=True)
     for k, image in enumerate(inputs):
         Image.fromarray(image[0]).save(folder / f"{k}.png")
-    expected = quantise(model.translate(torch.from_numpy(inputs).float() / 255).cpu()).numpy()
+    expected = pixels.from_unit(model.translate(torch.from_numpy(inputs).float() / 255).cpu()).numpy()
     return inputs, expected
 
 

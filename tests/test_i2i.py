@@ -22,7 +22,7 @@ from trilemma.config import parse_params
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.i2i import tasks
-from trilemma.i2i.scores import PSNR_CAP, psnr, quantise, ssim
+from trilemma.i2i.scores import PSNR_CAP, psnr, ssim
 from trilemma.registry import REGISTRY
 from trilemma.report.images import Images
 
@@ -236,11 +236,6 @@ def test_untranslated_baseline_of_a_single_pixel_has_the_expected_psnr():
     inputs, target = task.pair(x)
     # 8 of 784 pixels off by 1: MSE 8/784
     assert psnr(task.baseline(inputs), target).item() == pytest.approx(10 * math.log10(784 / 8))
-
-
-def test_quantise_rounds_to_uint8():
-    assert torch.equal(quantise(torch.tensor([0.0, 0.5, 1.2, -0.1])),
-                       torch.tensor([0, 128, 255, 0], dtype=torch.uint8))
 
 
 # --- params ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -185,3 +186,24 @@ def test_dvc_reads_its_lock_file_with_libyaml():
     from ruamel.yaml import YAML
 
     assert YAML(typ="safe").Parser.__name__ == "CParser"
+
+
+LOG_PROBE = """
+import json, sys, time
+from pipeline.common import record_stage
+record_stage("report", {{"params": {params!r}}}, "ok", time.time())
+print("torch" in sys.modules)
+"""
+
+
+def test_logging_a_stage_that_never_imported_torch_does_not_import_it(tmp_path):
+    """report and download never import torch: their stage-log line must not cost its import."""
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: quick\n")
+    out = subprocess.run([sys.executable, "-c", LOG_PROBE.format(params=str(params))],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "False"
+    [entry] = [json.loads(line) for line in (tmp_path / "logs/stages.jsonl").read_text().splitlines()]
+    assert entry["stage"] == "report" and entry["profile"] == "quick"
+    assert entry["device"] is None and entry["peak_gpu_memory_gib"] is None
+    assert entry["wall_seconds"] >= entry["startup_seconds"] >= 0

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from trilemma import families
+from trilemma import families, pixels
 from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.families import stylegan
@@ -95,7 +95,7 @@ def test_truncation_zero_gives_the_average_w_image_for_every_latent(trained):
     images = trained.generate(latents(5, 0), truncation=0.0)
     assert all(torch.equal(images[0], image) for image in images[1:])
     ws = w_avg[None, None].expand(1, trained.g.num_styles, -1)
-    expected = stylegan.to_uint8((trained.g.synthesis(ws) + 1) / 2)
+    expected = pixels.from_unit((trained.g.synthesis(ws) + 1) / 2)
     assert torch.equal(images[:1], expected)
     # `sample` draws fresh noise maps: its samples at psi 0 differ by the noise alone
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731

@@ -1,19 +1,20 @@
 """The diffusion family as a trainee: eps- or v-prediction training (min-SNR weighting, lr
-warm-up), an EMA of the weights for sampling, sampling and img2img (noise a real image to step t,
-denoise it) through `diffusion.sample_loop`. It receives the network and defines no layers; the
-math is in `diffusion`. `ddpm` and `cfg_diffusion` are this class, unconditional and
-class-conditional; `latent_diffusion` runs it on a latent grid."""
+warm-up, then a constant or cosine-decaying lr), an EMA of the weights for sampling, sampling and
+img2img (noise a real image to step t, denoise it) through `diffusion.sample_loop`. It receives
+the network and defines no layers; the math is in `diffusion`. `ddpm` and `cfg_diffusion` are
+this class, unconditional and class-conditional; `latent_diffusion` runs it on a latent grid."""
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from trilemma import diffusion, distributed
+from trilemma import diffusion, distributed, pixels
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.ema import warmed_up
@@ -26,6 +27,9 @@ class DiffusionConfig(TrainConfig):
     prediction: diffusion.Prediction = "eps"  # the network's target: the noise, or v
     min_snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma loss weights; None: equal
     warmup_steps: int = Field(0, ge=0)  # lr rises linearly to `lr` over these first steps
+    # after the warm-up the lr stays (constant) or falls along a half cosine to 0 at the last of
+    # max_steps (cosine; latent diffusion: of its diffusion steps)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     beta2: float = Field(0.999, ge=0, lt=1)  # Adam's second-moment decay
     spacing: diffusion.Spacing = "linspace"  # where a sampler's few steps fall in 0..T-1
     widths: list[int] = Field([32, 64, 64], min_length=1, max_length=4)  # U-Net channels per level
@@ -43,6 +47,12 @@ class DiffusionConfig(TrainConfig):
             raise ValueError("every width must be at least 4")
         return widths
 
+    @model_validator(mode="after")
+    def _cosine_has_an_end(self) -> "DiffusionConfig":
+        if self.lr_schedule == "cosine" and self.max_steps is None:
+            raise ValueError("lr_schedule cosine needs max_steps: the cosine ends at the last step")
+        return self
+
 
 # a hook that shifts the noise prediction eps (n,C,S,S) of x_t at step t: classifier guidance
 Guide = diffusion.Guide
@@ -58,14 +68,16 @@ PREVIEW_GUIDANCE = 3.0
 
 def _images(x: torch.Tensor) -> torch.Tensor:
     """[-1,1] floats (n,C,S,S) -> uint8 (n,C,S,S) on the CPU."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return pixels.from_signed(x).cpu()
 
 
 class Diffusion:
     def __init__(self, cfg: DiffusionConfig, net: nn.Module, device: torch.device,
                  image: ImageSpec, *, conditional: bool = False, label_dropout: float = 0.0,
-                 clip: bool = True):
+                 clip: bool = True, lr_steps: int | None = None):
+        """`lr_steps`: the denoising steps a cosine lr schedule spans (default max_steps)."""
         self.cfg, self.device, self.image, self.conditional = cfg, device, image, conditional
+        self.lr_steps = lr_steps or cfg.max_steps
         self.label_dropout = label_dropout
         self.clip = clip  # sampling keeps the predicted x0 in [-1,1]: pixels yes, latents no
         self.knobs = ("sampler", "steps", "eta") + (("guidance",) if conditional else ())
@@ -106,13 +118,22 @@ class Diffusion:
         loss.backward()
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
-        if self.cfg.warmup_steps:  # a function of the step count alone: resuming repeats it
-            for group in self.opt.param_groups:
-                group["lr"] = self.cfg.lr * min(1.0, (self.steps + 1) / self.cfg.warmup_steps)
+        for group in self.opt.param_groups:  # a function of the step count: resuming repeats it
+            group["lr"] = self.lr()
         self.opt.step()
         self._update_ema()
         self.steps += 1
         return {"loss": loss.detach()}
+
+    def lr(self) -> float:
+        """The lr of the step about to be taken: warm-up, then constant or cosine to 0."""
+        cfg, step = self.cfg, self.steps
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.lr_steps - cfg.warmup_steps))
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
     @torch.no_grad()
     def _update_ema(self) -> None:

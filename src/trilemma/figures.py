@@ -1,4 +1,4 @@
-"""Image primitives and the figures stages and families draw: image grids and rows, latent
+"""Image primitives and the figures stages and families draw: image grids and tables, latent
 scatter, confusion matrix, denoising and reconstruction. The report's own plots live in
 trilemma.report.plots."""
 
@@ -141,9 +141,11 @@ def image_table(rows: list[tuple[str, torch.Tensor | np.ndarray]],
     fig, ax = pyplot().subplots(figsize=(cell * cols + 0.8, cell * len(rows) + 0.3 + 0.3 * bool(title)))
     ax.imshow(table[..., 0] if channels == 1 else table, cmap="gray", vmin=0, vmax=255,
               interpolation="nearest")
-    centre = padding + np.arange(max(cols, len(rows))) * (height + padding) + (height - 1) / 2
-    ax.set_yticks(centre[:len(rows)], [label for label, _ in rows], fontsize=8)
-    ax.set_xticks(centre[:cols] if titles else [], titles or [], fontsize=8)
+    # an image's centre in the table, in pixels: rows step by its height, columns by its width
+    row_centres = padding + np.arange(len(rows)) * (height + padding) + (height - 1) / 2
+    col_centres = padding + np.arange(cols) * (width + padding) + (width - 1) / 2
+    ax.set_yticks(row_centres, [label for label, _ in rows], fontsize=8)
+    ax.set_xticks(col_centres if titles else [], titles or [], fontsize=8)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
     for side in ax.spines.values():

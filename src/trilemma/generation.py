@@ -140,10 +140,10 @@ def input_size(task, image) -> int:
 @torch.no_grad()
 def translate(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """uint8 inputs (n,C,s,s) -> uint8 translations (n,C,S,S), in batches."""
-    from trilemma.i2i.scores import quantise
+    from trilemma import pixels
 
     x = torch.from_numpy(images).float() / 255
-    out = [quantise(model.translate(x[i:i + batch_size]).cpu()) for i in range(0, len(x), batch_size)]
+    out = [pixels.from_unit(model.translate(x[i:i + batch_size]).cpu()) for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy()
 
 

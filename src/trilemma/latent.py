@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from trilemma import pixels
+
 Generate = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
@@ -31,7 +33,7 @@ class Decoded:
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (n,L) [+ classes (n,)] -> uint8 images (n,C,S,S): `decode`, rounded."""
-        return self.decode(z, labels).mul(255).round().to(torch.uint8)
+        return pixels.from_unit(self.decode(z, labels))
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None,

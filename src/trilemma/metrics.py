@@ -134,7 +134,7 @@ def embed_inception(net: nn.Module, images: np.ndarray, device: torch.device,
 # Every metric is given whole feature sets, already gathered (`embed(shard=True)`).
 
 
-def _gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _mean_and_covariance(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (F,) and unbiased covariance (F,F) of features (n,F), in float64."""
     x = features.double()
     n = len(x)
@@ -156,8 +156,8 @@ def _frechet(real: tuple[torch.Tensor, torch.Tensor], fake: tuple[torch.Tensor, 
 def fids(real: torch.Tensor, fakes: Iterable[torch.Tensor]) -> list[float]:
     """Frechet distance between the features `real` (n,F) and each feature set in `fakes` (read
     one at a time); the real statistics are computed once."""
-    real_stats = _gaussian(real)
-    return [_frechet(real_stats, _gaussian(fake)) for fake in fakes]
+    real_stats = _mean_and_covariance(real)
+    return [_frechet(real_stats, _mean_and_covariance(fake)) for fake in fakes]
 
 
 def fid(real: torch.Tensor, fake: torch.Tensor) -> float:

@@ -92,13 +92,14 @@ def translator_scores(model, judge: Judge, x: torch.Tensor, labels: np.ndarray,
                       device: torch.device) -> Callable[[], dict[str, float]]:
     """The probe of an image-to-image family: its translations of the task inputs of fixed test
     images x (n,C,S,S) in [0,1]; PSNR against the targets and the judge's accuracy on them."""
-    from trilemma.i2i.scores import psnr, quantise
+    from trilemma import pixels
+    from trilemma.i2i.scores import psnr
 
     inputs, target = model.task.pair(x)
-    true = quantise(target).float() / 255
+    true = pixels.from_unit(target).float() / 255
 
     def score() -> dict[str, float]:
-        out = quantise(model.translate(inputs).cpu())  # (n,C,S,S) uint8, as evaluate-i2i scores
+        out = pixels.from_unit(model.translate(inputs).cpu())  # (n,C,S,S) uint8, as evaluate-i2i scores
         embedded = metrics.embed(judge, out, device)
         return {"n": len(out), "psnr": float(psnr(out.float() / 255, true).mean()),
                 "judge_accuracy": float((embedded.predictions == labels).mean())}

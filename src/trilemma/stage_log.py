@@ -12,6 +12,11 @@ from pathlib import Path
 Runs = dict[tuple[str, str | None], dict]  # (stage, family) -> its log entry
 
 
+def stage_name(stage: str, family: str | None) -> str:
+    """DVC's name of a stage: `train@vae` for a family's, `report` for one of its own."""
+    return f"{stage}@{family}" if family else stage
+
+
 def read(path: Path) -> list[dict]:
     """The log's entries; a line that is not JSON (a write cut short) is skipped."""
     entries = []
@@ -68,4 +73,5 @@ def totals(runs: Runs) -> Totals:
                   startup_seconds=sum(e["startup_seconds"] for e in every),
                   span_seconds=(max(end(e) for e in every) - first).total_seconds(),
                   first_start=first,
-                  devices=tuple(sorted({e["device"] for e in every})))
+                  # None: a stage that used no device (report, download)
+                  devices=tuple(sorted({e["device"] for e in every if e.get("device")})))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from trilemma import distributed
+from trilemma import distributed, pixels
 from trilemma.data import ImageSpec
 from trilemma.denoising import PREVIEW_GUIDANCE, PREVIEW_STEPS, Diffusion, DiffusionConfig
 from trilemma.errors import ConfigError
@@ -61,7 +61,7 @@ def latent_size(cfg: Config, image: ImageSpec) -> int:
 
 def _pixels(logits: torch.Tensor) -> torch.Tensor:
     """Decoder logits (n,C,S,S) -> uint8 images on the CPU."""
-    return torch.sigmoid(logits).mul(255).round().to(torch.uint8).cpu()
+    return pixels.from_unit(torch.sigmoid(logits)).cpu()
 
 
 class LatentDiffusion:
@@ -79,7 +79,8 @@ class LatentDiffusion:
         latent_image = ImageSpec(cfg.latent_channels, grid, image.classes)
         # unclipped: x0 predictions are unit-variance latents, not pixels in [-1,1]
         self.diffusion = Diffusion(cfg, unet, device, latent_image, conditional=True,
-                                   label_dropout=cfg.label_dropout, clip=False)
+                                   label_dropout=cfg.label_dropout, clip=False,
+                                   lr_steps=cfg.max_steps and cfg.max_steps - cfg.ae_steps)
         self.knobs, self.timesteps = self.diffusion.knobs, self.diffusion.timesteps
         # one dict with the diffusion's: `fit` swaps DDP wrappers into it for both trainees
         self.nets = self.diffusion.nets
@@ -136,8 +137,8 @@ class LatentDiffusion:
         recon = torch.sigmoid(self.ae.decoder(mean))
         mse = (recon - real).square().mean().item()
         c, s, _ = self.latent_shape
-        fig = image_table([("test", real.mul(255).round().to(torch.uint8)),
-                           (f"decoded\nMSE {mse:.4f}", recon.mul(255).round().to(torch.uint8))],
+        fig = image_table([("test", pixels.from_unit(real)),
+                           (f"decoded\nMSE {mse:.4f}", pixels.from_unit(recon))],
                           title=f"autoencoder: test images through the {c}x{s}x{s} latent and back")
 
         gen = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from trilemma import distributed, ema, gan_losses, latent
+from trilemma import distributed, ema, gan_losses, latent, pixels
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
 from trilemma.errors import ConfigError
@@ -148,7 +148,7 @@ class ProGAN:
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (n,L) -> uint8 images (n,C,S,S), as `decode`."""
-        return (self.decode(z, labels) * 255).round().to(torch.uint8)
+        return pixels.from_unit(self.decode(z, labels))
 
     def sample(self, n: int, labels: torch.Tensor | None = None,
                generator: torch.Generator | None = None,
@@ -163,8 +163,8 @@ class ProGAN:
         z = latent.noise(n, self.latent_dim, torch.Generator().manual_seed(0)).to(self.device)
         rows = self.g_sampling.every_level(z, level + 1)
         table = [(f"{out.shape[-1]}x{out.shape[-1]}",
-                  ((F.interpolate(out, size=self.image.size, mode="nearest") + 1) * 127.5)
-                  .round().clamp(0, 255).to(torch.uint8)) for out in rows]
+                  pixels.from_signed(F.interpolate(out, size=self.image.size, mode="nearest")))
+                 for out in rows]
         return {"growth": image_table(
             table, title="the same latents at each resolution (toRGB of every level)")}
 

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from trilemma import distributed, figures, gan_losses
+from trilemma import distributed, figures, gan_losses, pixels
 from trilemma.data import ImageSpec
 from trilemma.gan import GAN, GANConfig
 from trilemma.train import adam
@@ -131,7 +131,7 @@ class StyleGAN(GAN):
         """Latents (n,latent_dim) -> uint8 images (n,C,S,S): `decode` rounded, at psi
         `truncation` (None: 1)."""
         psi = 1.0 if truncation is None else truncation
-        return to_uint8(self._images(self._ws(z, psi)))
+        return pixels.from_unit(self._images(self._ws(z, psi)))
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None,
@@ -143,7 +143,7 @@ class StyleGAN(GAN):
         noise = [torch.randn(n, *shape, generator=generator).to(self.device)
                  for shape in self.g.synthesis.noise_shapes()]
         psi = 1.0 if truncation is None else truncation
-        return to_uint8(self._images(self._ws(z, psi), noise))
+        return pixels.from_unit(self._images(self._ws(z, psi), noise))
 
     @torch.no_grad()
     def mix(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
@@ -152,7 +152,8 @@ class StyleGAN(GAN):
         other layers that of `fine` (n,latent_dim); fixed noise maps."""
         levels = torch.tensor(self.g.synthesis.levels, device=self.device)
         is_coarse = (levels <= levels.max() // 2)[None, :, None]  # (1,L,1)
-        return to_uint8(self._images(torch.where(is_coarse, self._ws(coarse), self._ws(fine))))
+        ws = torch.where(is_coarse, self._ws(coarse), self._ws(fine))
+        return pixels.from_unit(self._images(ws))
 
     def figures(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         g = torch.Generator().manual_seed(0)
@@ -180,11 +181,6 @@ class StyleGAN(GAN):
         return figures.image_table([("", strip) for strip in strips],
                                    titles=[f"psi {p:.1f}" for p in psis],
                                    title="truncation in w space: w_avg + psi (w - w_avg)")
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [0,1] -> uint8, rounded."""
-    return (images * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def build(cfg: Config, device: torch.device, image: ImageSpec) -> StyleGAN:

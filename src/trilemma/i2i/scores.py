@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trilemma import pixels
 from trilemma.i2i.tasks import Task
 
 PSNR_CAP = 100.0  # dB, for identical images (the formula gives inf); uint8 images that differ
@@ -16,11 +17,6 @@ PSNR_CAP = 100.0  # dB, for identical images (the formula gives inf); uint8 imag
 SSIM_CHUNK = 100  # images per convolution
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # the Gaussian window's side and its std in pixels
 EXAMPLES = 8  # test images in the input | baseline | output | target figure
-
-
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """[0,1] floats -> uint8, as the images would be saved."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -81,4 +77,4 @@ def examples_figure(task: Task, translate, x: torch.Tensor, title: str):
     shown = inputs if inputs.shape[-1] == size else F.interpolate(inputs, size=size, mode="nearest")
     rows = [("input", shown), (task.baseline_name.replace(" ", "\n", 1), task.baseline(inputs)),
             ("output", translate(inputs).cpu()), ("target", target)]
-    return image_table([(label, quantise(images)) for label, images in rows], title=title)
+    return image_table([(label, pixels.from_unit(images)) for label, images in rows], title=title)
