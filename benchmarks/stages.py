@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             continue
         text = table(profile, runs)
-        devices = totals(runs).devices or ("no device",)
-        path = args.out / f"stages-{profile}-{slug(devices[0])}.md"
+        path = args.out / f"stages-{profile}-{slug(totals(runs).devices[0])}.md"
         path.write_text(f"# Pipeline stage times\n\n{text}")
         print(text)
         print(f"wrote {path}\n")

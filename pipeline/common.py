@@ -62,8 +62,8 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
     a stage for."""
     from pipeline import STARTED
 
-    # report and download never import torch, and importing it here would add seconds to them:
-    # without it the stage ran as one process and used no device (device and memory: None)
+    # download never imports torch, and importing it here would add seconds to it: a stage
+    # without torch ran as one process and used no device (device and memory: None)
     torch = sys.modules.get("torch")
     if torch is not None:
         from trilemma import distributed

@@ -10,9 +10,10 @@ import pytest
 import torch
 from conftest import assert_resume_repeats_the_next_step, params_of, same_params
 
-from trilemma import diffusion, families
+from trilemma import diffusion, families, registry
 from trilemma.data import ImageSpec
 from trilemma.nets.unet import UNet, timestep_embedding
+from trilemma.train import fit
 
 CPU = torch.device("cpu")
 TINY = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "widths": [8, 16], "patch": 2, "timesteps": 20}
@@ -312,7 +313,8 @@ def test_warm_up_raises_the_learning_rate_linearly_and_adam_uses_beta2():
 
 
 def test_cosine_schedule_warms_up_then_falls_along_a_half_cosine_to_zero():
-    model = build("ddpm", **RECIPE, lr_schedule="cosine", max_steps=12)
+    model = build("ddpm", **RECIPE, lr_schedule="cosine")
+    model.plan(12)
     rates = []
     for step in range(12):
         model.train_step(*fake_batch(seed=step))
@@ -326,16 +328,35 @@ def test_cosine_schedule_warms_up_then_falls_along_a_half_cosine_to_zero():
     assert model.lr() == 0.0  # the last planned step has passed: nothing left to learn at
 
 
-def test_cosine_schedule_of_latent_diffusion_spans_its_diffusion_steps_only():
-    model = families.build("latent_diffusion", families.REGISTRY["latent_diffusion"].Config(
-        epochs=1, batch_size=8, lr=1e-3, widths=[8, 16], timesteps=20, ae_steps=3, max_steps=10,
-        lr_schedule="cosine"), CPU)
-    assert model.diffusion.lr_steps == 7
+def test_fit_plans_the_cosine_over_the_steps_it_takes(tmp_path):
+    """The cosine spans the steps `fit` takes (here 2 epochs of 3 batches: 6, not max_steps 50);
+    latent diffusion's spans those after its autoencoder's."""
+    x = torch.randint(0, 256, (24, 1, 28, 28), dtype=torch.uint8)
+    y = torch.arange(24) % 10
+    for name, extra, span in (("ddpm", {}, 6), ("latent_diffusion", {"ae_steps": 2}, 4)):
+        settings = {**registry.REGISTRY[name].tiny, **extra, "lr": 1e-3, "batch_size": 8,
+                    "epochs": 2, "max_steps": 50, "lr_schedule": "cosine"}
+        cfg = families.REGISTRY[name].Config(**settings)
+        model = families.build(name, cfg, CPU)
+        fit(model, x, y, cfg, name=name, device=CPU, seed=0,
+            checkpoint=tmp_path / f"{name}.pt", fingerprint="f")
+        diffusion = getattr(model, "diffusion", model)
+        assert diffusion.lr_steps == span and diffusion.steps == span
 
 
-def test_cosine_schedule_without_max_steps_is_refused():
-    with pytest.raises(ValueError, match="lr_schedule cosine needs max_steps"):
-        families.REGISTRY["ddpm"].Config(**TINY, lr_schedule="cosine")
+def test_cosine_schedule_needs_the_runs_length():
+    model = build("ddpm", lr_schedule="cosine")
+    with pytest.raises(RuntimeError, match="plan"):
+        model.train_step(*fake_batch())
+
+
+def test_cosine_recipe_resumes_exactly():
+    def planned(seed):
+        model = build("ddpm", seed, **RECIPE, lr_schedule="cosine")
+        model.plan(6)
+        return model
+
+    assert_resume_repeats_the_next_step(planned, fake_batch(), steps=5)
 
 
 def test_recipe_trains_with_a_finite_loss_and_resumes_exactly():

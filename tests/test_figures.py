@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trilemma import figures, pixels
+from trilemma import figures
 
 
 def test_grid_array_places_each_image_between_white_lines_and_fills_empty_places_white():
@@ -48,13 +48,6 @@ def test_image_table_places_labels_by_height_and_titles_by_width_for_wide_images
     assert list(ax.get_xticks()) == [2 + 19.5, 2 + 42 + 19.5, 2 + 84 + 19.5]  # columns by width
     assert ax.get_images()[0].get_array().shape == (2 * 12 + 2, 3 * 42 + 2)
     figures.pyplot().close(fig)
-
-
-def test_pixels_round_and_clamp_to_uint8():
-    assert torch.equal(pixels.from_unit(torch.tensor([0.0, 0.5, 1.2, -0.1, 0.999])),
-                       torch.tensor([0, 128, 255, 0, 255], dtype=torch.uint8))
-    assert torch.equal(pixels.from_signed(torch.tensor([-1.0, 0.0, 1.01, -1.2, 0.997])),
-                       torch.tensor([0, 128, 255, 0, 255], dtype=torch.uint8))
 
 
 def test_grids_take_uint8_tensors_or_arrays_and_refuse_other_dtypes(tmp_path):

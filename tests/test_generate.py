@@ -98,10 +98,9 @@ def test_diffusion_settings_change_the_images(repo):
 def digit_inputs(name: str, folder, count: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """The task inputs of `count` test digits, written as PNG files to `folder`, and the
     translator's outputs for them, both uint8 (count,1,s,s) and (count,1,28,28)."""
-    from trilemma import data, i2i
+    from trilemma import data, i2i, pixels
     from trilemma.classifier import load_judge
     from trilemma.config import load_params
-    from trilemma import pixels
 
     p = load_params("params.yaml")
     cpu = torch.device("cpu")
@@ -112,7 +111,8 @@ def digit_inputs(name: str, folder, count: int = 3) -> tuple[np.ndarray, np.ndar
     folder.mkdir(exist_ok=True)
     for k, image in enumerate(inputs):
         Image.fromarray(image[0]).save(folder / f"{k}.png")
-    expected = pixels.from_unit(model.translate(torch.from_numpy(inputs).float() / 255).cpu()).numpy()
+    translated = model.translate(torch.from_numpy(inputs).float() / 255).cpu()
+    expected = pixels.from_unit(translated).numpy()
     return inputs, expected
 
 

@@ -212,16 +212,18 @@ def test_a_failing_stage_ends_its_run_failed_after_the_queue_drains(tiny_repo):
     assert parent.info.status == "FAILED"  # the pipeline run shows its latest stage failed
 
 
-def entry(stage, family, started, wall, status="ok", profile="quick", startup=3.0, gpu=None):
-    return {"stage": stage, "family": family, "profile": profile, "device": "cpu (2 threads)",
+def entry(stage, family, started, wall, status="ok", profile="quick", startup=3.0, gpu=None,
+          device="cpu (2 threads)"):
+    return {"stage": stage, "family": family, "profile": profile, "device": device,
             "status": status, "started": f"2026-01-01T00:00:{started:02d}+00:00",
             "wall_seconds": wall, "startup_seconds": startup, "peak_gpu_memory_gib": gpu,
-            "peak_rss_gib": 1.0}
+            "peak_rss_gib": 1.0 if device else None}
 
 
 def test_stage_table_takes_the_latest_successful_run_of_each_stage(tmp_path):
     log = tmp_path / "stages.jsonl"
-    entries = [entry("train-classifier", None, 0, 5.0),
+    entries = [entry("download", None, 0, 0.5, device=None),  # no torch: no device, no memory
+               entry("train-classifier", None, 0, 5.0),
                entry("train", "vae", 5, 9.0),  # superseded by the rerun below
                entry("train", "vae", 20, 4.0, gpu=1.25),
                entry("sample", "vae", 25, 2.0),
@@ -234,7 +236,8 @@ def test_stage_table_takes_the_latest_successful_run_of_each_stage(tmp_path):
     assert stage_table.main(["--log", str(log), "--out", str(tmp_path / "out")]) == 0
     quick = (tmp_path / "out" / "stages-quick-cpu-2-threads.md").read_text()
     assert "| vae | 4.0 | 2.0 | 3.0 | 9.0 | 9.0 | 1.25 |" in quick
-    assert "| **all stages** | – | – | – | 15.0 | 15.0 | 1.25 |" in quick
+    assert "| **all stages** | – | – | – | 15.5 | 18.0 | 1.25 |" in quick  # start-up 3.0 each
+    assert "stages on cpu (2 threads)\n" in quick  # the stage without a device adds none
     assert "(41 s," in quick  # span: 00:00:00 to the report's end at 00:00:41
     full = (tmp_path / "out" / "stages-full-cpu-2-threads.md").read_text()
     assert "| vae | 7.0 | – | – | 7.0 |" in full

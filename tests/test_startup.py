@@ -191,19 +191,20 @@ def test_dvc_reads_its_lock_file_with_libyaml():
 LOG_PROBE = """
 import json, sys, time
 from pipeline.common import record_stage
-record_stage("report", {{"params": {params!r}}}, "ok", time.time())
+record_stage("download", {{"params": {params!r}}}, "ok", time.time())
 print("torch" in sys.modules)
 """
 
 
 def test_logging_a_stage_that_never_imported_torch_does_not_import_it(tmp_path):
-    """report and download never import torch: their stage-log line must not cost its import."""
+    """download never imports torch: its stage-log line must not cost that import."""
     params = tmp_path / "params.yaml"
     params.write_text("profile: quick\n")
     out = subprocess.run([sys.executable, "-c", LOG_PROBE.format(params=str(params))],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     assert out.strip() == "False"
-    [entry] = [json.loads(line) for line in (tmp_path / "logs/stages.jsonl").read_text().splitlines()]
-    assert entry["stage"] == "report" and entry["profile"] == "quick"
+    log = (tmp_path / "logs/stages.jsonl").read_text()
+    [entry] = [json.loads(line) for line in log.splitlines()]
+    assert entry["stage"] == "download" and entry["profile"] == "quick"
     assert entry["device"] is None and entry["peak_gpu_memory_gib"] is None
     assert entry["wall_seconds"] >= entry["startup_seconds"] >= 0

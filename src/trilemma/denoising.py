@@ -11,7 +11,7 @@ import math
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from trilemma import diffusion, distributed, pixels
@@ -27,8 +27,8 @@ class DiffusionConfig(TrainConfig):
     prediction: diffusion.Prediction = "eps"  # the network's target: the noise, or v
     min_snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma loss weights; None: equal
     warmup_steps: int = Field(0, ge=0)  # lr rises linearly to `lr` over these first steps
-    # after the warm-up the lr stays (constant) or falls along a half cosine to 0 at the last of
-    # max_steps (cosine; latent diffusion: of its diffusion steps)
+    # after the warm-up the lr stays (constant) or falls along a half cosine, reaching 0 after
+    # the run's last step (cosine; latent diffusion: its last diffusion step)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     beta2: float = Field(0.999, ge=0, lt=1)  # Adam's second-moment decay
     spacing: diffusion.Spacing = "linspace"  # where a sampler's few steps fall in 0..T-1
@@ -46,12 +46,6 @@ class DiffusionConfig(TrainConfig):
         if min(widths) < 4:
             raise ValueError("every width must be at least 4")
         return widths
-
-    @model_validator(mode="after")
-    def _cosine_has_an_end(self) -> "DiffusionConfig":
-        if self.lr_schedule == "cosine" and self.max_steps is None:
-            raise ValueError("lr_schedule cosine needs max_steps: the cosine ends at the last step")
-        return self
 
 
 # a hook that shifts the noise prediction eps (n,C,S,S) of x_t at step t: classifier guidance
@@ -74,10 +68,9 @@ def _images(x: torch.Tensor) -> torch.Tensor:
 class Diffusion:
     def __init__(self, cfg: DiffusionConfig, net: nn.Module, device: torch.device,
                  image: ImageSpec, *, conditional: bool = False, label_dropout: float = 0.0,
-                 clip: bool = True, lr_steps: int | None = None):
-        """`lr_steps`: the denoising steps a cosine lr schedule spans (default max_steps)."""
+                 clip: bool = True):
         self.cfg, self.device, self.image, self.conditional = cfg, device, image, conditional
-        self.lr_steps = lr_steps or cfg.max_steps
+        self.lr_steps: int | None = None  # the run's denoising steps (`plan`): the cosine's span
         self.label_dropout = label_dropout
         self.clip = clip  # sampling keeps the predicted x0 in [-1,1]: pixels yes, latents no
         self.knobs = ("sampler", "steps", "eta") + (("guidance",) if conditional else ())
@@ -125,13 +118,19 @@ class Diffusion:
         self.steps += 1
         return {"loss": loss.detach()}
 
+    def plan(self, total_steps: int) -> None:
+        """`fit` says how many denoising steps the run takes: the cosine lr spans them."""
+        self.lr_steps = total_steps
+
     def lr(self) -> float:
         """The lr of the step about to be taken: warm-up, then constant or cosine to 0."""
         cfg, step = self.cfg, self.steps
         if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
+            return cfg.lr * ((step + 1) / cfg.warmup_steps)
         if cfg.lr_schedule == "constant":
             return cfg.lr
+        if self.lr_steps is None:
+            raise RuntimeError("a cosine lr needs the run's length: call plan(total_steps) first")
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.lr_steps - cfg.warmup_steps))
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 

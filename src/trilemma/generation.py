@@ -143,7 +143,8 @@ def translate(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     from trilemma import pixels
 
     x = torch.from_numpy(images).float() / 255
-    out = [pixels.from_unit(model.translate(x[i:i + batch_size]).cpu()) for i in range(0, len(x), batch_size)]
+    out = [pixels.from_unit(model.translate(x[i:i + batch_size]).cpu())
+           for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy()
 
 

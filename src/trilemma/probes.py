@@ -99,7 +99,8 @@ def translator_scores(model, judge: Judge, x: torch.Tensor, labels: np.ndarray,
     true = pixels.from_unit(target).float() / 255
 
     def score() -> dict[str, float]:
-        out = pixels.from_unit(model.translate(inputs).cpu())  # (n,C,S,S) uint8, as evaluate-i2i scores
+        # (n,C,S,S) uint8, as evaluate-i2i scores them
+        out = pixels.from_unit(model.translate(inputs).cpu())
         embedded = metrics.embed(judge, out, device)
         return {"n": len(out), "psnr": float(psnr(out.float() / 255, true).mean()),
                 "judge_accuracy": float((embedded.predictions == labels).mean())}

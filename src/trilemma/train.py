@@ -36,6 +36,9 @@ class Trainee(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # optional: `plan(total_steps)`, called by `fit` before training with the optimisation steps
+    # the run takes (`planned_steps`), for a schedule over the whole run (diffusion's cosine lr)
+
 
 class Probe(Protocol):
     """A learning-curve callback (trilemma.probes): `fit` calls it at the steps it is `due`, with
@@ -172,6 +175,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     rank0 = distributed.is_rank0()
     full = n // batch  # drop the ragged last batch: BatchNorm and GAN steps want full batches
     epochs = cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / full))
+    if hasattr(trainee, "plan"):
+        trainee.plan(planned_steps(cfg, n))
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     start, resume = 1, {"step": 0, "partial": {}}

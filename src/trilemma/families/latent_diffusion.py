@@ -79,8 +79,7 @@ class LatentDiffusion:
         latent_image = ImageSpec(cfg.latent_channels, grid, image.classes)
         # unclipped: x0 predictions are unit-variance latents, not pixels in [-1,1]
         self.diffusion = Diffusion(cfg, unet, device, latent_image, conditional=True,
-                                   label_dropout=cfg.label_dropout, clip=False,
-                                   lr_steps=cfg.max_steps and cfg.max_steps - cfg.ae_steps)
+                                   label_dropout=cfg.label_dropout, clip=False)
         self.knobs, self.timesteps = self.diffusion.knobs, self.diffusion.timesteps
         # one dict with the diffusion's: `fit` swaps DDP wrappers into it for both trainees
         self.nets = self.diffusion.nets
@@ -88,6 +87,10 @@ class LatentDiffusion:
         self.opt = adam(self.ae.parameters(), cfg.lr)
         self.steps = 0  # optimisation steps of both phases
         self.scale: torch.Tensor | None = None  # 1 / std of the latents: first diffusion step
+
+    def plan(self, total_steps: int) -> None:
+        """The diffusion's lr schedule spans the steps after the autoencoder's."""
+        self.diffusion.plan(max(1, total_steps - self.cfg.ae_steps))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         self.steps += 1
