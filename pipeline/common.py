@@ -62,8 +62,9 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
     a stage for."""
     from pipeline import STARTED
 
-    # download never imports torch, and importing it here would add seconds to it: a stage
-    # without torch ran as one process and used no device (device and memory: None)
+    # importing torch only to log would add seconds to a command that never needed it; such a
+    # command ran as one process on no device (device and memory: None). No stage gains yet:
+    # `single_process` imports torch through `distributed.launched`
     torch = sys.modules.get("torch")
     if torch is not None:
         from trilemma import distributed

@@ -197,7 +197,7 @@ print("torch" in sys.modules)
 
 
 def test_logging_a_stage_that_never_imported_torch_does_not_import_it(tmp_path):
-    """download never imports torch: its stage-log line must not cost that import."""
+    """A command that never imported torch: its stage-log line must not cost that import."""
     params = tmp_path / "params.yaml"
     params.write_text("profile: quick\n")
     out = subprocess.run([sys.executable, "-c", LOG_PROBE.format(params=str(params))],

@@ -73,6 +73,6 @@ def totals(runs: Runs) -> Totals:
                   startup_seconds=sum(e["startup_seconds"] for e in every),
                   span_seconds=(max(end(e) for e in every) - first).total_seconds(),
                   first_start=first,
-                  # None: a stage that used no device (download)
+                  # None: a command that never imported torch used no device
                   devices=tuple(sorted({e["device"] for e in every if e.get("device")}))
                   or ("no device",))
