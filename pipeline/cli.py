@@ -62,7 +62,7 @@ def main() -> None:
     ordinary shutdown spends about 2 s per command unloading torch's libraries (24 commands in a
     `dvc repro`); every output is written and closed, and the MLflow run ended, by then. An
     unexpected exception still leaves the ordinary way, with its traceback."""
-    from trilemma import distributed
+    from trilemma.torchrun import distributed_module
 
     try:
         app()
@@ -71,8 +71,9 @@ def main() -> None:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         if isinstance(done.code, str):
             print(done.code, file=sys.stderr)
-    if code == 0:  # under torchrun: wait for every rank (after a failure torchrun stops them)
-        distributed.stop()
+    distributed = distributed_module()  # None: this command never imported torch
+    if code == 0 and distributed is not None:  # under torchrun: wait for every rank (after a
+        distributed.stop()                      # failure torchrun stops them)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

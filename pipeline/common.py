@@ -62,15 +62,14 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
     a stage for."""
     from pipeline import STARTED
 
-    # importing torch only to log would add seconds to a command that never needed it; such a
-    # command ran as one process on no device (device and memory: None). No stage gains yet:
-    # `single_process` imports torch through `distributed.launched`
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        from trilemma import distributed
+    from trilemma.torchrun import distributed_module
 
-        if not distributed.is_rank0():  # one line per command, from rank 0
-            return
+    distributed = distributed_module()
+    if distributed is not None and not distributed.is_rank0():  # one line per command, from rank 0
+        return
+    # importing torch only to log would add a second to a command that never needed it; such a
+    # command ran as one process on no device (device and memory: None)
+    torch = sys.modules.get("torch")
     global _previous_end
     ended = time.time()
     # several commands in one process (tests): only the first one paid for the imports
@@ -112,9 +111,13 @@ def print_settings(settings: dict[str, Any]) -> None:
 
 def log(message: str) -> None:
     """A progress line; under torchrun from rank 0 only."""
-    from trilemma import distributed
+    from trilemma.torchrun import distributed_module
 
-    distributed.log(message)
+    distributed = distributed_module()  # None: one process, never imported torch
+    if distributed is None:
+        print(message, flush=True)
+    else:
+        distributed.log(message)
 
 
 def setup(params_path: Path, device_choice: str | None):
@@ -132,9 +135,9 @@ def setup(params_path: Path, device_choice: str | None):
 
 def single_process(stage: str) -> None:
     """Stages with nothing to share out refuse torchrun rather than run N times over one file."""
-    from trilemma import distributed
     from trilemma.errors import ConfigError
+    from trilemma.torchrun import launched
 
-    if distributed.launched():
+    if launched():
         raise ConfigError(f"{stage} runs as one process; start it without torchrun "
                           "(train, train-classifier, sample and evaluate take torchrun)")

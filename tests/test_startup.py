@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -208,3 +209,20 @@ def test_logging_a_stage_that_never_imported_torch_does_not_import_it(tmp_path):
     assert entry["stage"] == "download" and entry["profile"] == "quick"
     assert entry["device"] is None and entry["peak_gpu_memory_gib"] is None
     assert entry["wall_seconds"] >= entry["startup_seconds"] >= 0
+
+
+WORK_PROBE = """
+import sys
+from pipeline.common import log, single_process
+single_process("download")
+log("a progress line")
+print("torch" in sys.modules)
+"""
+
+
+def test_the_common_steps_of_a_light_command_do_not_import_torch():
+    """The torchrun refusal and the progress lines of every command read the environment and
+    the imported modules only: a command that needs no tensor never pays for torch's import."""
+    out = subprocess.run([sys.executable, "-c", WORK_PROBE], check=True, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "WORLD_SIZE": "1"}).stdout
+    assert out.splitlines() == ["a progress line", "False"]

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from trilemma.errors import ConfigError
+from trilemma.torchrun import launched  # noqa: F401 (also this module's API)
 
 
 def active() -> bool:
@@ -45,11 +46,6 @@ def log(message: str) -> None:
     """A progress line; under torchrun from rank 0 only."""
     if is_rank0():
         print(message, flush=True)
-
-
-def launched() -> bool:
-    """True in a process started by torchrun (it sets WORLD_SIZE) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def start(device: torch.device) -> torch.device:

@@ -71,7 +71,7 @@ def resize_real(x: torch.Tensor, size: int, alpha: float) -> torch.Tensor:
     return torch.lerp(coarse, x, alpha)
 
 
-class ProGAN:
+class ProGAN(latent.Decoded):  # generate, sample: decode latents of the prior
     conditional = False
     knobs = ("truncation",)
 
@@ -144,16 +144,6 @@ class ProGAN:
         if out.shape[-1] != self.image.size:
             out = F.interpolate(out, size=self.image.size, mode="nearest")
         return ((out + 1) / 2).clamp(0, 1)
-
-    @torch.no_grad()
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (n,L) -> uint8 images (n,C,S,S), as `decode`."""
-        return pixels.from_unit(self.decode(z, labels))
-
-    def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None,
-               truncation: float | None = None) -> torch.Tensor:
-        return self.generate(latent.noise(n, self.latent_dim, generator, truncation), labels)
 
     @torch.no_grad()
     def figures(self, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> dict:
