@@ -111,13 +111,13 @@ def print_settings(settings: dict[str, Any]) -> None:
 
 def log(message: str) -> None:
     """A progress line; under torchrun from rank 0 only."""
-    from trilemma.torchrun import distributed_module
+    from trilemma import torchrun
 
-    distributed = distributed_module()  # None: one process, never imported torch
-    if distributed is None:
-        print(message, flush=True)
-    else:
+    distributed = torchrun.distributed_module()  # None: this command never imported torch
+    if distributed is not None:
         distributed.log(message)
+    elif torchrun.rank0_by_environment():
+        print(message, flush=True)
 
 
 def setup(params_path: Path, device_choice: str | None):

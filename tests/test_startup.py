@@ -226,3 +226,12 @@ def test_the_common_steps_of_a_light_command_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", WORK_PROBE], check=True, capture_output=True,
                          text=True, timeout=120, env={**os.environ, "WORLD_SIZE": "1"}).stdout
     assert out.splitlines() == ["a progress line", "False"]
+
+
+def test_progress_lines_before_joining_a_group_come_from_rank_0_only():
+    """Under torchrun, before `setup` joins the process group: the other ranks stay quiet."""
+    probe = "from pipeline.common import log\nlog('a progress line')\n"
+    lines = {rank: subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                  text=True, timeout=120, env={**os.environ, "RANK": rank}).stdout
+             for rank in ("0", "1")}
+    assert lines == {"0": "a progress line\n", "1": ""}

@@ -129,8 +129,9 @@ def embed_inception(net: nn.Module, images: np.ndarray, device: torch.device,
 
 
 # FID, KID and IS follow torchmetrics' formulas (tests/test_metrics_golden.py holds them to
-# torchmetrics' values; FID takes the square root's trace another, equal way); written here because importing torchmetrics costs a stage 4-5 s
-# of CPU (it loads torchvision, torch._dynamo and scipy.signal) for a few lines of arithmetic.
+# torchmetrics' values; FID takes its square root's trace another, equal way); written here because
+# importing torchmetrics costs a stage 4-5 s of CPU (it loads torchvision, torch._dynamo and
+# scipy.signal) for a few lines of arithmetic.
 # Every metric is given whole feature sets, already gathered (`embed(shard=True)`).
 
 
@@ -156,10 +157,11 @@ class _RealStatistics:
 
 
 def _frechet(real: _RealStatistics, fake: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^1/2). S_r S_f is similar to the symmetric
-    S_r^1/2 S_f S_r^1/2, so the trace of the square root is the sum of the square roots of that
-    matrix's eigenvalues: a symmetric eigensolver, several times faster than the general one
-    torchmetrics runs on S_r S_f (the bootstrap calls this 200 times per evaluation)."""
+    """|mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^1/2). With A = S_r^1/2 and B = S_r^1/2 S_f,
+    S_r S_f = AB and the symmetric S_r^1/2 S_f S_r^1/2 = BA have the same eigenvalues (AB and BA
+    share their characteristic polynomial, singular or not), so the trace of the square root is
+    the sum of the square roots of BA's: a symmetric eigensolver, about 4x faster than the general
+    one torchmetrics runs on S_r S_f (the bootstrap calls this 200 times per evaluation)."""
     mu_f, cov_f = fake
     values = torch.linalg.eigvalsh(real.cov_root @ cov_f @ real.cov_root)
     root_trace = values.clamp(min=0).sqrt().sum()

@@ -1,6 +1,8 @@
-"""What a command needs to know about torchrun before it knows whether it needs torch: read from
-the environment and from the modules already imported, so that stages which never touch a tensor
-(download, report, sync-mlflow, seed-spread) skip torch's import (about 1 s of start-up)."""
+"""What a command needs to know about torchrun before it knows whether it needs torch, read from
+the environment and from the modules already imported: the torchrun refusal, the progress lines,
+the stage log and the exit of every command then cost no torch import of their own (seed-spread
+and an offline download import none at all; report, sync-mlflow and an online download still do,
+for torch's version, the image-to-image package and torchvision's mirror list)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,11 @@ from types import ModuleType
 def launched() -> bool:
     """True in a process started by torchrun (it sets WORLD_SIZE) with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank0_by_environment() -> bool:
+    """Rank 0 by torchrun's RANK (0 outside torchrun), for a process that has not joined a group."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def distributed_module() -> ModuleType | None:
