@@ -38,7 +38,7 @@ def rewrite_seconds(lock: Path, rounds: int) -> list[float]:
         copy = Path(tmp) / "dvc.lock"
         shutil.copyfile(lock, copy)
         seconds = []
-        for round_ in range(rounds):
+        for _ in range(rounds):
             started = time.perf_counter()
             with modify_yaml(copy) as data:  # what DVC does after a stage, one value changed
                 data["schema"] = data.get("schema", "2.0")

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from trilemma.errors import Interrupted, TrilemmaError, brief
+from trilemma.torchrun import log  # noqa: F401 (the stages' progress lines)
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="Params file to read.")]
 DeviceOption = Annotated[str, typer.Option(
@@ -107,17 +108,6 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
 
 def print_settings(settings: dict[str, Any]) -> None:
     typer.echo(json.dumps(settings, indent=2, sort_keys=True, default=str))
-
-
-def log(message: str) -> None:
-    """A progress line; under torchrun from rank 0 only."""
-    from trilemma import torchrun
-
-    distributed = torchrun.distributed_module()  # None: this command never imported torch
-    if distributed is not None:
-        distributed.log(message)
-    elif torchrun.rank0_by_environment():
-        print(message, flush=True)
 
 
 def setup(params_path: Path, device_choice: str | None):

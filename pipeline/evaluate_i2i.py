@@ -78,7 +78,7 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
         result.update({f"baseline_{k}": v for k, v in score(
             metrics, judge, dev, bs, base_u8, target_u8, labels, real).items()})
         if back is not None:  # B -> A against the original digits
-            digits = pixels.from_unit(x).numpy()
+            digits = images.x_test  # the uint8 test digits that x was made from
             result.update({f"back_{k}": v for k, v in score(
                 metrics, judge, dev, bs, torch.cat(backs).numpy(), digits, labels,
                 metrics.embed(judge, digits, dev, bs)).items()})

@@ -12,9 +12,9 @@ import torch
 from trilemma import data, latent, paths, registry
 from trilemma.config import Params
 from trilemma.control import steer, x0_guide
-from trilemma.distributed import log
 from trilemma.errors import ConfigError
 from trilemma.runtime import generator
+from trilemma.torchrun import log
 
 STEER_COLUMNS = ["digit", "class", "n", "judge_before", "judge_after", "referee_before",
                  "referee_after", "z_change"]

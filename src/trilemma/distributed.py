@@ -42,12 +42,6 @@ def is_rank0() -> bool:
     return rank() == 0
 
 
-def log(message: str) -> None:
-    """A progress line; under torchrun from rank 0 only."""
-    if is_rank0():
-        print(message, flush=True)
-
-
 def start(device: torch.device) -> torch.device:
     """Join the torchrun process group if this process was started by torchrun; return the device
     this rank uses: its own GPU (LOCAL_RANK) on CUDA, else the CPU with the gloo backend."""

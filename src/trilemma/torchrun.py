@@ -25,3 +25,11 @@ def distributed_module() -> ModuleType | None:
     """`trilemma.distributed` if this process imported it, else None. Only that module joins a
     process group, so a process that never imported it is a single rank 0 with nothing to leave."""
     return sys.modules.get("trilemma.distributed")
+
+
+def log(message: str) -> None:
+    """A progress line; under torchrun from rank 0 only (by torchrun's RANK in a process that
+    never imported `trilemma.distributed`)."""
+    distributed = distributed_module()
+    if distributed.is_rank0() if distributed is not None else rank0_by_environment():
+        print(message, flush=True)

@@ -12,10 +12,10 @@ from typing import Any, Callable
 import torch
 
 from trilemma import data, distributed, figures, mlflow_model, paths, probes, tracking
-from trilemma.distributed import log
 from trilemma.config import fingerprint
 from trilemma.io import atomic_dir, write_csv, write_json
 from trilemma.runtime import BusySampler, device_name, generator, peak_memory
+from trilemma.torchrun import log
 from trilemma.train import fit, planned_steps
 
 @dataclass
