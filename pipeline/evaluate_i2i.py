@@ -35,7 +35,8 @@ def score(metrics, judge, device, batch_size: int, images: np.ndarray, targets: 
 @user_errors
 def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml"),
                  device: DeviceOption = "auto", dry_run: DryRunOption = False) -> None:
-    """Translate the test digits' task inputs with models/<family>.pt; write reports/eval/<family>/
+    """Translate the task inputs of `evaluate.i2i_test_n` test digits (seeded draw) with
+    models/<family>.pt; write reports/eval/<family>/
     metrics.json (psnr, ssim, judge_accuracy, fid_classifier of the outputs, the same with a
     `baseline_` prefix for the task's no-learning answer, the judge's accuracy on the targets;
     CycleGAN also `back_`: B -> A), timing.json (translations per second) and examples.png
@@ -54,7 +55,11 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
     judge = load_judge(paths.CLASSIFIER, dev)
     model = i2i.load(family, cfg, paths.model(family), dev, judge_for(family, dev))
     bs, task = p.evaluate.batch_size, model.task
-    x = torch.from_numpy(images.x_test).float() / 255  # (n,C,S,S)
+    n = min(p.evaluate.i2i_test_n or len(images.x_test), len(images.x_test))
+    # a seeded random share: the test set's order is not random (MNIST's first half is neater)
+    picked = np.sort(np.random.default_rng(p.seed).permutation(len(images.x_test))[:n])
+    digits, labels = images.x_test[picked], images.y_test[picked]  # uint8 (n,C,S,S), (n,)
+    x = torch.from_numpy(digits).float() / 255
     outputs, baselines, targets, backs, seconds = [], [], [], [], 0.0
     back = getattr(model, "translate_back", None)  # CycleGAN's second generator
     for start in range(0, len(x), bs):
@@ -68,22 +73,23 @@ def evaluate_i2i(family: I2IArgument, params: ParamsOption = Path("params.yaml")
         if back is not None:
             backs.append(pixels.from_unit(back(target).cpu()))
     out_u8, base_u8, target_u8 = (torch.cat(t).numpy() for t in (outputs, baselines, targets))
-    labels = images.y_test
+    # the judge's view of the test digits, embedded once by train-classifier
+    test_digits = metrics.load_embedded(paths.TEST_EMBEDDING, len(images.x_test)).take(picked)
     with tracking.stage_run("evaluate-i2i", family, p.profile) as run:
-        real = metrics.embed(judge, target_u8, dev, bs)
-        result = {"task": task.name, "baseline": task.baseline_name, "n": len(x),
+        real = (test_digits if np.array_equal(target_u8, digits)  # targets: the digits themselves
+                else metrics.embed(judge, target_u8, dev, bs))
+        result = {"task": task.name, "baseline": task.baseline_name, "n": n,
                   "paired_training": task.paired_training, "profile": p.profile,
                   "target_judge_accuracy": float((real.predictions == labels).mean())}
         result.update(score(metrics, judge, dev, bs, out_u8, target_u8, labels, real))
         result.update({f"baseline_{k}": v for k, v in score(
             metrics, judge, dev, bs, base_u8, target_u8, labels, real).items()})
         if back is not None:  # B -> A against the original digits
-            digits = images.x_test  # the uint8 test digits that x was made from
             result.update({f"back_{k}": v for k, v in score(
                 metrics, judge, dev, bs, torch.cat(backs).numpy(), digits, labels,
-                metrics.embed(judge, digits, dev, bs)).items()})
+                test_digits).items()})
         result = {k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}
-        timing = {"translations_per_second": round(len(x) / max(seconds, 1e-9), 2),
+        timing = {"translations_per_second": round(n / max(seconds, 1e-9), 2),
                   "device": device_name(dev)}
         out = paths.eval_reports(family)
         write_json(out / "metrics.json", result)

@@ -289,7 +289,7 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def test_train_and_evaluate_every_i2i_family_then_the_report_section(tiny_repo):
+def test_train_and_evaluate_every_i2i_family_then_the_report_section(tiny_repo, set_params):
     from trilemma.report.i2i import section
 
     assert invoke("train-classifier").exit_code == 0
@@ -320,6 +320,17 @@ def test_train_and_evaluate_every_i2i_family_then_the_report_section(tiny_repo):
         assert f"| {name} |" in text and f"(images/eval/{name}/examples.png)" in text
         assert (images.folder / f"eval/{name}/examples.png").is_file()
     assert "standing in for VGG" in text and "unpaired" in text
+
+    # scored on a seeded draw of the test digits: the targets' judge view is train-classifier's
+    set_params({"evaluate.i2i_test_n": 60})
+    assert invoke("evaluate-i2i", "pix2pix").exit_code == 0
+    drawn = json.loads((tiny_repo / "reports/eval/pix2pix/metrics.json").read_text())
+    assert drawn["n"] == 60
+    picked = np.sort(np.random.default_rng(0).permutation(200)[:60])
+    test = torch.load(tiny_repo / "models/test_embedding.pt")
+    labels = np.load(tiny_repo / "data/images.npz")["y_test"][:200]
+    assert drawn["target_judge_accuracy"] == round(float(
+        (test["logits"].argmax(1).numpy()[picked] == labels[picked]).mean()), 6)
 
 
 def test_report_section_reads_n_a_without_files(tmp_path, monkeypatch):

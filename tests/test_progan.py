@@ -15,7 +15,7 @@ from trilemma.data import MNIST_SPEC, ImageSpec
 from trilemma.errors import ConfigError
 from trilemma.families import progan
 from trilemma.nets.progan import (Discriminator, EqualizedConv2d, EqualizedLinear, Generator,
-                                  minibatch_stddev)
+                                  group_spread, minibatch_stddev)
 
 CPU = torch.device("cpu")
 TINY = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "width": 4, "max_width": 16, "latent_dim": 8,
@@ -104,6 +104,17 @@ def test_minibatch_stddev_groups_samples_and_shrinks_the_group_to_divide_the_bat
     assert torch.all(std[0::2] < 1e-3) and torch.allclose(std[1::2], torch.tensor(math.sqrt(1.25)))
     assert minibatch_stddev(torch.randn(6, 2, 3, 3)).shape == (6, 3, 3, 3)  # group 3
     assert minibatch_stddev(torch.randn(1, 2, 3, 3)).shape == (1, 3, 3, 3)  # group 1
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (8, 3, 5, 5)])
+def test_group_spread_is_the_mean_population_std_over_each_group(shape):
+    x = torch.randn(*shape)
+    groups = x.reshape(4, 2, -1)  # sample i is in group i % 2
+    expected = (groups.var(0, unbiased=False) + 1e-8).sqrt().mean(1).repeat(4)
+    torch.testing.assert_close(group_spread(x), expected)
+    if len(shape) == 4:  # the layout convolutions use on the CPU gives the same
+        torch.testing.assert_close(group_spread(x.contiguous(memory_format=torch.channels_last)),
+                                   expected)
 
 
 def test_equalized_layers_store_unit_normal_weights_and_scale_by_he():

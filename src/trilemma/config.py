@@ -155,6 +155,8 @@ class EvaluateConfig(Section):
     # (no package ships it); auto: downloaded once into torch's cache, hash checked; null or a
     # missing file: those columns read n/a, with the reason
     inception_weights: Literal["auto"] | Path | None = None
+    # test digits (a seeded random draw) each image-to-image family is scored on; null: all
+    i2i_test_n: int | None = Field(None, ge=2)
 
     @field_validator("bootstrap")
     @classmethod

@@ -204,27 +204,47 @@ def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b.T * (1.0 / a.shape[1]) + 1.0) ** 3
 
 
-def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Unbiased MMD^2 between two equally large sets with the cubic kernel (Binkowski et al.)."""
-    m = len(x)
-    k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
-    within = (k_xx.sum(dim=-1) - k_xx.diag()).sum() + (k_yy.sum(dim=-1) - k_yy.diag()).sum()
-    return within / (m * (m - 1)) - 2 * k_xy.sum(dim=0).sum() / m**2
+def _subset_kernel_sums(a: torch.Tensor, b: torch.Tensor, in_a: torch.Tensor,
+                        in_b: torch.Tensor, rows: int = 2048) -> torch.Tensor:
+    """For each subset s: the sum of k(a_i, b_j) over i in subset s of a and j in subset s of
+    b, from membership matrices in_a (S,n) and in_b (S,m) of 0/1. The kernel between all of a
+    and b is computed once, `rows` rows of a at a time (memory), instead of once per subset."""
+    picked = torch.zeros(len(in_a), len(b), dtype=a.dtype)  # (S,m): sum over i in s of k(a_i, .)
+    for start in range(0, len(a), rows):
+        picked += in_a[:, start:start + rows] @ _poly_kernel(a[start:start + rows], b)
+    return (picked * in_b).sum(dim=1)
+
+
+def _membership(picks: list[torch.Tensor], n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(S,n) with a 1 where subset s holds item i (no item twice in a subset)."""
+    member = torch.zeros(len(picks), n, dtype=dtype)
+    for s, pick in enumerate(picks):
+        member[s, pick] = 1
+    return member
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor, seed: int, subsets: int = 100) -> tuple[float, float]:
-    """Kernel distance (cubic polynomial kernel MMD^2, unbiased) averaged over `subsets` random
-    subsets of min(KID_SUBSET, n) images: mean and (population) std over subsets."""
-    size = min(KID_SUBSET, len(real), len(fake))
-    if size < 2:
+    """Kernel distance (cubic polynomial kernel MMD^2, unbiased; Binkowski et al.) averaged over
+    `subsets` random subsets of min(KID_SUBSET, n) images: mean and (population) std over
+    subsets. The subsets are torchmetrics' (a real one, then a fake one, from one generator);
+    the fake-fake and real-fake kernel sums come from one kernel matrix each."""
+    m = min(KID_SUBSET, len(real), len(fake))
+    if m < 2:
         raise ValueError(f"KID needs at least 2 images in each set; got {len(real)} and {len(fake)}")
     g = torch.Generator().manual_seed(seed)
-    scores = []
-    for _ in range(subsets):  # a real subset, then a fake one, as torchmetrics draws them
-        x = real[torch.randperm(len(real), generator=g)[:size]]
-        y = fake[torch.randperm(len(fake), generator=g)[:size]]
-        scores.append(_mmd2_unbiased(x, y))
-    scores = torch.stack(scores)
+    real_picks, fake_picks = [], []
+    for _ in range(subsets):
+        real_picks.append(torch.randperm(len(real), generator=g)[:m])
+        fake_picks.append(torch.randperm(len(fake), generator=g)[:m])
+    in_real, in_fake = (_membership(p, len(x), x.dtype)
+                        for p, x in ((real_picks, real), (fake_picks, fake)))
+    self_fake = (fake.square().sum(dim=1) / fake.shape[1] + 1.0) ** 3  # k(y_i, y_i)
+    within_fake = _subset_kernel_sums(fake, fake, in_fake, in_fake) - in_fake @ self_fake
+    across = _subset_kernel_sums(real, fake, in_real, in_fake)
+    # real-real: per subset, as the real set is the larger one (a full kernel costs as much)
+    within_real = torch.stack([(k := _poly_kernel(x, x)).sum() - k.diagonal().sum()
+                               for x in (real[p] for p in real_picks)])
+    scores = (within_real + within_fake) / (m * (m - 1)) - 2 * across / m**2
     return float(scores.mean()), float(scores.std(unbiased=False))
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from trilemma.nets import dcgan
 from trilemma.nets.dcgan import stages
+from trilemma.nets.progan import group_spread
 
 
 class EqualLinear(nn.Module):
@@ -190,7 +191,4 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x).flatten(1)  # (B,F)
-        g = math.gcd(self.group, len(f))  # sample b is grouped with b +- B/g, b +- 2B/g, ...
-        var = f.reshape(g, -1, f.shape[1]).var(0, unbiased=False)  # (B/g,F)
-        spread = (var + 1e-8).sqrt().mean(1)  # (B/g,): eps keeps the gradient finite at 0
-        return self.head(torch.cat([f, spread.repeat(g)[:, None]], 1)).squeeze(1)
+        return self.head(torch.cat([f, group_spread(f, self.group)[:, None]], 1)).squeeze(1)
