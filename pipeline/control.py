@@ -62,7 +62,6 @@ def train_referee(params: ParamsOption = Path("params.yaml"), device: DeviceOpti
                                 *pixel_stats(images.x_train, images.source))
     with tracking.stage_run("train-referee", None, p.profile) as run:
         run.log_params(tracking.flatten(settings))
-        run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         history = fit_referee(trainee, images, cfg, p, dev, settings)
         save_judge(trainee.net, cfg, images.spec, paths.REFEREE)
         referee = load_judge(paths.REFEREE, dev)  # score exactly what was saved

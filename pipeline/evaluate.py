@@ -46,7 +46,7 @@ def evaluate(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
     bs, labels, ev = p.evaluate.batch_size, blob.get("labels"), p.evaluate
     inception_net, note = metrics.inception(ev.inception_weights, dev)  # a bad file fails here
     provenance.check(blob, paths.samples(family), family, paths.model(family), p)
-    # inputs are checked: the run starts now, and MLflow's start-up overlaps the scoring
+    # inputs are checked: the run starts now (a tracker logs it after the stage)
     with tracking.stage_run("evaluate", family, p.profile) as run:
         sets, set_labels, main_index = scored_sets(blob)
         if judge is not None:

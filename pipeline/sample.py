@@ -115,7 +115,7 @@ def sample(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
                   sweep_images=np.stack(sweep_images) if sweep_images
                   else np.zeros((0, m, *images.shape[1:]), np.uint8),
                   sweep_images_per_second=np.array(sweep_rates, dtype=np.float64))
-    # timing is over: MLflow's start-up now overlaps writing the files and figures
+    # timing is over: the run records from here (a tracker logs it after the stage)
     with tracking.stage_run("sample", family, p.profile) as run:
         run.log_params(tracking.flatten({"sample": p.sample.model_dump(), "seed": p.seed}))
         out = paths.sample_figures(family)

@@ -63,7 +63,6 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
     out = paths.CLASSIFIER_REPORTS
     with tracking.stage_run("train-classifier", None, p.profile) as run:
         run.log_params(tracking.flatten({**settings, **scoring}))
-        run.wait_started()  # MLflow's start-up must not share the CPU with timed training
         history = train_loop(lambda row: run.log_training(row, trace))
         save_judge(trainee.net, cfg, images.spec, paths.CLASSIFIER)
 

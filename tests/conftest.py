@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from trilemma import tracking
 from trilemma.registry import REGISTRY, names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +165,22 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_in_process():
+    """Stages run in-process log their MLflow runs themselves, as any process that has MLflow
+    loaded does (tracking.Run.close), instead of starting a tracker that imports it again each
+    time; real commands (test_tracking, test_e2e, test_parallel_experiments) use trackers."""
+    import mlflow  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def trackers_done():
+    """Each test ends with its stages' MLflow runs in their stores: no tracker process of one
+    test writes while the next one runs."""
+    yield
+    tracking.wait_for_trackers()
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The packaged MNIST, loaded once (a few seconds)."""
@@ -211,6 +228,7 @@ def pipeline_chain(tmp_path_factory):
             results[" ".join(args)] = result = CliRunner().invoke(app, args)
             if result.exit_code != 0:
                 break
+        tracking.wait_for_trackers()
     return root, results
 
 
@@ -301,6 +319,7 @@ def trained(tmp_path_factory, mnist_npz) -> Path:
                      ["evaluate", "vae"]):
             result = CliRunner().invoke(app, args)
             assert result.exit_code == 0, (args, result.output)
+        tracking.wait_for_trackers()  # the copies (`repo`) get a store that nobody writes
     for path in ("models/classifier.pt", "models/vae.pt", "samples/vae.npz",
                  "reports/train/vae/metrics.json", "reports/eval/vae/metrics.json"):
         assert (root / path).is_file(), path

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from badinput import check_error, fails, invoke, snapshot, unchanged
 from conftest import make_repo, write_params
 from pipeline.cli import app
-from trilemma import paths, tracking
+from trilemma import paths, tracker, tracking
 from trilemma.io import atomic_dir, write_json
 
 
@@ -46,8 +46,8 @@ def test_locked_mlflow_store_gives_one_warning_and_the_stage_still_succeeds(tiny
 def test_a_free_sqlite_store_passes_the_lock_check(tmp_path):
     path = tmp_path / "mlflow.db"
     sqlite3.connect(path).close()
-    tracking._check_sqlite_writable(f"sqlite:///{path}")  # no error
-    tracking._check_sqlite_writable(f"sqlite:///{tmp_path / 'absent.db'}")  # created later
+    tracker._check_sqlite_writable(f"sqlite:///{path}")  # no error
+    tracker._check_sqlite_writable(f"sqlite:///{tmp_path / 'absent.db'}")  # created later
 
 
 def test_warnings_are_one_line(capsys):

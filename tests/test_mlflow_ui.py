@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from conftest import ROOT, make_repo
 from mlflow_server import start_server, stop, wait_healthy
 from pipeline.cli import app
+from trilemma import tracking
 from trilemma.tracking_view import SCORES, link
 
 try:
@@ -91,6 +92,7 @@ def run_stages(root: Path, stages: list[list[str]]) -> None:
         for args in stages:
             result = CliRunner().invoke(app, args)
             assert result.exit_code == 0, f"trilemma {' '.join(args)}:\n{result.output}"
+        tracking.wait_for_trackers()  # their runs are in the store
 
 
 def read_store(uri: str) -> dict:

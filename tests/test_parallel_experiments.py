@@ -29,6 +29,8 @@ from conftest import write_params
 from mlflow_server import start_server, stop, wait_healthy
 from test_e2e import copy_repo
 
+from trilemma import tracking
+
 BIN = Path(sys.executable).parent
 PATH = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 MLFLOW = shutil.which("mlflow", path=PATH)
@@ -140,6 +142,7 @@ def queued(tmp_path_factory, server):
             if time.monotonic() - started > QUEUE_S:
                 break
             time.sleep(1)
+        tracking.wait_for_trackers(base)  # the last stages' runs are on the server
         seen_stores.update(local_stores(root))
         logs = {name: command(["dvc", "queue", "logs", name], root, env, check=False)
                 for name in SEEDS}

@@ -182,8 +182,9 @@ def test_busy_sampler_records_nothing_off_the_gpu_or_without_nvml():
 
 
 def test_mlflow_artifacts_are_logged_as_they_were_when_logged(tiny_repo):
-    """Calls are queued to a background thread: a file rewritten right after log_artifact (the
-    training grid, every epoch) must still be logged with its content at the time of the call."""
+    """Calls are logged by a tracker after the stage: a file rewritten right after log_artifact
+    (the training grid, every epoch) must still be logged with its content at the time of the
+    call."""
     path = tiny_repo / "grid.txt"
     path.write_text("epoch 1")
     with tracking.stage_run("train", "vae", "quick") as run:
@@ -191,18 +192,20 @@ def test_mlflow_artifacts_are_logged_as_they_were_when_logged(tiny_repo):
         path.write_text("epoch 2")
         run.log_artifact(path, "epoch_2")
         run.log_metrics({"loss": 1.5}, step=1)
+    tracking.wait_for_trackers()
     logged = sorted((tiny_repo / "mlartifacts").rglob("grid.txt"))
     assert [p.parent.name for p in logged] == ["epoch_1", "epoch_2"]
     assert [p.read_text() for p in logged] == ["epoch 1", "epoch 2"]
 
 
-def test_a_failing_stage_ends_its_run_failed_after_the_queue_drains(tiny_repo):
+def test_a_failing_stage_ends_its_run_failed_after_its_calls(tiny_repo):
     import mlflow
 
     with pytest.raises(RuntimeError):
         with tracking.stage_run("sample", "vae", "quick") as run:
             run.log_metrics({"samples_per_second": 3.0})
             raise RuntimeError("boom")
+    tracking.wait_for_trackers()
     mlflow.set_tracking_uri(f"sqlite:///{tiny_repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["trilemma"], output_format="list")
     (found,) = [r for r in runs if r.info.run_name == "sample:vae"]

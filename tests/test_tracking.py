@@ -1,6 +1,7 @@
 """MLflow tracking as the stages use it: bounded when the server is unreachable (without any
-test-only MLflow settings), imported on the logging thread only, one parent run per pipeline
-execution, the experiment made a model-training one, losses by optimisation step."""
+test-only MLflow settings), never imported by a stage (a tracker process logs its run after it),
+one parent run per pipeline execution, the experiment made a model-training one, losses by
+optimisation step."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT
 from pipeline.cli import app
-from trilemma import tracking, tracking_view
+from trilemma import tracker, tracking, tracking_view
 
 BOUND_S = 10  # what an unreachable MLflow may cost a stage, at most
 
@@ -47,8 +48,8 @@ def silent_server():
 
 def train_untracked(monkeypatch, root, uri: str) -> tuple[float, list[str]]:
     """`trilemma train vae` with MLflow at `uri`: the seconds its main thread waited for MLflow
-    (in Run.wait_started and Run.close, timed around the real methods: the stage's own work
-    varies with the machine's load, this does not) and its warning lines."""
+    (in Run.close, timed around the real method: the stage's own work varies with the machine's
+    load, this does not) and its warning lines."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     waited = []
 
@@ -61,13 +62,12 @@ def train_untracked(monkeypatch, root, uri: str) -> tuple[float, list[str]]:
                 waited.append(time.perf_counter() - t0)
         return run
 
-    for name in ("wait_started", "close"):
-        monkeypatch.setattr(tracking.Run, name, timed(getattr(tracking.Run, name)))
+    monkeypatch.setattr(tracking.Run, "close", timed(tracking.Run.close))
     result = CliRunner().invoke(app, ["train", "vae"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     assert (root / "models" / "vae.pt").is_file()
-    assert len(waited) == 2, waited  # the stage did wait for its run, at start and at the end
+    assert len(waited) == 1, waited  # the stage did end its run
     return sum(waited), [line for line in result.output.splitlines()
                          if line.startswith("warning:")]
 
@@ -91,7 +91,7 @@ IMPORT_WATCH = textwrap.dedent("""
     import sys, threading
     importers = set()
 
-    class Watch:  # notes which thread asks for mlflow first, then lets the import go on
+    class Watch:  # notes which thread asks for mlflow, then lets the import go on
         def find_spec(self, name, path=None, target=None):
             if name == "mlflow":
                 importers.add(threading.current_thread().name)
@@ -106,17 +106,23 @@ IMPORT_WATCH = textwrap.dedent("""
 """)
 
 
-def test_only_the_logging_thread_imports_mlflow(tiny_repo):
+def test_a_stage_never_imports_mlflow_and_its_tracker_logs_the_run(tiny_repo):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     result = subprocess.run([sys.executable, "-c", IMPORT_WATCH], cwd=tiny_repo, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "importers: ['mlflow']\n" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert "importers: []\n" in result.stdout, result.stdout + result.stderr[-3000:]
+    client, _, runs = runs_of(tiny_repo)  # the tracker's stderr was the pipe: it is done
+    (train,) = [r for r in runs if r.info.run_name == "train:vae"]
+    assert train.info.status == "FINISHED" and "kl" in train.data.metrics
+    assert train.info.end_time - train.info.start_time > 0  # the stage's times, not the tracker's
+    assert [int(v.version) for v in client.search_model_versions("name = 'trilemma-vae'")] == [1]
 
 
 def runs_of(root):
     from mlflow import MlflowClient
 
+    tracking.wait_for_trackers(f"sqlite:///{root / 'mlflow.db'}")
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("trilemma")
     return client, experiment, client.search_runs([experiment.experiment_id])
@@ -131,20 +137,20 @@ def test_stage_runs_of_one_execution_share_a_parent_that_spans_them(tiny_repo, m
     with tracking.stage_run("train", "vae", "quick"):
         pass
     client, experiment, runs = runs_of(tiny_repo)
-    assert experiment.tags[tracking.KIND_TAG] == "custom_model_development"
+    assert experiment.tags[tracker.KIND_TAG] == "custom_model_development"
     assert tracking_view.VIEW_TAG in experiment.tags  # a new store gets the view at once
-    parents = {r.data.tags["dvc_exp"]: r for r in runs if tracking.PIPELINE_TAG in r.data.tags}
+    parents = {r.data.tags["dvc_exp"]: r for r in runs if tracker.PIPELINE_TAG in r.data.tags}
     assert sorted(parents) == ["seed1", "seed2"]
     children = {}
     for run in runs:
-        if tracking.PIPELINE_TAG not in run.data.tags:
-            children.setdefault(run.data.tags[tracking.PARENT_TAG], []).append(run.info.run_name)
+        if tracker.PIPELINE_TAG not in run.data.tags:
+            children.setdefault(run.data.tags[tracker.PARENT_TAG], []).append(run.info.run_name)
     assert sorted(children[parents["seed1"].info.run_id]) == ["sample:vae", "train:vae"]
     assert children[parents["seed2"].info.run_id] == ["train:vae"]
     seed1 = parents["seed1"].info
     assert seed1.status == "FINISHED" and seed1.run_name.startswith("pipeline seed1 ")
     last_child_end = max(r.info.end_time for r in runs
-                         if r.data.tags.get(tracking.PARENT_TAG) == seed1.run_id)
+                         if r.data.tags.get(tracker.PARENT_TAG) == seed1.run_id)
     assert seed1.end_time >= last_child_end
 
 
@@ -157,7 +163,7 @@ def test_an_existing_experiment_gets_the_kind_and_the_scores_view_once(tiny_repo
     with tracking.stage_run("train", "vae", "quick"):
         pass
     _, experiment, _ = runs_of(tiny_repo)
-    assert experiment.tags[tracking.KIND_TAG] == "custom_model_development"
+    assert experiment.tags[tracker.KIND_TAG] == "custom_model_development"
     envelope = json.loads(experiment.tags[tracking_view.VIEW_TAG])
     state = json.loads(envelope["state"])
     assert state["searchFilter"] == "attributes.run_name LIKE 'evaluate:%'"
@@ -196,6 +202,6 @@ def test_the_http_bounds_are_settings_mlflow_accepts(monkeypatch):
     convert fails every request to a server."""
     from mlflow import environment_variables
 
-    for name, value in tracking.HTTP_LIMITS.items():
+    for name, value in tracker.HTTP_LIMITS.items():
         monkeypatch.setenv(name, value)
         assert str(getattr(environment_variables, name).get()) in (value, f"{value}.0"), name

@@ -5,8 +5,8 @@ value) and returns uint8 images (n,C,S,S), the images `trilemma generate` writes
 request; a translator's takes uint8 input images (n,C,s,s) (an array, or the nested lists of a
 JSON request) and returns their uint8 translations (n,C,S,S), as `trilemma generate <translator>
 --input` does (`trilemma.mlflow_pyfunc`). It carries the model file, its settings, the project's
-code and pinned requirements. This module imports no MLflow: stages call it on their main
-thread."""
+code and pinned requirements. This module imports no MLflow: stages call it, the tracker
+logs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import trilemma
 
@@ -66,7 +66,7 @@ def carried_files(model_file: Path, settings: dict) -> dict[str, Path]:
 
 def log_model(mlflow_module, family: str, files: dict[str, Path], settings: dict) -> None:
     """Log the model (`files`: see `carried_files`) as its pyfunc into the active run and
-    register it (called on the tracking thread with the `mlflow` module, or by `sync-mlflow`)."""
+    register it (called by the tracker with the `mlflow` module, or by `sync-mlflow`)."""
     from trilemma.mlflow_pyfunc import KINDS  # imports mlflow.pyfunc: seconds
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not in stage logs
@@ -85,17 +85,13 @@ def log_model(mlflow_module, family: str, files: dict[str, Path], settings: dict
         file_digest(files["model"]))
 
 
-def queued(family: str, model_file: Path, settings: dict) -> tuple[Callable, Callable]:
-    """(log, cleanup) for the tracking thread: the files are copied now, since a later stage
-    may rewrite them before the thread gets to them."""
-    snapshot = Path(tempfile.mkdtemp(prefix="trilemma-model-"))
-    copies = {name: Path(shutil.copy2(path, snapshot / f"{name}{Path(path).suffix}"))
+def snapshot(model_file: Path, settings: dict) -> tuple[dict[str, Path], Path]:
+    """Copies of the files the logged model carries (see `carried_files`), taken now since a
+    later stage may rewrite them before the tracker gets to them, and the folder holding them."""
+    folder = Path(tempfile.mkdtemp(prefix="trilemma-model-"))
+    copies = {name: Path(shutil.copy2(path, folder / f"{name}{Path(path).suffix}"))
               for name, path in carried_files(model_file, settings).items()}
-
-    def log(mlflow_module) -> None:
-        log_model(mlflow_module, family, copies, settings)
-
-    return log, lambda: shutil.rmtree(snapshot, ignore_errors=True)
+    return copies, folder
 
 
 def is_registered(client, family: str, digest: str) -> bool:
@@ -107,19 +103,19 @@ def is_registered(client, family: str, digest: str) -> bool:
 def sync_registry(families: list[str], p, i2i: list[str] = ()) -> list[tuple[str, str]]:
     """Register the model of every trained family and translator (`i2i`) whose current file no
     registered version holds (DVC skipped its train stage, or it ran untracked), into the train
-    run that has the current training reports (`tracking.sync` logs it first). Running it again
+    run that has the current training reports (`tracker.sync` logs it first). Running it again
     adds nothing. Returns (registered name, what happened) per model. Call it after
-    `tracking.sync`."""
+    `tracker.sync`."""
     import mlflow
 
-    from trilemma import paths, tracking
+    from trilemma import paths, tracker, tracking_files
 
     client, done = mlflow.MlflowClient(), []
     trained = ([(family, "train", settings(family, p)) for family in families]
                + [(family, "train-i2i", translator_settings(family, p)) for family in i2i])
     for family, stage, wanted in trained:
         name, files = registered_name(family), carried_files(paths.model(family), wanted)
-        reports = tracking.report_files(stage, family)
+        reports = tracking_files.report_files(stage, family)
         missing = [path for path in (*files.values(), *reports) if not path.exists()]
         if missing:
             done.append((name, f"skipped: {missing[0]} not found (not trained yet)"))
@@ -128,8 +124,8 @@ def sync_registry(families: list[str], p, i2i: list[str] = ()) -> list[tuple[str
             done.append((name, "up to date"))
             continue
         runs = mlflow.search_runs(
-            experiment_names=[tracking.EXPERIMENT], max_results=1, output_format="list",
-            filter_string=f"tags.reports_digest = '{tracking.reports_digest(reports)}' and "
+            experiment_names=[tracker.EXPERIMENT], max_results=1, output_format="list",
+            filter_string=f"tags.reports_digest = '{tracking_files.reports_digest(reports)}' and "
                           f"tags.stage = '{stage}' and tags.family = '{family}'")
         if not runs:
             done.append((name, f"skipped: no {stage} run with the current reports"))

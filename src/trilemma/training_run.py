@@ -136,7 +136,6 @@ def train_and_report(make_run: Callable[..., Run], family: str, cfg, p,
                 for path, folder in run_of.on_epoch(staged, row):
                     run.log_artifact(path, folder)
 
-            run.wait_started()  # MLflow's start-up must not share the CPU with timed training
             with BusySampler(dev) as busy:
                 history = train_loop(after_epoch, probe)
             # the model first, then its reports: new reports never describe a model not written
@@ -150,11 +149,11 @@ def train_and_report(make_run: Callable[..., Run], family: str, cfg, p,
             run.log_artifact(out / name)
         run.log_reports("train", family)
         run.log_artifact(out / "loss.csv")
-        # registered as trilemma-<family>, on the thread like every MLflow call; last, since a
-        # failure turns tracking off for what would follow
-        log_model, cleanup = mlflow_model.queued(family, paths.model(family),
-                                                 run_of.mlflow_settings())
-        run.call(log_model, cleanup=cleanup)
+        # registered as trilemma-<family> by the tracker; last, since a failure turns tracking
+        # off for what would follow
+        settings_of_model = run_of.mlflow_settings()
+        copies, folder = mlflow_model.snapshot(paths.model(family), settings_of_model)
+        run.call(mlflow_model.log_model, family, copies, settings_of_model, snapshot=folder)
         log(f"wrote {paths.model(family)} after {timing['train_seconds']:.1f} s of training"
             f"{probe_note(timing)}")
 

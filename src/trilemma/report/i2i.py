@@ -23,11 +23,16 @@ def section(i2i_families: list[str], images: Images) -> str:
     if not i2i_families:
         return ""
     head = ["family", "task", "baseline", *(title for _, title, _ in COLUMNS), "train s"]
-    lines = ["## Image-to-image", "", render("i2i_intro"),
+    scored = {family: read_optional(paths.eval_reports(family) / "metrics.json") or {}
+              for family in i2i_families}
+    counts = {scores["n"] for scores in scored.values() if "n" in scores}
+    digits = (f"{counts.pop():,} test digits (`evaluate.i2i_test_n`)"
+              if len(counts) == 1 else "the test digits")
+    lines = ["## Image-to-image", "", render("i2i_intro", digits=digits),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     figures = []
     for family in i2i_families:
-        scores = read_optional(paths.eval_reports(family) / "metrics.json") or {}
+        scores = scored[family]
         timing = read_optional(paths.train_reports(family) / "timing.json") or {}
         seconds = timing.get("train_seconds")
         lines.append("| " + " | ".join([
