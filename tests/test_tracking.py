@@ -205,3 +205,35 @@ def test_the_http_bounds_are_settings_mlflow_accepts(monkeypatch):
     for name, value in tracker.HTTP_LIMITS.items():
         monkeypatch.setenv(name, value)
         assert str(getattr(environment_variables, name).get()) in (value, f"{value}.0"), name
+
+
+def test_a_run_the_caller_has_open_stays_out_of_the_stages_run(tiny_repo):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    mlflow.set_experiment("notebook")
+    with mlflow.start_run(run_name="notebook") as mine:
+        with tracking.stage_run("sample", "vae", "quick") as run:
+            run.log_metrics({"samples_per_second": 3.0})
+        assert mlflow.active_run().info.run_id == mine.info.run_id
+    _, _, runs = runs_of(tiny_repo)
+    (stage,) = [r for r in runs if r.info.run_name == "sample:vae"]
+    assert stage.info.status == "FINISHED" and stage.data.metrics == {"samples_per_second": 3.0}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_journal_that_cannot_be_pickled_starts_no_tracker_and_leaves_no_marker(tiny_repo):
+    uri = f"sqlite:///{tiny_repo / 'mlflow.db'}"
+    with pytest.raises(Exception, match="pickle"):
+        tracking.hand_over({"uri": uri, "calls": [(lambda mlflow: None, (), {})]})
+    assert not list(tracker.spool(uri).glob("*.pending"))
+
+
+def test_waiting_passes_over_the_marker_of_a_tracker_that_was_killed(tiny_repo):
+    uri = f"sqlite:///{tiny_repo / 'mlflow.db'}"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (tracker.spool(uri) / "0-killed.pending").write_text(gone)  # its pid is no process now
+    t0 = time.monotonic()
+    tracking.wait_for_trackers(uri, timeout=30)
+    assert time.monotonic() - t0 < 5

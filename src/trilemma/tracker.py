@@ -16,8 +16,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trilemma.tracking_files import (report_files, reports_digest, stage_metrics, synced_stages,
                                      tables)
@@ -74,9 +75,13 @@ def spool(uri: str) -> Path:
 
 
 def warn(message: str) -> None:
-    """One line on stderr, however long the underlying error text."""
+    """One line on stderr, however long the underlying error text (nothing if nobody reads
+    it any more: a tracker can outlive the pipe of its stage)."""
     line = " ".join(str(message).split("\n")[0].split())
-    print(f"warning: {line}", file=sys.stderr, flush=True)
+    try:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _check_sqlite_writable(uri: str) -> None:
@@ -118,24 +123,18 @@ def _check_server_answers(uri: str) -> None:
         raise RuntimeError(f"{uri} does not answer ({reason})") from None
 
 
-class TrackerStopped(Exception):
-    pass
-
-
-def _stop(signum, frame) -> None:
-    raise TrackerStopped(f"still at work after {TRACKER_LIMIT_S} s")
-
-
-def replay(journal: dict[str, Any]) -> None:
+def replay(journal: dict[str, Any], on_locked: Callable[[], None] = lambda: None) -> None:
     """Log the run written down in `journal` (see tracking.Run), waiting for this store's
-    lock first. The first failing call turns tracking off for the rest of the run, with one
-    warning naming the stage; none for a failed stage, whose own error stays its last line."""
+    lock first (then `on_locked()`). The first failing call turns tracking off for the rest of
+    the run, with one warning naming the stage; none for a failed stage, whose own error stays
+    its last line."""
     name = journal["stage"] + (f":{journal['family']}" if journal["family"] else "")
     say = warn if journal["status"] == "FINISHED" else (lambda message: None)
     with open(spool(journal["uri"]) / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the trackers before this one are done
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer at a time
+        on_locked()
         try:
-            mlflow = connect(journal["uri"])
+            mlflow = connect(journal["uri"], journal["root"])
             _start(mlflow, journal["stage"], journal["family"], journal["profile"],
                    dvc_exp=journal["dvc_exp"], commit=journal.get("commit"),
                    start_ms=journal["start_ms"])
@@ -155,10 +154,10 @@ def replay(journal: dict[str, Any]) -> None:
         _finish(mlflow, journal["status"], journal["end_ms"])
 
 
-def log_journal(journal: dict[str, Any]) -> None:
+def log_journal(journal: dict[str, Any], on_locked: Callable[[], None] = lambda: None) -> None:
     """Replay the run, then delete the file copies it logged; a failure is one warning."""
     try:
-        replay(journal)
+        replay(journal, on_locked)
     except Exception as err:  # tracking is best effort by design
         if journal["status"] == "FINISHED":
             warn(f"MLflow tracker failed: {err}")
@@ -168,20 +167,31 @@ def log_journal(journal: dict[str, Any]) -> None:
 
 
 def main(marker: str) -> None:
-    signal.signal(signal.SIGALRM, _stop)
-    signal.alarm(TRACKER_LIMIT_S)
+    """The tracker process: at low priority (it shares the CPU with the next stage), its pid in
+    its marker (a killed tracker's marker is then passed over), the run from stdin, and at most
+    TRACKER_LIMIT_S of logging once it holds the lock."""
+    done = Path(marker)
+    done.write_text(str(os.getpid()))
+
+    def stop(signum, frame) -> None:  # a hung server or disk: give up, marker and all
+        warn(f"MLflow tracker still at work after {TRACKER_LIMIT_S} s: its run stays unfinished")
+        done.unlink(missing_ok=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGALRM, stop)
     try:
-        log_journal(pickle.load(sys.stdin.buffer))
+        os.nice(19)
+        log_journal(pickle.load(sys.stdin.buffer), lambda: signal.alarm(TRACKER_LIMIT_S))
     except Exception as err:  # an unreadable journal: the stage's run is lost, say so
         warn(f"MLflow tracker failed: {err}")
     finally:
-        Path(marker).unlink(missing_ok=True)
+        done.unlink(missing_ok=True)
 
 
-def connect(uri: str | None = None) -> Any:
-    """mlflow, pointed at the store (default: this directory's) and the experiment, with
-    bounded HTTP settings."""
-    root = Path.cwd().resolve()
+def connect(uri: str | None = None, root: str | None = None) -> Any:
+    """mlflow, pointed at the store (default: the one of `root`, the stage's working directory,
+    by default this one) and the experiment, with bounded HTTP settings."""
+    root = Path(root) if root else Path.cwd().resolve()
     default = f"sqlite:///{root / 'mlflow.db'}"
     uri = uri or tracking_uri()
     check_store(uri)
@@ -275,8 +285,10 @@ def _finish(mlflow: Any, status: str, end_ms: int | None = None) -> None:
     client = mlflow.MlflowClient()
     if end_ms is not None:
         client.set_terminated(run.info.run_id, status, end_time=end_ms)
-    if parent is not None:
-        client.set_terminated(parent, status, end_time=end_ms)
+    if parent is not None:  # spans its stages, whichever tracker came last
+        end = end_ms if end_ms is not None else int(time.time() * 1000)
+        client.set_terminated(parent, status,
+                              end_time=max(end, client.get_run(parent).info.end_time or 0))
 
 
 def sync(families: list[str], profile: str, i2i: list[str] = (),

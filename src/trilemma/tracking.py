@@ -41,7 +41,8 @@ class Run:
 
     def __init__(self, stage: str, family: str | None, profile: str):
         self.header = {"stage": stage, "family": family, "profile": profile,
-                       "uri": tracking_uri(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace"),
+                       "uri": tracking_uri(), "root": str(Path.cwd().resolve()),
+                       "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace"),
                        "start_ms": int(time.time() * 1000)}
         self.calls: list[tuple[Any, tuple, dict]] = []
         self.snapshots: list[Path] = []  # copies of logged files; the tracker deletes them
@@ -70,16 +71,21 @@ class Run:
         self._check.join()  # bounded: LOCK_WAIT for SQLite, PROBE_S for a server
         if self._unavailable is not None:
             warn(f"MLflow unavailable, this stage runs untracked: {self._unavailable}")
-            for folder in self.snapshots:
-                shutil.rmtree(folder, ignore_errors=True)
-            return
+            return self._drop_snapshots()
         journal = {**self.header, "calls": self.calls, "snapshots": self.snapshots}
-        if "mlflow" in sys.modules:
-            return log_journal(journal)
+        if "mlflow" in sys.modules:  # on a thread of its own, as MLflow's active run is per
+            logger = threading.Thread(target=log_journal, args=(journal,), name="mlflow")
+            logger.start()  # thread: a run the caller has open stays out of it
+            return logger.join()
         try:
             hand_over(journal)
         except Exception as err:  # tracking is best effort by design
             warn(f"MLflow tracker did not start, this stage runs untracked: {err}")
+            self._drop_snapshots()
+
+    def _drop_snapshots(self) -> None:
+        for folder in self.snapshots:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def call(self, function: Callable[..., None], *args: Any, snapshot: Path | None = None) -> None:
         """`function(mlflow, *args)` in the tracker, in order with the other calls (e.g. logging
@@ -145,15 +151,17 @@ def hand_over(journal: dict[str, Any]) -> None:
     """Start a tracker process for the run in `journal` (pickled to its stdin) and return. It
     runs in its own session, so DVC neither waits for it nor stops it with the stage; what it
     prints (MLflow's link to the run, warnings) goes where the stage's output goes."""
+    blob = pickle.dumps(journal)  # before anything starts: an unpicklable call fails here
     marker = spool(journal["uri"]) / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.pending"
     marker.touch()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    try:
+    try:  # in the temp folder: DVC's queue deletes an experiment's folder when it is done
         tracker = subprocess.Popen([sys.executable, "-m", "trilemma.tracker", str(marker)],
-                                   stdin=subprocess.PIPE, start_new_session=True, env=env)
+                                   stdin=subprocess.PIPE, start_new_session=True, env=env,
+                                   cwd=tempfile.gettempdir())
         _started.append(tracker)
         with tracker.stdin:
-            pickle.dump(journal, tracker.stdin)
+            tracker.stdin.write(blob)
     except BaseException:
         marker.unlink(missing_ok=True)
         raise
@@ -171,12 +179,26 @@ def wait_for_trackers(uri: str | None = None, timeout: float = TRACKER_LIMIT_S +
             return
     _started.clear()
     folder = spool(uri or tracking_uri())
-    while time.monotonic() < deadline:
-        now = time.time()
-        if not [m for m in folder.glob("*.pending")
-                if now - m.stat().st_mtime < TRACKER_LIMIT_S + 30]:
-            return
+    while time.monotonic() < deadline and any(_pending(m) for m in folder.glob("*.pending")):
         time.sleep(0.05)
+
+
+def _pending(marker: Path) -> bool:
+    """Whether the marker stands for a run still on its way: its tracker (the pid it wrote) is
+    alive, or it has not started yet and the marker is young."""
+    try:
+        pid, age = marker.read_text().strip(), time.time() - marker.stat().st_mtime
+    except OSError:  # removed meanwhile: done
+        return False
+    if not pid:
+        return age < 60
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return age < TRACKER_LIMIT_S * 3
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
