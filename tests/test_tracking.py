@@ -233,7 +233,9 @@ def test_waiting_passes_over_the_marker_of_a_tracker_that_was_killed(tiny_repo):
     uri = f"sqlite:///{tiny_repo / 'mlflow.db'}"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    (tracker.spool(uri) / "0-killed.pending").write_text(gone)  # its pid is no process now
+    marker = tracker.spool(uri) / "0-killed.pending"
+    marker.write_text(gone)  # its pid is no process now
     t0 = time.monotonic()
     tracking.wait_for_trackers(uri, timeout=30)
     assert time.monotonic() - t0 < 5
+    marker.unlink()
