@@ -2,8 +2,9 @@
 pipeline runs), the tracker process that logs a stage's run after the stage has ended (`python
 -m trilemma.tracker MARKER`, started by `tracking.hand_over` with the run pickled on its stdin),
 and `sync`, which logs what DVC skipped. MLflow itself is imported only inside `connect`.
-Trackers of one store take turns (a file lock), so runs arrive in order and SQLite sees one
-writer; each removes its marker when done, which `tracking.wait_for_trackers` waits for."""
+Trackers of one store take turns under a file lock, so SQLite sees one writer (the lock does not
+promise first-come order); each removes its marker when done, which `tracking.wait_for_trackers`
+waits for."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETR
 PROBE_S = 3.0  # a server must answer its first request within this, or the stage runs untracked
 LOCK_WAIT = 2.0  # seconds to wait for a locked SQLite store before running untracked
 TRACKER_LIMIT_S = 600  # a tracker still at work after this stops (a hung server or disk)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -50,10 +53,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def default_uri(root: Path) -> str:
+    """The embedded store of the repository at `root` (DVC's working directory)."""
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
 def tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the SQLite store in the working directory."""
-    default = f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    return os.environ.get("MLFLOW_TRACKING_URI") or default
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(Path.cwd().resolve())
 
 
 def check_store(uri: str) -> None:
@@ -192,7 +199,7 @@ def connect(uri: str | None = None, root: str | None = None) -> Any:
     """mlflow, pointed at the store (default: the one of `root`, the stage's working directory,
     by default this one) and the experiment, with bounded HTTP settings."""
     root = Path(root) if root else Path.cwd().resolve()
-    default = f"sqlite:///{root / 'mlflow.db'}"
+    default = default_uri(root)
     uri = uri or tracking_uri()
     check_store(uri)
     for name, value in {"MLFLOW_DISABLE_TELEMETRY": "true", **HTTP_LIMITS}.items():
@@ -232,12 +239,10 @@ def pipeline_key(dvc_exp: str, commit: str, profile: str) -> str:
                    for c in f"{dvc_exp}@{commit}:{profile}")
 
 
-def _parent_run(mlflow: Any, key: str, name: str, tags: dict[str, str],
+def _parent_run(client: Any, experiment_id: str, key: str, name: str, tags: dict[str, str],
                 start_ms: int | None = None) -> str:
     """The id of the parent run of pipeline execution `key`, created by its first stage. Two
     stages creating it at once keep the older of the two."""
-    client = mlflow.MlflowClient()
-    experiment_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
 
     def oldest() -> Any:
         found = client.search_runs([experiment_id], f"tags.{PIPELINE_TAG} = '{key}'",
@@ -261,15 +266,15 @@ def _start(mlflow: Any, stage: str, family: str | None, profile: str,
     dvc_exp = dvc_exp or os.environ.get("DVC_EXP_NAME", "workspace")
     commit = commit or git_commit()
     shared = {"profile": profile, "git_commit": commit, "dvc_exp": dvc_exp}
-    parent = _parent_run(mlflow, pipeline_key(dvc_exp, commit, profile),
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    parent = _parent_run(client, experiment_id, pipeline_key(dvc_exp, commit, profile),
                          f"pipeline {dvc_exp} {commit[:7]} {profile}", shared, start_ms)
     tags = {"stage": stage, "family": family or "-", **shared, PARENT_TAG: parent, **(tags or {})}
     if stage.startswith("evaluate"):
         tags[RUN_TYPE_TAG] = EVALUATION
     name = f"{stage}:{family}" if family else stage
-    experiment_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
-    run = mlflow.MlflowClient().create_run(experiment_id, start_time=start_ms, tags=tags,
-                                           run_name=name)
+    run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name)
     mlflow.start_run(run_id=run.info.run_id)
 
 
