@@ -110,6 +110,7 @@ class Theirs:
         self.opt = adam(self.net.parameters(), cfg.lr)
 
     def train_step(self, x: torch.Tensor) -> None:
+        self.net.train()
         x0 = x * 2 - 1
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.cfg.timesteps, (len(x0),), device=self.device)
@@ -126,12 +127,42 @@ class Theirs:
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, steps: int = DDIM_STEPS) -> torch.Tensor:
+        self.net.eval()  # no dropout while sampling, as ours samples its EMA copy in eval mode
         self.sampler.set_timesteps(steps)
         x = torch.randn(n, 1, 28, 28, generator=generator).to(self.device)
         for t in self.sampler.timesteps:
             eps = self.net(x, t.to(self.device).expand(n))
             x = self.sampler.step(eps, t, x, eta=0.0).prev_sample
         return x
+
+
+def flops_per_image(net: nn.Module, device: torch.device) -> dict[str, float]:
+    """Forward and training (forward + backward) FLOPs per 28x28 image, as torch counts them
+    (convolutions, matrix products, attention); measured on a batch of 2, gradients discarded."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([10, 500], device=device)
+    counts = {}
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            net(x, t)
+    counts["forward"] = counter.get_total_flops() / 2
+    with FlopCounterMode(display=False) as counter:
+        net(x, t).square().mean().backward()
+    counts["train"] = counter.get_total_flops() / 2
+    for p in net.parameters():
+        p.grad = None
+    return counts
+
+
+def matmul_rate(device: torch.device) -> float:
+    """The device's float32 matrix-product rate in FLOP/s (2048^2 on a CPU, 8192^2 on a GPU): the
+    ceiling that convolution-bound networks approach."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    return 2 * n ** 3 * 5 / timed(lambda: [a @ b for _ in range(5)], device)
 
 
 def timed(fn, device: torch.device) -> float:
@@ -155,6 +186,8 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
     ours = families.build("ddpm", cfg, device)
     theirs_net, theirs_config = diffusers_unet(cfg, parameters(ours.net))
     theirs = Theirs(cfg, theirs_net, device)
+    flops = {"ours": flops_per_image(ours.net, device),
+             "diffusers": flops_per_image(theirs.net, device)}
     x = torch.rand(batch, 1, 28, 28, device=device)  # images in [0, 1], as the loop gives them
     y = torch.zeros(batch, dtype=torch.long, device=device)
     sides = {
@@ -181,6 +214,7 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
     median = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in rates.items()}
     return {
         "params": {"ours": parameters(ours.net), "diffusers": parameters(theirs_net)},
+        "flops_per_image": flops, "matmul_flops_per_s": matmul_rate(device),
         "diffusers_config": theirs_config, "batch": batch, "sample_batch": sample_batch,
         "train_steps": train_steps, "repeats": repeats, "ddim_steps": steps, "rounds": rates,
         "median": median,
@@ -189,21 +223,33 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
 
 
 def markdown(result: dict) -> str:
-    m, r, p = result["median"], result["ratio"], result["params"]
+    m, r, p, f = result["median"], result["ratio"], result["params"], result["flops_per_image"]
+    peak, steps = result["matmul_flops_per_s"], result["ddim_steps"]
+
+    def row(name: str, side: str) -> str:
+        train = f[side]["train"] * m[side]["train"] / 1e9  # achieved GFLOP/s
+        sample = f[side]["forward"] * steps * m[side]["sample"] / 1e9
+        return (f"| {name} | {p[side]:,} | {f[side]['forward'] / 1e6:.1f} | "
+                f"{m[side]['train']:.1f} | {m[side]['sample']:.2f} | "
+                f"{train:.0f} ({train * 1e9 / peak:.0%}) | {sample:.0f} ({sample * 1e9 / peak:.0%}) |")
+
     return "\n".join([
         f"# DDPM benchmark: trilemma against diffusers ({result['profile']} profile)", "",
         f"{result['device']} · torch {result['torch']} · diffusers {result['diffusers']} · "
         f"precision {result['precision']} · {result['date']}", "",
         f"`{result['command']}`", "",
-        f"| model | parameters | training images/s | DDIM-{result['ddim_steps']} images/s |",
-        "|---|---|---|---|",
-        f"| trilemma U-Net | {p['ours']:,} | {m['ours']['train']:.1f} | {m['ours']['sample']:.2f} |",
-        f"| diffusers UNet2DModel | {p['diffusers']:,} | {m['diffusers']['train']:.1f} | "
-        f"{m['diffusers']['sample']:.2f} |",
-        f"| **ratio ours / diffusers** | | **{r['train']:.2f}x** | **{r['sample']:.2f}x** |", "",
+        f"| model | parameters | forward MFLOP per image | training images/s | DDIM-{steps} "
+        "images/s | training GFLOP/s (of matmul peak) | DDIM GFLOP/s (of matmul peak) |",
+        "|---|---|---|---|---|---|---|",
+        row("trilemma U-Net", "ours"), row("diffusers UNet2DModel", "diffusers"),
+        f"| **ratio ours / diffusers** | | | **{r['train']:.2f}x** | **{r['sample']:.2f}x** | | |",
+        "",
         f"Batch {result['batch']} for training ({result['train_steps']} steps per round), "
         f"{result['sample_batch']} images per DDIM run; median of {result['repeats']} "
-        f"alternating rounds. diffusers config: `{json.dumps(result['diffusers_config'])}`.", ""])
+        f"alternating rounds. FLOPs as torch's FlopCounterMode counts them (training: forward "
+        f"and backward); the matmul peak is this device's float32 matrix-product rate, "
+        f"{peak / 1e9:.0f} GFLOP/s. diffusers config: `{json.dumps(result['diffusers_config'])}`.",
+        ""])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks import diffusion as bench
+from benchmarks import groupnorm as groupnorm_bench
 from conftest import write_params
 from trilemma import diffusion, families
 from trilemma.config import load_params
@@ -82,6 +83,23 @@ def test_diffusers_sampling_loop_gives_finite_images_in_range(tiny_cfg):
     assert images.abs().max() <= 1 + 1e-5  # x0 clipped to the data range, as ours
 
 
+def test_diffusers_samples_without_dropout_and_trains_with_it(tiny_cfg):
+    theirs = theirs_for(tiny_cfg.model_copy(update={"dropout": 0.5}))
+    first, again = (theirs.sample(2, torch.Generator().manual_seed(0), steps=3) for _ in range(2))
+    assert torch.equal(first, again)  # eval mode: dropout would draw other masks
+    assert not theirs.net.training
+    theirs.train_step(torch.rand(4, 1, 28, 28))
+    assert theirs.net.training
+
+
+def test_flops_per_image_count_forward_and_backward(tiny_cfg):
+    ours = families.build("ddpm", tiny_cfg, CPU).net
+    flops = bench.flops_per_image(ours, CPU)
+    assert flops["forward"] > 0
+    assert 2.5 * flops["forward"] < flops["train"] < 3.5 * flops["forward"]  # backward: ~2x
+    assert all(p.grad is None for p in ours.parameters())
+
+
 def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
     params = write_params(tmp_path / "params.yaml", TINY)
     out = tmp_path / "results"
@@ -95,4 +113,19 @@ def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
     text = json_file.with_suffix(".md").read_text()
     assert "ratio ours / diffusers" in text and result["device"] in text
     assert f"{result['ratio']['train']:.2f}x" in text
+    assert result["matmul_flops_per_s"] > 0 and "of matmul peak" in text
     assert "wrote" in capsys.readouterr().out
+
+
+def test_groupnorm_benchmark_times_every_groupnorm_shape_of_the_unet(tmp_path):
+    params = write_params(tmp_path / "params.yaml", TINY)
+    found = groupnorm_bench.shapes("quick", params, batch=64)
+    assert found and all(len(shape) == 4 and shape[0] == 64 for shape in found)
+    assert len(set(found)) == len(found) and {s[1] for s in found} >= {8, 16}
+    out = tmp_path / "results"
+    assert groupnorm_bench.main(["--params", str(params), "--batch", "64", "--repeats", "1",
+                                 "--out", str(out)]) == 0
+    (table,) = out.glob("groupnorm-cpu-*-quick-batch-64.md")
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| 64, ")]
+    assert len(rows) == len(found)
+    assert "channel sums |" in "".join(rows)  # 8 channels in 8 groups at 14x14x64: the sums
