@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from benchmarks import diffusion as bench
-from benchmarks import groupnorm as groupnorm_bench
 from conftest import write_params
 from trilemma import diffusion, families
 from trilemma.config import load_params
@@ -116,16 +115,3 @@ def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
     assert result["matmul_flops_per_s"] > 0 and "of matmul peak" in text
     assert "wrote" in capsys.readouterr().out
 
-
-def test_groupnorm_benchmark_times_every_groupnorm_shape_of_the_unet(tmp_path):
-    params = write_params(tmp_path / "params.yaml", TINY)
-    found = groupnorm_bench.shapes("quick", params, batch=64)
-    assert found and all(len(shape) == 4 and shape[0] == 64 for shape in found)
-    assert len(set(found)) == len(found) and {s[1] for s in found} >= {8, 16}
-    out = tmp_path / "results"
-    assert groupnorm_bench.main(["--params", str(params), "--batch", "64", "--repeats", "1",
-                                 "--out", str(out)]) == 0
-    (table,) = out.glob("groupnorm-cpu-*-quick-batch-64.md")
-    rows = [line for line in table.read_text().splitlines() if line.startswith("| 64, ")]
-    assert len(rows) == len(found)
-    assert "channel sums |" in "".join(rows)  # 8 channels in 8 groups at 14x14x64: the sums

@@ -12,7 +12,7 @@ from conftest import assert_resume_repeats_the_next_step, params_of, same_params
 
 from trilemma import diffusion, families, registry
 from trilemma.data import ImageSpec
-from trilemma.nets.unet import GroupNorm, UNet, timestep_embedding
+from trilemma.nets.unet import UNet, timestep_embedding
 from trilemma.train import fit
 
 CPU = torch.device("cpu")
@@ -103,62 +103,6 @@ def test_unet_builds_and_runs_for_every_width_the_config_accepts():
     model = build("ddpm", widths=[5, 10])
     losses = model.train_step(*fake_batch())
     assert torch.isfinite(losses["loss"])
-
-
-def far_from_identity(norm: GroupNorm) -> GroupNorm:
-    torch.nn.init.normal_(norm.weight)
-    torch.nn.init.normal_(norm.bias)
-    return norm
-
-
-@pytest.mark.parametrize("shape", [(128, 24, 14, 14), (100, 72, 7, 7), (4, 12, 40, 31)])
-@pytest.mark.parametrize("mean", [0.0, 10.0, 100.0])
-def test_groupnorm_sums_path_is_closer_to_float64_than_torchs_channels_last_kernel(shape, mean):
-    torch.manual_seed(0)
-    norm = far_from_identity(GroupNorm(math.gcd(8, shape[1]), shape[1]))
-    x = (torch.randn(shape) * 2 + mean).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        assert norm._sums_are_faster(x)
-        out = norm(x)
-        torchs = torch.nn.functional.group_norm(x, norm.num_groups, norm.weight, norm.bias)
-        exact = torch.nn.functional.group_norm(x.double(), norm.num_groups, norm.weight.double(),
-                                               norm.bias.double())
-    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
-    error = (out.double() - exact).abs().max()
-    assert error <= (torchs.double() - exact).abs().max()
-    assert error < 1e-4 * max(1.0, mean) ** 2  # the E[x^2] - E[x]^2 cancellation grows as mean^2
-
-
-def test_groupnorm_keeps_torchs_kernel_where_it_is_as_fast_or_gradients_flow():
-    cl = torch.channels_last
-    norm = GroupNorm(8, 24)
-    x = torch.randn(128, 24, 14, 14).contiguous(memory_format=cl)
-    with torch.no_grad():
-        assert norm._sums_are_faster(x)
-        assert not norm._sums_are_faster(x.contiguous())  # NCHW: torch's kernel is fast there
-        assert not norm._sums_are_faster(x[:8])  # 1568 pixels: a dozen small ops cost more
-        assert not norm._sums_are_faster(x.to(torch.bfloat16))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not norm._sums_are_faster(x)
-        wide = torch.randn(128, 128, 14, 14).contiguous(memory_format=cl)
-        assert not GroupNorm(8, 128)._sums_are_faster(wide)  # 16 per group: torch vectorises
-    assert not norm._sums_are_faster(x)  # training: torch's kernel and its backward
-    norm(x.requires_grad_()).sum().backward()
-    assert x.grad is not None and norm.weight.grad is not None
-
-
-def test_unet_samples_the_same_with_either_groupnorm_path():
-    torch.manual_seed(0)
-    net = UNet([24, 48], patch=2).eval()
-    jiggle(net)
-    net = net.to(memory_format=torch.channels_last)
-    x = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    t = torch.full((64,), 300)
-    with torch.no_grad():
-        sums = net(x, t)
-    with torch.enable_grad():  # grad mode: torch's kernel everywhere
-        torchs = net(x, t).detach()
-    torch.testing.assert_close(sums, torchs, rtol=1e-4, atol=1e-5)
 
 
 def test_timestep_embedding_is_cos_then_sin_of_t_times_frequencies():

@@ -21,43 +21,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(torch.cat([angles.cos(), angles.sin()], dim=1), (0, dim % 2))
 
 
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm with a faster inference path for float32 channels_last tensors on the CPU.
-    PyTorch's channels_last CPU kernel vectorises over the channels of a group, 8 floats at a
-    time; at 3-15 channels per group that are not a multiple of 8 (the quick U-Net's 24-96
-    channels in 8 groups) it runs 2-4x slower than per-channel sums over the (N, HW, C) view
-    (benchmarks/groupnorm.py). Training keeps PyTorch's kernel, whose backward autograd through
-    these sums cannot match."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._by_channel_sums(x) if self._sums_are_faster(x) else super().forward(x)
-
-    def _sums_are_faster(self, x: torch.Tensor) -> bool:
-        per_group = self.num_channels // self.num_groups
-        return (not torch.is_grad_enabled() and self.affine and x.device.type == "cpu"
-                and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-                and per_group < 16 and per_group % 8 != 0
-                and x.shape[0] * x.shape[2] * x.shape[3] >= 4096)  # below, op overheads win
-
-    def _by_channel_sums(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        groups = self.num_groups
-        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view: no copy
-        rows = max(1, 2 ** 20 // (h * w * c))  # squares a chunk at a time: a 4 MiB temporary
-        square = torch.cat([(chunk * chunk).sum(1) for chunk in pixels.split(rows)])
-        count = h * w * c // groups
-        # the group moments in float64: E[x^2] - E[x]^2 cancels digits when |mean| >> std
-        mean = pixels.sum(1).double().view(n, groups, -1).sum(-1, keepdim=True) / count  # (N,G,1)
-        var = square.double().view(n, groups, -1).sum(-1, keepdim=True) / count - mean * mean
-        rstd = (var.clamp_min(0) + self.eps).rsqrt()
-        scale = (rstd * self.weight.view(1, groups, -1)).float()  # (N,G,C/G)
-        shift = (self.bias.view(1, groups, -1) - mean * scale).float()
-        return torch.addcmul(shift.view(n, c, 1, 1), x, scale.view(n, c, 1, 1))
-
-
-def norm(channels: int) -> GroupNorm:
-    return GroupNorm(math.gcd(8, channels), channels)  # 8 groups when the width allows
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, channels), channels)  # 8 groups when the width allows
 
 
 class ResBlock(nn.Module):
