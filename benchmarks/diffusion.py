@@ -157,8 +157,8 @@ def flops_per_image(net: nn.Module, device: torch.device) -> dict[str, float]:
 
 
 def matmul_rate(device: torch.device) -> float:
-    """The device's float32 matrix-product rate in FLOP/s (2048^2 on a CPU, 8192^2 on a GPU): the
-    ceiling that convolution-bound networks approach."""
+    """The device's matrix-product rate in FLOP/s at the autocast precision in force (2048^2 on a
+    CPU, 8192^2 on a GPU): about the ceiling a convolution-bound network reaches."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b  # warm-up
@@ -204,6 +204,7 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
                 train()
         for side, (_, sample) in sides.items():
             sample()  # warm-up: kernels, lazy initialisation
+        peak = matmul_rate(device)
         for round_ in range(1, repeats + 1):
             for side, (train, sample) in sides.items():
                 seconds = timed(lambda: [train() for _ in range(train_steps)], device)
@@ -214,7 +215,7 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
     median = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in rates.items()}
     return {
         "params": {"ours": parameters(ours.net), "diffusers": parameters(theirs_net)},
-        "flops_per_image": flops, "matmul_flops_per_s": matmul_rate(device),
+        "flops_per_image": flops, "matmul_flops_per_s": peak,
         "diffusers_config": theirs_config, "batch": batch, "sample_batch": sample_batch,
         "train_steps": train_steps, "repeats": repeats, "ddim_steps": steps, "rounds": rates,
         "median": median,
@@ -247,8 +248,8 @@ def markdown(result: dict) -> str:
         f"Batch {result['batch']} for training ({result['train_steps']} steps per round), "
         f"{result['sample_batch']} images per DDIM run; median of {result['repeats']} "
         f"alternating rounds. FLOPs as torch's FlopCounterMode counts them (training: forward "
-        f"and backward); the matmul peak is this device's float32 matrix-product rate, "
-        f"{peak / 1e9:.0f} GFLOP/s. diffusers config: `{json.dumps(result['diffusers_config'])}`.",
+        f"and backward); the matmul peak is this device's matrix-product rate at "
+        f"{result['precision']}, {peak / 1e9:.0f} GFLOP/s. diffusers config: `{json.dumps(result['diffusers_config'])}`.",
         ""])
 
 
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the params file's profile if not given")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=None,
-                        help="the family's `precision` if not given (bf16 crawls on a CPU "
+                        help="the family's `precision` if not given (bf16 is slower on a CPU "
                              "without bf16 instructions: use fp32 there)")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from benchmarks.stages import slug
 
-    stem = args.out / f"diffusion-{slug(result['device'])}-{raw['profile']}"
+    stem = args.out / f"diffusion-{slug(result['device'])}-{raw['profile']}-{cfg.precision}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(text)
     print(f"wrote {stem}.json and {stem}.md")

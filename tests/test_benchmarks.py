@@ -105,7 +105,7 @@ def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
     assert bench.main(["--params", str(params), "--device", "cpu", "--train-steps", "1",
                        "--warmup", "1", "--sample-batch", "2", "--repeats", "1",
                        "--out", str(out)]) == 0
-    (json_file,) = out.glob("diffusion-cpu-*-quick.json")
+    (json_file,) = out.glob("diffusion-cpu-*-quick-fp32.json")
     result = json.loads(json_file.read_text())
     assert result["device"].startswith("cpu") and result["profile"] == "quick"
     assert result["diffusers"] and result["torch"] == torch.__version__
