@@ -18,6 +18,7 @@ the median, so that drift on a shared machine hits both alike.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -106,11 +107,12 @@ class Theirs:
         self.train_scheduler = DDPMScheduler(**schedule)
         self.sampler = DDIMScheduler(**schedule, timestep_spacing="linspace")
         self.net = net.to(device)
-        self.ema = [p.detach().clone() for p in self.net.parameters()]
+        # samples from an EMA copy without gradients in eval mode, as ours does (no dropout, and
+        # under bf16 autocast its weights are cast at every call, as ours are)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.opt = adam(self.net.parameters(), cfg.lr)
 
     def train_step(self, x: torch.Tensor) -> None:
-        self.net.train()
         x0 = x * 2 - 1
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.cfg.timesteps, (len(x0),), device=self.device)
@@ -122,47 +124,51 @@ class Theirs:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         with torch.no_grad():
-            torch._foreach_lerp_(self.ema, [p.detach() for p in self.net.parameters()],
-                                 1 - self.cfg.ema_decay)
+            torch._foreach_lerp_(list(self.ema.parameters()),
+                                 [p.detach() for p in self.net.parameters()], 1 - self.cfg.ema_decay)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, steps: int = DDIM_STEPS) -> torch.Tensor:
-        self.net.eval()  # no dropout while sampling, as ours samples its EMA copy in eval mode
         self.sampler.set_timesteps(steps)
         x = torch.randn(n, 1, 28, 28, generator=generator).to(self.device)
         for t in self.sampler.timesteps:
-            eps = self.net(x, t.to(self.device).expand(n))
+            eps = self.ema(x, t.to(self.device).expand(n))
             x = self.sampler.step(eps, t, x, eta=0.0).prev_sample
         return x
 
 
 def flops_per_image(net: nn.Module, device: torch.device) -> dict[str, float]:
     """Forward and training (forward + backward) FLOPs per 28x28 image, as torch counts them
-    (convolutions, matrix products, attention); measured on a batch of 2, gradients discarded."""
+    (convolutions, matrix products, attention), in training mode; measured on a batch of 2.
+    Leaves no trace: gradients dropped, mode and random state restored."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(2, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
-    t = torch.tensor([10, 500], device=device)
-    counts = {}
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
+    t = torch.tensor([0, 1], device=device)
+    counts, was_training = {}, net.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = torch.randn(2, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+        net.train()  # eval mode may take fused attention paths the counter does not see
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             net(x, t)
-    counts["forward"] = counter.get_total_flops() / 2
-    with FlopCounterMode(display=False) as counter:
-        net(x, t).square().mean().backward()
-    counts["train"] = counter.get_total_flops() / 2
+        counts["forward"] = counter.get_total_flops() / 2
+        with FlopCounterMode(display=False) as counter:
+            net(x, t).square().mean().backward()
+        counts["train"] = counter.get_total_flops() / 2
+    net.train(was_training)
     for p in net.parameters():
         p.grad = None
     return counts
 
 
-def matmul_rate(device: torch.device) -> float:
-    """The device's matrix-product rate in FLOP/s at the autocast precision in force (2048^2 on a
-    CPU, 8192^2 on a GPU): about the ceiling a convolution-bound network reaches."""
+def matmul_rate(device: torch.device, precision: str) -> float:
+    """The device's matrix-product rate in FLOP/s at `precision` (2048^2 on a CPU, 8192^2 on a
+    GPU; the best of 3 runs of 5 products): about the most a convolution-bound network reaches."""
     n = 8192 if device.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
-    return 2 * n ** 3 * 5 / timed(lambda: [a @ b for _ in range(5)], device)
+    return max(2 * n ** 3 * 5 / timed(lambda: [a @ b for _ in range(5)], device)
+               for _ in range(3))
 
 
 def timed(fn, device: torch.device) -> float:
@@ -190,6 +196,15 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
              "diffusers": flops_per_image(theirs.net, device)}
     x = torch.rand(batch, 1, 28, 28, device=device)  # images in [0, 1], as the loop gives them
     y = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def autocast_per_call(fn):
+        """fn under the precision's autocast, entered per call as the pipeline does (one training
+        step; one sampling run): autocast's cast weights live only that long."""
+        def call():
+            with autocast(cfg.precision, device):
+                fn()
+        return call
+
     sides = {
         "ours": (lambda: ours.train_step(x, y),
                  lambda: ours.sample(sample_batch, None, torch.Generator().manual_seed(0),
@@ -197,21 +212,21 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
         "diffusers": (lambda: theirs.train_step(x),
                       lambda: theirs.sample(sample_batch, torch.Generator().manual_seed(0), steps)),
     }
+    sides = {side: tuple(map(autocast_per_call, fns)) for side, fns in sides.items()}
     rates: dict[str, dict[str, list[float]]] = {s: {"train": [], "sample": []} for s in sides}
-    with autocast(cfg.precision, device):
-        for side, (train, _) in sides.items():
-            for _ in range(warmup):
-                train()
-        for side, (_, sample) in sides.items():
-            sample()  # warm-up: kernels, lazy initialisation
-        peak = matmul_rate(device)
-        for round_ in range(1, repeats + 1):
-            for side, (train, sample) in sides.items():
-                seconds = timed(lambda: [train() for _ in range(train_steps)], device)
-                rates[side]["train"].append(train_steps * batch / seconds)
-                rates[side]["sample"].append(sample_batch / timed(sample, device))
-                log(f"round {round_}/{repeats} {side}: train {rates[side]['train'][-1]:.0f} "
-                    f"images/s, DDIM-{steps} {rates[side]['sample'][-1]:.1f} images/s")
+    for side, (train, _) in sides.items():
+        for _ in range(warmup):
+            train()
+    for side, (_, sample) in sides.items():
+        sample()  # warm-up: kernels, lazy initialisation
+    peak = matmul_rate(device, cfg.precision)
+    for round_ in range(1, repeats + 1):
+        for side, (train, sample) in sides.items():
+            seconds = timed(lambda: [train() for _ in range(train_steps)], device)
+            rates[side]["train"].append(train_steps * batch / seconds)
+            rates[side]["sample"].append(sample_batch / timed(sample, device))
+            log(f"round {round_}/{repeats} {side}: train {rates[side]['train'][-1]:.0f} "
+                f"images/s, DDIM-{steps} {rates[side]['sample'][-1]:.1f} images/s")
     median = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in rates.items()}
     return {
         "params": {"ours": parameters(ours.net), "diffusers": parameters(theirs_net)},
@@ -223,6 +238,18 @@ def run(cfg: DiffusionConfig, device: torch.device, *, train_steps: int = 20, wa
     }
 
 
+def processor() -> str:
+    """The CPU's model name, and whether it has bf16 instructions (Linux; else the platform's
+    word for it)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), platform.machine())
+    return f"{name} ({'with' if 'avx512_bf16' in info else 'no'} AVX512-BF16)"
+
+
 def markdown(result: dict) -> str:
     m, r, p, f = result["median"], result["ratio"], result["params"], result["flops_per_image"]
     peak, steps = result["matmul_flops_per_s"], result["ddim_steps"]
@@ -230,17 +257,20 @@ def markdown(result: dict) -> str:
     def row(name: str, side: str) -> str:
         train = f[side]["train"] * m[side]["train"] / 1e9  # achieved GFLOP/s
         sample = f[side]["forward"] * steps * m[side]["sample"] / 1e9
-        return (f"| {name} | {p[side]:,} | {f[side]['forward'] / 1e6:.1f} | "
+        return (f"| {name} | {p[side]:,} | {f[side]['forward'] / 1e6:.1f} / "
+                f"{f[side]['train'] / 1e6:.1f} | "
                 f"{m[side]['train']:.1f} | {m[side]['sample']:.2f} | "
                 f"{train:.0f} ({train * 1e9 / peak:.0%}) | {sample:.0f} ({sample * 1e9 / peak:.0%}) |")
 
     return "\n".join([
         f"# DDPM benchmark: trilemma against diffusers ({result['profile']} profile)", "",
-        f"{result['device']} · torch {result['torch']} · diffusers {result['diffusers']} · "
+        f"{result['device']}, {result['processor']} · torch {result['torch']} · "
+        f"diffusers {result['diffusers']} · "
         f"precision {result['precision']} · {result['date']}", "",
         f"`{result['command']}`", "",
-        f"| model | parameters | forward MFLOP per image | training images/s | DDIM-{steps} "
-        "images/s | training GFLOP/s (of matmul peak) | DDIM GFLOP/s (of matmul peak) |",
+        f"| model | parameters | MFLOP per image, forward / training | training images/s | "
+        f"DDIM-{steps} images/s | training GFLOP/s (of matmul rate) | DDIM GFLOP/s (of matmul "
+        "rate) |",
         "|---|---|---|---|---|---|---|",
         row("trilemma U-Net", "ours"), row("diffusers UNet2DModel", "diffusers"),
         f"| **ratio ours / diffusers** | | | **{r['train']:.2f}x** | **{r['sample']:.2f}x** | | |",
@@ -248,8 +278,9 @@ def markdown(result: dict) -> str:
         f"Batch {result['batch']} for training ({result['train_steps']} steps per round), "
         f"{result['sample_batch']} images per DDIM run; median of {result['repeats']} "
         f"alternating rounds. FLOPs as torch's FlopCounterMode counts them (training: forward "
-        f"and backward); the matmul peak is this device's matrix-product rate at "
-        f"{result['precision']}, {peak / 1e9:.0f} GFLOP/s. diffusers config: `{json.dumps(result['diffusers_config'])}`.",
+        f"and backward); the matmul rate is this device's measured matrix-product rate at "
+        f"{result['precision']}, {peak / 1e9:.0f} GFLOP/s. Ours runs channels_last, diffusers "
+        f"its default layout. diffusers config: `{json.dumps(result['diffusers_config'])}`.",
         ""])
 
 
@@ -280,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(cfg, device, train_steps=args.train_steps, warmup=args.warmup,
                  sample_batch=args.sample_batch, repeats=args.repeats,
                  log=lambda line: print(line, flush=True))
-    result.update(profile=raw["profile"], device=device_name(device), torch=torch.__version__,
+    result.update(profile=raw["profile"], device=device_name(device), processor=processor(),
+                  torch=torch.__version__,
                   diffusers=diffusers.__version__, python=platform.python_version(),
                   precision=cfg.precision, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                   command=" ".join(["python -m benchmarks.diffusion",

@@ -82,21 +82,56 @@ def test_diffusers_sampling_loop_gives_finite_images_in_range(tiny_cfg):
     assert images.abs().max() <= 1 + 1e-5  # x0 clipped to the data range, as ours
 
 
-def test_diffusers_samples_without_dropout_and_trains_with_it(tiny_cfg):
+def test_diffusers_samples_its_ema_copy_without_dropout(tiny_cfg):
     theirs = theirs_for(tiny_cfg.model_copy(update={"dropout": 0.5}))
     first, again = (theirs.sample(2, torch.Generator().manual_seed(0), steps=3) for _ in range(2))
     assert torch.equal(first, again)  # eval mode: dropout would draw other masks
-    assert not theirs.net.training
+    assert not theirs.ema.training and theirs.net.training
+    assert not any(p.requires_grad for p in theirs.ema.parameters())
+    before = [p.clone() for p in theirs.ema.parameters()]
     theirs.train_step(torch.rand(4, 1, 28, 28))
-    assert theirs.net.training
+    assert any(not torch.equal(a, b) for a, b in zip(before, theirs.ema.parameters()))
 
 
-def test_flops_per_image_count_forward_and_backward(tiny_cfg):
+class OneConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x)
+
+
+def test_flops_per_image_are_exact_for_one_convolution_and_leave_no_trace():
+    net = OneConv().eval()
+    state = torch.random.get_rng_state()
+    flops = bench.flops_per_image(net, CPU)
+    assert flops["forward"] == 2 * 28 * 28 * 6 * 1 * 9  # multiply-adds per output, per image
+    assert flops["train"] == 2 * flops["forward"]  # + the weight gradient (x needs none)
+    assert not net.training and all(p.grad is None for p in net.parameters())
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_flops_of_the_two_unets_agree_with_their_sizes(tiny_cfg):
     ours = families.build("ddpm", tiny_cfg, CPU).net
-    flops = bench.flops_per_image(ours, CPU)
-    assert flops["forward"] > 0
-    assert 2.5 * flops["forward"] < flops["train"] < 3.5 * flops["forward"]  # backward: ~2x
-    assert all(p.grad is None for p in ours.parameters())
+    mine, theirs = (bench.flops_per_image(net, CPU)
+                    for net in (ours, bench.diffusers_unet(tiny_cfg, bench.parameters(ours))[0]))
+    assert 2.5 * mine["forward"] < mine["train"] < 3.5 * mine["forward"]  # backward: ~2x
+    assert abs(theirs["forward"] - mine["forward"]) < 0.25 * mine["forward"]
+
+
+def test_markdown_gives_achieved_flops_as_a_share_of_the_matmul_rate():
+    side = {"train": 10.0, "sample": 2.0}
+    result = {"median": {"ours": side, "diffusers": side}, "ratio": {"train": 1.0, "sample": 1.0},
+              "params": {"ours": 100, "diffusers": 100}, "matmul_flops_per_s": 1e11,
+              "flops_per_image": {s: {"forward": 1e9, "train": 3e9} for s in ("ours", "diffusers")},
+              "ddim_steps": 5, "profile": "quick", "device": "cpu (2 threads)",
+              "processor": "x", "torch": "t", "diffusers": "d", "precision": "fp32", "date": "now",
+              "command": "c", "batch": 4, "sample_batch": 2, "train_steps": 1, "repeats": 1,
+              "diffusers_config": {}}
+    text = bench.markdown(result)
+    assert "| 1000.0 / 3000.0 | 10.0 | 2.00 | 30 (30%) | 10 (10%) |" in text  # 3e9 x 10; 1e9 x 5 x 2
+    assert "100 GFLOP/s" in text
 
 
 def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
@@ -112,6 +147,7 @@ def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
     text = json_file.with_suffix(".md").read_text()
     assert "ratio ours / diffusers" in text and result["device"] in text
     assert f"{result['ratio']['train']:.2f}x" in text
-    assert result["matmul_flops_per_s"] > 0 and "of matmul peak" in text
+    assert result["matmul_flops_per_s"] > 0 and "of matmul rate" in text
+    assert result["processor"] in text
     assert "wrote" in capsys.readouterr().out
 
