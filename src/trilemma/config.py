@@ -104,7 +104,7 @@ class TrainConfig(Section):
     lr: float = Field(gt=0)
     max_steps: int | None = Field(None, ge=1)  # stop after this many optimisation steps in all
     # fp32 strict; tf32: TensorFloat-32 matmuls/convolutions on a GPU; bf16: tf32 + bfloat16
-    # autocast (training and sampling). Off the GPU only bf16 changes anything (and is slow there).
+    # autocast (training and sampling). Off the GPU only bf16 changes anything (README: CPU speed).
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the networks (minutes of compiling; pays on long runs)
 
