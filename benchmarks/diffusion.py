@@ -18,7 +18,6 @@ the median, so that drift on a shared machine hits both alike.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics
@@ -34,6 +33,7 @@ from torch import nn
 from trilemma import families
 from trilemma.config import PROFILES, parse_params
 from trilemma.denoising import DiffusionConfig
+from trilemma.ema import EMA
 from trilemma.runtime import autocast, device_name, resolve_device, set_precision
 from trilemma.train import adam
 
@@ -109,7 +109,7 @@ class Theirs:
         self.net = net.to(device)
         # samples from an EMA copy without gradients in eval mode, as ours does (no dropout, and
         # under bf16 autocast its weights are cast at every call, as ours are)
-        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        self.ema, self.steps = EMA(self.net, cfg.ema_decay), 0
         self.opt = adam(self.net.parameters(), cfg.lr)
 
     def train_step(self, x: torch.Tensor) -> None:
@@ -123,16 +123,15 @@ class Theirs:
         if self.cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()),
-                                 [p.detach() for p in self.net.parameters()], 1 - self.cfg.ema_decay)
+        self.ema.update(self.net, self.steps)
+        self.steps += 1
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, steps: int = DDIM_STEPS) -> torch.Tensor:
         self.sampler.set_timesteps(steps)
         x = torch.randn(n, 1, 28, 28, generator=generator).to(self.device)
         for t in self.sampler.timesteps:
-            eps = self.ema(x, t.to(self.device).expand(n))
+            eps = self.ema.net(x, t.to(self.device).expand(n))
             x = self.sampler.step(eps, t, x, eta=0.0).prev_sample
         return x
 
@@ -291,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the params file's profile if not given")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default=None,
-                        help="the family's `precision` if not given (bf16 is slower on a CPU "
-                             "without bf16 instructions: use fp32 there)")
+                        help="the family's `precision` if not given (on a CPU, bf16 pays only "
+                             "with bf16 instructions and large convolutions: README, Speed)")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--sample-batch", type=int, default=128)

@@ -86,11 +86,11 @@ def test_diffusers_samples_its_ema_copy_without_dropout(tiny_cfg):
     theirs = theirs_for(tiny_cfg.model_copy(update={"dropout": 0.5}))
     first, again = (theirs.sample(2, torch.Generator().manual_seed(0), steps=3) for _ in range(2))
     assert torch.equal(first, again)  # eval mode: dropout would draw other masks
-    assert not theirs.ema.training and theirs.net.training
-    assert not any(p.requires_grad for p in theirs.ema.parameters())
-    before = [p.clone() for p in theirs.ema.parameters()]
+    assert not theirs.ema.net.training and theirs.net.training
+    assert not any(p.requires_grad for p in theirs.ema.net.parameters())
+    before = [p.clone() for p in theirs.ema.net.parameters()]
     theirs.train_step(torch.rand(4, 1, 28, 28))
-    assert any(not torch.equal(a, b) for a, b in zip(before, theirs.ema.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, theirs.ema.net.parameters()))
 
 
 class OneConv(torch.nn.Module):
