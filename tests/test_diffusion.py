@@ -123,8 +123,8 @@ def test_timestep_embedding_is_cos_then_sin_of_t_times_frequencies():
 @pytest.mark.parametrize("name", ["ddpm", "cfg_diffusion"])
 def test_ddim_sampler_on_two_steps_gives_uint8_images(name):
     model = build(name)
-    jiggle(model.ema)
-    record = CallRecorder(model.ema)
+    jiggle(model.ema.net)
+    record = CallRecorder(model.ema.net)
     images = model.sample(5, generator=gen(0), steps=2)
     assert images.shape == (5, 1, 28, 28) and images.dtype == torch.uint8
     assert len(record.calls) == 2
@@ -134,8 +134,8 @@ def test_ddim_sampler_on_two_steps_gives_uint8_images(name):
 @pytest.mark.parametrize("name", ["ddpm", "cfg_diffusion"])
 def test_steps_ddpm_runs_the_ancestral_sampler_on_all_t_steps(name):
     model = build(name)
-    jiggle(model.ema)
-    record = CallRecorder(model.ema)
+    jiggle(model.ema.net)
+    record = CallRecorder(model.ema.net)
     images = model.sample(3, generator=gen(0), steps="ddpm")
     assert images.shape == (3, 1, 28, 28) and images.dtype == torch.uint8
     assert len(record.calls) == 20
@@ -146,7 +146,7 @@ def test_steps_ddpm_runs_the_ancestral_sampler_on_all_t_steps(name):
 
 def test_ddim_with_eta_zero_samples_the_same_images_from_the_same_start():
     model = build("ddpm")
-    jiggle(model.ema)
+    jiggle(model.ema.net)
     a = model.sample(3, generator=gen(0), steps=5)
     b = model.sample(3, generator=gen(0), steps=5)
     assert torch.equal(a, b)
@@ -155,8 +155,8 @@ def test_ddim_with_eta_zero_samples_the_same_images_from_the_same_start():
 @pytest.mark.parametrize("guidance, calls, batch", [(3.0, 4, 12), (0.0, 4, 6), (1.0, 4, 6)])
 def test_guidance_runs_one_doubled_batch_or_a_single_pass(guidance, calls, batch):
     model = build("cfg_diffusion")
-    jiggle(model.ema)
-    record = CallRecorder(model.ema)
+    jiggle(model.ema.net)
+    record = CallRecorder(model.ema.net)
     model.sample(6, generator=gen(0), steps=calls, guidance=guidance)
     assert record.batches == [batch] * calls
     labels = torch.arange(6) % 10  # the default digits
@@ -175,8 +175,8 @@ def test_guidance_with_three_classes_cycles_them_and_uses_token_three_for_no_lab
     model = families.build("cfg_diffusion", families.REGISTRY["cfg_diffusion"].Config(**TINY), CPU,
                            image)
     assert model.net.label.num_embeddings == 4  # three classes and "no label"
-    jiggle(model.ema)
-    record = CallRecorder(model.ema)
+    jiggle(model.ema.net)
+    record = CallRecorder(model.ema.net)
     images = model.sample(5, generator=gen(0), steps=2, guidance=3.0)
     assert images.shape == (5, 3, 16, 16) and images.dtype == torch.uint8
     for x, _, y in record.calls:
@@ -186,7 +186,7 @@ def test_guidance_with_three_classes_cycles_them_and_uses_token_three_for_no_lab
 
 def test_ddpm_sampler_calls_its_net_without_labels():
     model = build("ddpm")
-    record = CallRecorder(model.ema)
+    record = CallRecorder(model.ema.net)
     model.sample(2, generator=gen(0), steps=3)
     assert record.batches == [2, 2, 2]
     assert all(len(args) == 2 for args in record.calls)  # (x, t): no label argument
@@ -194,13 +194,13 @@ def test_ddpm_sampler_calls_its_net_without_labels():
 
 def test_classifier_free_guidance_mixes_the_conditional_and_unconditional_predictions():
     model = build("cfg_diffusion")
-    jiggle(model.ema)
+    jiggle(model.ema.net)
     x = torch.randn(4, 1, 28, 28, generator=gen(0))
     labels = torch.tensor([1, 4, 7, 9])
     tt = torch.full((4,), 12)
     with torch.no_grad():
-        uncond = model.ema(x, tt, torch.full((4,), 10))
-        cond = model.ema(x, tt, labels)
+        uncond = model.ema.net(x, tt, torch.full((4,), 10))
+        cond = model.ema.net(x, tt, labels)
         assert not torch.allclose(cond, uncond)  # the labels matter to this net
         torch.testing.assert_close(model._output(x, 12, labels, 0.0), uncond)
         torch.testing.assert_close(model._output(x, 12, labels, 1.0), cond)
@@ -210,8 +210,8 @@ def test_classifier_free_guidance_mixes_the_conditional_and_unconditional_predic
 
 def test_denoise_from_a_small_start_runs_its_steps_over_0_to_start():
     model = build("ddpm")
-    jiggle(model.ema)
-    record = CallRecorder(model.ema)
+    jiggle(model.ema.net)
+    record = CallRecorder(model.ema.net)
     x = torch.randn(3, 1, 28, 28, generator=gen(0))
     out, kept = model.denoise(x, start=5, steps=3)
     assert out.shape == (3, 1, 28, 28) and kept == []
@@ -223,26 +223,26 @@ def test_denoise_from_a_small_start_runs_its_steps_over_0_to_start():
 
 def test_ema_follows_the_weights_with_the_warm_up_decay():
     model = build("ddpm", ema_decay=0.5)
-    initial = [p.detach().clone() for p in model.ema.parameters()]
+    initial = [p.detach().clone() for p in model.ema.net.parameters()]
     expected = [p.clone() for p in initial]
     for step in range(4):
         model.train_step(*fake_batch(seed=step))
         decay = min(0.5, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25, 0.31: warm-up; never 0.5
         for e, p in zip(expected, model.net.parameters()):
             e.lerp_(p.detach(), 1 - decay)
-    ema, net = list(model.ema.parameters()), list(model.net.parameters())
+    ema, net = list(model.ema.net.parameters()), list(model.net.parameters())
     for e, p in zip(expected, ema):
         torch.testing.assert_close(p, e)
     assert any(not torch.equal(a, b) for a, b in zip(ema, initial))
     assert any(not torch.allclose(a, b) for a, b in zip(ema, net))
-    assert all(not p.requires_grad for p in ema) and not model.ema.training
+    assert all(not p.requires_grad for p in ema) and not model.ema.net.training
 
 
 def test_ema_decay_zero_keeps_the_ema_equal_to_the_weights():
     model = build("ddpm", ema_decay=0.0)
     for step in range(3):
         model.train_step(*fake_batch(seed=step))
-        for a, b in zip(model.ema.parameters(), model.net.parameters()):
+        for a, b in zip(model.ema.net.parameters(), model.net.parameters()):
             assert torch.equal(a, b)
     assert model.steps == 3
 
@@ -285,8 +285,8 @@ RECIPE = {"schedule": "cosine", "prediction": "v", "min_snr_gamma": 5.0, "warmup
 
 def test_trailing_spacing_puts_the_last_call_at_high_noise():
     model = build("ddpm", spacing="trailing")
-    jiggle(model.ema)
-    record = CallRecorder(model.ema)
+    jiggle(model.ema.net)
+    record = CallRecorder(model.ema.net)
     model.sample(2, generator=gen(0), steps=2)
     assert [int(t[0]) for _, t, *_ in record.calls] == [19, 9]  # linspace: [19, 0]
 
@@ -295,7 +295,7 @@ def test_trailing_spacing_puts_the_last_call_at_high_noise():
 def test_v_prediction_samples_through_the_eps_it_implies(name):
     """The same net read as v gives other images than read as eps: the loop converts."""
     v_model, eps_model = build(name, prediction="v"), build(name)
-    jiggle(v_model.ema), jiggle(eps_model.ema)
+    jiggle(v_model.ema.net), jiggle(eps_model.ema.net)
     assert same_params(params_of(v_model), params_of(eps_model))
     v_images = v_model.sample(3, generator=gen(0), steps=3)
     assert v_images.dtype == torch.uint8 and v_images.shape == (3, 1, 28, 28)

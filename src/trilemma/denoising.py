@@ -6,7 +6,6 @@ this class, unconditional and class-conditional; `latent_diffusion` runs it on a
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Callable, Literal
 
@@ -17,7 +16,7 @@ from torch import nn
 from trilemma import diffusion, distributed, pixels
 from trilemma.config import TrainConfig
 from trilemma.data import ImageSpec
-from trilemma.ema import warmed_up
+from trilemma.ema import EMA
 from trilemma.train import adam
 
 
@@ -79,9 +78,9 @@ class Diffusion:
             .to(device)  # (T,) float64
         # channels_last: convolutions run markedly faster on CPU (oneDNN) and on tensor cores
         self.net = net.to(device, memory_format=torch.channels_last)
-        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        self.ema = EMA(self.net, cfg.ema_decay)  # sampling uses this copy of the weights
         if cfg.compile:  # sampling calls the EMA net `steps` times per batch: compiling pays
-            self.ema.compile()
+            self.ema.net.compile()
         self.nets = {"unet": self.net}
         self.opt = adam(self.net.parameters(), cfg.lr, betas=(0.9, cfg.beta2))
         self.steps = 0
@@ -114,7 +113,7 @@ class Diffusion:
         for group in self.opt.param_groups:  # a function of the step count: resuming repeats it
             group["lr"] = self.lr()
         self.opt.step()
-        self._update_ema()
+        self.ema.update(self.net, self.steps)
         self.steps += 1
         return {"loss": loss.detach()}
 
@@ -134,23 +133,18 @@ class Diffusion:
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.lr_steps - cfg.warmup_steps))
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = warmed_up(self.cfg.ema_decay, self.steps)  # short runs sample well too
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
-
     def _output(self, x: torch.Tensor, t: int, labels: torch.Tensor | None,
                 guidance: float) -> torch.Tensor:
         """The EMA net's prediction (eps or v) at step t; classifier-free guided when
         conditional."""
         tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
         if not self.conditional:
-            return self.ema(x, tt)
+            return self.ema.net(x, tt)
         if guidance == 1:
-            return self.ema(x, tt, labels)
+            return self.ema.net(x, tt, labels)
         if guidance == 0:
-            return self.ema(x, tt, self._null(labels))
-        both = self.ema(torch.cat([x, x]), torch.cat([tt, tt]),  # one batch for both passes
+            return self.ema.net(x, tt, self._null(labels))
+        both = self.ema.net(torch.cat([x, x]), torch.cat([tt, tt]),  # one batch for both passes
                         torch.cat([labels, self._null(labels)]))
         eps_cond, eps_uncond = both.chunk(2)
         return diffusion.guided_eps(eps_uncond, eps_cond, guidance)
@@ -234,11 +228,11 @@ class Diffusion:
                 "reconstruction": reconstruction_figure(_images(real), rows, self.timesteps)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"unet": self.net.state_dict(), "ema": self.ema.state_dict(),
+        return {"unet": self.net.state_dict(), "ema": self.ema.net.state_dict(),
                 "opt": self.opt.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["unet"])
-        self.ema.load_state_dict(state["ema"])
+        self.ema.net.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.steps = state["steps"]
