@@ -71,6 +71,8 @@ def generate(
     single_process("generate")
     if n is not None and n < 1:
         raise ConfigError(f"-n: must be at least 1, got {n}")
+    if seed is not None and seed < 0:  # as params `seed`: numpy's seeds are non-negative
+        raise ConfigError(f"--seed: must be at least 0, got {seed}")
     out = out or Path(f"{family}.png")
     if out.suffix not in OUTPUTS:
         raise ConfigError(f"--out: {out} must end in .png (a grid) or .npz")

@@ -10,7 +10,7 @@ from pipeline.common import (STAGE_LOG, DryRunOption, ParamsOption, log, print_s
 from trilemma import paths, stage_log, tracking
 from trilemma.config import Params, load_params
 from trilemma.errors import DataError
-from trilemma.io import read_json
+from trilemma.report.inputs import json_file
 
 
 def pipeline_time(params: Path, p: Params) -> str:
@@ -46,7 +46,7 @@ def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = F
         return print_settings({"families": p.families, "control": p.control.families,
                                "i2i_families": p.i2i_families,
                                "output": str(out / "README.md")})
-    ran = read_json(paths.CLASSIFIER_REPORTS / "metrics.json").get("profile")
+    ran = json_file(paths.CLASSIFIER_REPORTS / "metrics.json", ["profile"])["profile"]
     if ran != p.profile:  # the stage outputs are another profile's: its report, not this one
         raise DataError(f"{paths.CLASSIFIER_REPORTS / 'metrics.json'}: the stages ran with "
                         f"profile {ran!r}, params.yaml says {p.profile!r}: run `dvc repro` first")

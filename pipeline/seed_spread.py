@@ -29,7 +29,12 @@ def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption
     `dvc queue start`; `make seeds` does both and waits."""
     single_process("seed-spread")
     p = load_params(params)
-    runs = spread_lib.runs_from_exp_show(_exp_show(saved), p.families)
+    shown = _exp_show(saved)
+    try:
+        runs = spread_lib.runs_from_exp_show(shown, p.families)
+    except DataError as err:  # the shape of the listing is wrong: name where it came from
+        raise DataError(f"{saved or 'the output of `dvc exp show --json` run here'}: {err}") \
+            from None
     table = spread_lib.spreads(runs, p.families)
     text = spread_lib.markdown(runs, table)
     with atomic_dir(OUT) as tmp:

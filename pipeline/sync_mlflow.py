@@ -23,12 +23,15 @@ def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
     $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this directory."""
     single_process("sync-mlflow")
     p = load_params(params)
-    from trilemma import mlflow_model, tracker, tracking
+    from trilemma import mlflow_model, tracker, tracking, tracking_files
 
+    tracking_files.check_files(p.families, p.i2i_families, p.control.families)  # names a bad file
     tracking.wait_for_trackers()  # the runs stages handed over are in the store: none twice
     try:
         done = tracker.sync(p.families, p.profile, p.i2i_families, p.control.families)
         models = mlflow_model.sync_registry(p.families, p, p.i2i_families)  # train runs exist now
+    except TrilemmaError:  # a bad input, named already
+        raise
     except Exception as err:  # here MLflow is the whole job: its failure is the command's
         raise TrackingError(f"MLflow: {brief(err)}") from None
     for name, what in done + models:

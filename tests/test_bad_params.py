@@ -42,6 +42,8 @@ VALUE_CASES = [
      ["evaluate.bootstrap", "10000"]),
     ("checkpoint-seconds-zero", {"train.checkpoint_seconds": 0}, ["train", "vae"],
      ["train.checkpoint_seconds"]),
+    ("guidance-scales-empty", {"control.guidance_scales": []}, ["control", "ddpm"],
+     ["control.guidance_scales", "at least one"]),
 ]
 
 

@@ -118,6 +118,34 @@ def test_profile_mapping_without_quick_and_full_names_its_key():
         parse_params(raw)
 
 
+def test_profile_mapping_with_a_misspelt_profile_names_it_and_the_profiles():
+    raw = with_overrides(base_params(), {"vae.epochs": {"quick": 2, "refrence": 8, "full": 8}})
+    with pytest.raises(ConfigError, match=r"^params.yaml: vae.epochs: unknown profile 'refrence' "
+                                          r"in a profile mapping \(profiles: quick, reference, "
+                                          r"full\)$"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"latent_diffusion.downsample": 3}, "latent_diffusion: downsample must be a power of two "
+                                         "(got 3)"),
+    ({"latent_diffusion.ae_steps": 900, "latent_diffusion.max_steps": 800},
+     "latent_diffusion: ae_steps 900 leaves none of max_steps 800 to the diffusion"),
+], ids=["downsample", "ae-steps"])
+def test_a_check_across_a_section_names_its_keys_not_the_whole_section(overrides, says):
+    p = parse_params(with_overrides(base_params(), overrides))
+    with pytest.raises(ConfigError) as err:
+        families.config(p, "latent_diffusion")
+    assert str(err.value) == f"params.yaml: {says}"
+
+
+def test_control_without_a_guidance_scale_is_refused():
+    raw = with_overrides(base_params(), {"control.guidance_scales": []})
+    with pytest.raises(ConfigError, match=r"^params.yaml: control.guidance_scales: must list at "
+                                          r"least one scale"):
+        parse_params(raw)
+
+
 def test_reference_profile_changes_only_lengths_warmups_lr_decay_and_ema():
     """reference is quick's networks and recipes trained longer: every family setting it
     changes is a training length, a warm-up, the lr's decay over the length or an EMA decay

@@ -277,6 +277,15 @@ def test_half_label_dropout_keeps_some_digits_and_drops_others():
     assert torch.equal(labels[~dropped], y[~dropped])
 
 
+@pytest.mark.parametrize("name", ["ddpm", "cfg_diffusion"])
+def test_figures_take_a_test_set_of_fewer_than_8_images(name):
+    model = build(name)
+    x, y = fake_batch(n=5)
+    figs = model.figures(x, y)
+    assert set(figs) == {"denoising", "reconstruction"}
+    assert len(figs["denoising"].axes[0].get_yticks()) == 5
+
+
 # --- the families: fast-learning recipe ------------------------------------------------------
 
 RECIPE = {"schedule": "cosine", "prediction": "v", "min_snr_gamma": 5.0, "warmup_steps": 4,

@@ -193,10 +193,14 @@ def _under(files: dict[str, str], *folders: str) -> dict[str, str]:
 def test_train_failing_part_way_keeps_the_old_reports_and_a_rerun_needs_no_training(repo):
     before = _under(snapshot(repo), "reports/train/vae/")
     assert "reports/train/vae/loss.csv" in before and "reports/train/vae/grid.png" in before
+    model = (repo / paths.model("vae")).stat()
     with pytest.MonkeyPatch.context() as mp:
         _disk_fills_at(mp, "loss_steps.csv")  # loss.csv is written just before it
         fails(invoke("train", "vae"), "reports/train/vae/loss_steps.csv", "cannot write")
     assert _under(snapshot(repo), "reports/train/vae/") == before
+    # the model is written only once its reports are built: the old one stays beside them (a
+    # rewrite replaces the file, even with the same bytes)
+    assert (repo / paths.model("vae")).stat().st_ino == model.st_ino
     assert not list((repo / "reports").rglob(".*")), "temporary folder left behind"
     assert (repo / paths.checkpoint("vae")).is_file()  # kept: the reports are not in yet
 

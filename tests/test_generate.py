@@ -145,6 +145,7 @@ def bad_files(repo):
     (["ddpm", "--sampler", "euler"], "--sampler: "),
     (["ddpm", "--eta", "2"], "--eta: "),
     (["cgan", "-n", "0"], "-n: must be at least 1"),
+    (["cgan", "--seed", "-1"], "--seed: must be at least 0, got -1"),
     (["cgan", "--out", "x.jpg"], "--out: x.jpg must end in .png"),
     (["nope"], "family 'nope' is not in params.yaml `families`"),
     (["dcgan", "--input", "small.png"], "--input: dcgan draws new images"),

@@ -95,11 +95,43 @@ def test_command_writes_the_table_and_the_values(tmp_path, monkeypatch):
                               .split(",")[2]), 0.91)
 
 
+# what evaluate writes without a judge (an image folder without labels): every judge score null
+NO_JUDGE = {**dict.fromkeys(["fid_classifier", "kid_classifier", "is_classifier", "precision",
+                             "recall", "min_class_fraction", "label_accuracy"]),
+            "judge_note": "no class labels"}
+NOT_EXP_SHOW = "missing.json: not `dvc exp show --json` output"
+
+
+def unjudged(*seeds: int) -> str:
+    return json.dumps([{"rev": "abc123", "data": {}, "experiments": [
+        {"revs": [rev(f"seed{seed}", seed, dict.fromkeys(FAMILIES, NO_JUDGE))]}
+        for seed in seeds]}])
+
+
+def test_a_family_without_fid_in_every_run_is_listed_unranked():
+    shown = exp_show({0: (100.0, 50.0), 1: (110.0, 52.0)})
+    shown[1]["experiments"][1]["revs"][0]["data"]["metrics"]["reports/eval/vae/metrics.json"] \
+        ["data"]["fid_classifier"] = None
+    runs = s.runs_from_exp_show(shown, FAMILIES)
+    table = s.spreads(runs, FAMILIES)
+    assert [(rank, spread.family) for rank, spread, _ in s.ranking(table)] == [(1, "cgan")]
+    lines = s.markdown(runs, table).splitlines()
+    assert lines[-2].startswith("| 1 | cgan | 51.0 ± 1.4 |")
+    assert lines[-1].startswith("| – | vae | – | 0.500 ± 0.000 |"), lines[-1]
+
+
 @pytest.mark.parametrize("content, says", [
     (None, "missing.json: not found"),
     ("{not json", "not the JSON of `dvc exp show --json`"),
     ("[]", "at least 2 different seeds"),
-])
+    (unjudged(0, 1), "nothing to rank: no family has a judge FID (fid_classifier)"),
+    ("[1]", NOT_EXP_SHOW),
+    ('[{"data": {"params": {"params.yaml": {"data": []}}}}]', NOT_EXP_SHOW),
+    ('[{"experiments": [{"revs": [5]}]}]', NOT_EXP_SHOW),
+    ('[{"experiments": {"revs": []}}]', NOT_EXP_SHOW),
+    ('{"rev": "workspace"}', NOT_EXP_SHOW),
+], ids=["missing", "not-json", "no-runs", "no-judge", "int-baseline", "list-params",
+        "int-revision", "mapping-experiments", "mapping-top-level"])
 def test_bad_input_is_one_line_and_keeps_the_old_table(tmp_path, monkeypatch, content, says):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml", {"families": FAMILIES})

@@ -59,15 +59,15 @@ def imported_modules(path: Path, packages: bool = True) -> set[str]:
 
 def closure(command_module: str, family: str | None) -> set[str]:
     """Repo-relative files reachable from `command_module`. The loader imports a family's module
-    by name: a family's stage reaches its own module there, and only that one."""
+    by name: a family's stage reaches its own module there, and no other family's (the modules
+    the families share, such as `_checks`, it reaches through their imports)."""
     todo, files = [command_module], set()
     while todo:
         path = module_file(todo.pop())
         rel = path.relative_to(ROOT).as_posix()
         if rel in files:
             continue
-        if rel.startswith(f"{FAMILY_DIR}/") and path.name != "__init__.py" \
-                and path.stem != family:
+        if rel.startswith(f"{FAMILY_DIR}/") and path.stem in REGISTRY and path.stem != family:
             continue
         files.add(rel)
         names = imported_modules(path)
@@ -84,9 +84,10 @@ def covered(path: str, deps: list[str]) -> bool:
     return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
-def stages() -> list[tuple[str, str, list[str], str | None]]:
-    """(stage name, command, deps with ${item} filled in, family) for each stage DVC expands
-    from dvc.yaml and the project's params.yaml (a foreach stage once per family)."""
+def stages(field: str = "deps") -> list[tuple[str, str, list[str], str | None]]:
+    """(stage name, command, `field` (deps or params) with ${item} filled in, family) for each
+    stage DVC expands from dvc.yaml and the project's params.yaml (a foreach stage once per
+    family)."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lists = {"${families}": params["families"], "${i2i_families}": params["i2i_families"],
@@ -95,7 +96,7 @@ def stages() -> list[tuple[str, str, list[str], str | None]]:
     for name, stage in spec.items():
         body = stage.get("do", stage)
         command = body["cmd"].split("trilemma", 1)[1].split()[0]
-        deps = body.get("deps", [])
+        deps = body.get(field, [])
         if "foreach" not in stage:
             out.append((name, command, deps, None))
             continue
@@ -106,6 +107,7 @@ def stages() -> list[tuple[str, str, list[str], str | None]]:
 
 
 STAGE_LIST = stages()
+PARAM_LIST = stages("params")
 
 
 @pytest.mark.parametrize("name, command, deps, family", STAGE_LIST,
@@ -116,10 +118,32 @@ def test_every_imported_module_is_a_dep(name, command, deps, family):
     assert not missing, f"dvc.yaml stage {name!r} imports these without listing them: {missing}"
 
 
+@pytest.mark.parametrize("name, command, keys, family", PARAM_LIST,
+                         ids=[s[0] for s in PARAM_LIST])
+def test_a_stage_whose_params_differ_by_profile_lists_profile(name, command, keys, family):
+    """DVC compares a {quick: a, full: b} mapping as written, not the value the profile picks:
+    only `profile` among the stage's params makes a change of profile rerun it."""
+    from trilemma.config import PROFILES, resolve_profile
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def value(key: str):  # "data.test_size" -> params["data"]["test_size"]
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    per_profile = [key for key in keys if key != "profile" and len(
+        {repr(resolve_profile(value(key), profile)) for profile in PROFILES}) > 1]
+    assert "profile" in keys or not per_profile, \
+        f"dvc.yaml stage {name!r} reads {per_profile}, which differ by profile, without `profile`"
+
+
 def test_a_family_stage_reaches_its_own_module_and_what_it_imports():
     files = closure("pipeline.train", "ddpm")
     assert {"src/trilemma/families/ddpm.py", "src/trilemma/denoising.py"} <= files
     assert "src/trilemma/families/vae.py" not in files
+    assert "src/trilemma/families/_checks.py" in files  # ddpm.py imports it
 
 
 def test_the_closure_follows_imports_inside_functions():

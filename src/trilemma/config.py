@@ -186,6 +186,15 @@ class ControlConfig(Section):
     guidance_n: int = Field(200, ge=10)  # images per guidance setting (balanced classes)
     batch_size: int = Field(250, ge=1)
 
+    @field_validator("guidance_scales")
+    @classmethod
+    def _some_scale(cls, value: list[float]) -> list[float]:
+        # the scales are the whole of a classifier-guided family's table (not extras to a main
+        # setting, as the sample sweeps are): none leaves nothing to sample or score
+        if not value:
+            raise ValueError("must list at least one scale (0 is unguided sampling)")
+        return value
+
 
 class Params(Section):
     profile: Literal["quick", "reference", "full"] = "quick"
@@ -224,10 +233,15 @@ class Params(Section):
 def resolve_profile(value: Any, profile: str, key: str = "") -> Any:
     """Replace every {quick: a, full: b} (or {quick: a, reference: c, full: b}) mapping by the
     value of `profile`; reference takes quick's value where the mapping does not name it.
+    A mapping that names a profile holds nothing else (a misspelt profile is named in the error).
     `key`: where `value` sits, for the error line of a mapping that names only some profiles."""
     if isinstance(value, dict):
         names = set(value)
-        if names and names <= set(PROFILES):
+        if names & set(PROFILES):  # no section has a key named like a profile
+            unknown = sorted(names - set(PROFILES), key=str)
+            if unknown:
+                raise ConfigError(f"{key}: unknown profile {unknown[0]!r} in a profile mapping "
+                                  f"(profiles: {', '.join(PROFILES)})")
             if not _REQUIRED <= names:
                 raise ConfigError(f"{key}: a profile mapping names quick and full (reference is "
                                   f"optional; got {', '.join(sorted(names))})")
@@ -250,6 +264,8 @@ def first_error(err: ValidationError, prefix: str = "") -> str:
     if e["type"] == "missing":
         return f"{key}: missing"
     message = e["msg"].removeprefix("Value error, ")  # our own validators' words, as written
+    if not e["loc"]:  # a check across a section's keys: its words name them, the input is all
+        return f"{key}: {message}"
     return f"{key}: {message} (got {e.get('input')!r})"
 
 

@@ -207,19 +207,20 @@ class Diffusion:
         """The reverse process from noise, and reconstructions of test images noised to several t."""
         from trilemma.figures import denoising_figure, reconstruction_figure
 
+        n = min(8, len(x))  # a test set may hold fewer than 8 images
         gen = torch.Generator().manual_seed(0)
-        labels = y[:8] if self.conditional else None
-        x_T = torch.randn(8, *self._shape, generator=gen)
+        labels = y[:n] if self.conditional else None
+        x_T = torch.randn(n, *self._shape, generator=gen)
         _, kept = self.denoise(x_T, self.timesteps - 1, labels, gen, steps=PREVIEW_STEPS,
                                guidance=1.0, keep=9)
         frames = [(self.timesteps - 1, _images(x_T)), *kept]  # x_T ... x_0
 
-        real = x[:8].to(self.device) * 2 - 1  # (8,C,S,S) in [-1,1]
+        real = x[:n].to(self.device) * 2 - 1  # (n,C,S,S) in [-1,1]
         noise = torch.randn(real.shape, generator=gen).to(real)
         rows = []
         for fraction in (0.1, 0.25, 0.5, 0.75, 0.9):
             t = int(fraction * (self.timesteps - 1))
-            noisy = diffusion.q_sample(real, torch.full((8,), t, device=self.device), noise,
+            noisy = diffusion.q_sample(real, torch.full((n,), t, device=self.device), noise,
                                        self.alpha_bar)
             recon, _ = self.denoise(noisy, t, labels, gen, steps=PREVIEW_STEPS, guidance=1.0)
             mse = (recon.clamp(-1, 1) - real).square().mean().item() / 4  # on the [0,1] scale

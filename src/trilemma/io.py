@@ -8,7 +8,7 @@ import json
 import math
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,10 +32,35 @@ def _remove_stale(path: Path) -> None:
         for stale in path.parent.glob(f"{glob.escape(prefix)}*"):
             pid = stale.name[len(prefix):]
             if pid.isdigit() and not _alive(int(pid)):
-                if stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-                else:
-                    stale.unlink(missing_ok=True)
+                _discard(stale)
+
+
+def _discard(path: Path) -> None:
+    """Remove a temporary file or folder where it can be: a removal that fails (a read-only file
+    system refuses even to remove a file that is not there) must not hide the error being raised."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def _failure(err: OSError, path: Path, tmp: Path) -> DataError:
+    """`err`, raised while `path` was written through its temporary copy `tmp`, as one line
+    naming the file that failed: `path` (or the file in it) when the output failed, or the other
+    file the block used (an input it read), for which "cannot write `path`" would be wrong."""
+    why = err.strerror or brief(err)
+    if err.filename is None:  # a write to a file already open (a full disk) names no file
+        return DataError(f"{path}: cannot write ({why})")
+    name = Path(os.fsdecode(err.filename))
+    if os.path.abspath(name) == os.path.abspath(path):  # the final rename
+        return DataError(f"{path}: cannot write ({why})")
+    try:
+        inside = Path(os.path.abspath(name)).relative_to(os.path.abspath(tmp))
+    except ValueError:
+        return DataError(f"{name}: not found" if isinstance(err, FileNotFoundError)
+                         else f"{name}: {why}")
+    return DataError(f"{path / inside}: cannot write ({why})")
 
 
 def _make_parent(path: Path) -> None:
@@ -56,13 +81,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as err:  # no permission, disk full, file too large, read-only file system
-        raise DataError(f"{path}: cannot write ({err.strerror or brief(err)})") from None
-    except RuntimeError as err:  # torch.save reports a failed write this way
-        if "write" not in str(err):
+        raise _failure(err, path, tmp) from None
+    except RuntimeError as err:  # torch.save reports a failed open or write this way
+        text = brief(err)
+        if "write" not in text and "open file failed" not in text:
             raise
-        raise DataError(f"{path}: cannot write ({brief(err)})") from None
+        raise DataError(f"{path}: cannot write ({text.split('strerror: ')[-1]})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
 
 
 @contextmanager
@@ -84,10 +110,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except DataError as err:  # a file inside: name it where it was meant to go
         raise DataError(str(err).replace(str(tmp), str(path))) from None
     except OSError as err:
-        raise DataError(f"{path}: cannot write ({err.strerror or brief(err)})") from None
+        raise _failure(err, path, tmp) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(tmp)
+        _discard(old)
+
+
+def remove(path: str | Path) -> None:
+    """Delete the file `path` if it is there; one that cannot be deleted is named."""
+    path = Path(path)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:  # a read-only file system refuses even a file that is not there
+        if os.path.lexists(path):
+            raise DataError(f"{path}: cannot remove ({err.strerror or brief(err)})") from None
 
 
 def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
@@ -134,6 +170,16 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not found") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, no permission, binary
+        raise DataError(f"{path}: cannot read ({brief(err)})") from None
+
+
+def read_json_object(path: str | Path) -> dict:
+    """read_json of a file that must hold one JSON object (a stage's metrics, timing)."""
+    found = read_json(path)
+    if not isinstance(found, dict):
+        raise DataError(f"{path}: not a JSON object")
+    return found
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

@@ -50,21 +50,47 @@ def runs_from_exp_show(shown: list, families: list[str]) -> list[Run]:
     (the first listed wins: an experiment and the workspace it was applied to are one run)."""
     runs: dict[int, Run] = {}
     for rev in _revs(shown):
-        data = rev.get("data") or {}
-        seed = ((data.get("params") or {}).get("params.yaml") or {}).get("data", {}).get("seed")
-        metrics = data.get("metrics") or {}
-        scores = {f: (metrics.get(str(paths.eval_reports(f) / "metrics.json")) or {}).get("data")
-                  for f in families}
+        seed = _field(rev, "data", "params", "params.yaml", "data", "seed")
+        scores = {f: _field(rev, "data", "metrics", str(paths.eval_reports(f) / "metrics.json"),
+                            "data") for f in families}
         if isinstance(seed, int) and all(isinstance(s, dict) for s in scores.values()):
             runs.setdefault(seed, Run(rev.get("name") or rev.get("rev", "?"), seed, scores))
     return [runs[seed] for seed in sorted(runs)]
 
 
-def _revs(shown: list):
-    for baseline in shown if isinstance(shown, list) else []:
+def _not_exp_show(what: str, found: object) -> DataError:
+    return DataError(f"not `dvc exp show --json` output ({what} is {type(found).__name__})")
+
+
+def _field(node: object, *keys: str) -> object:
+    """node[key][key]...; None where a key is missing or null (DVC leaves out what a revision
+    lacks); DataError where a level is not a mapping."""
+    for key in keys:
+        if node is None:
+            return None
+        if not isinstance(node, dict):
+            raise _not_exp_show(f"the value holding {key!r}", node)
+        node = node.get(key)
+    return node
+
+
+def _listed(node: object, what: str) -> list:
+    if node is not None and not isinstance(node, list):
+        raise _not_exp_show(what, node)
+    return node or []
+
+
+def _revs(shown: object):
+    """Every revision: the baselines and their experiments' revisions, each a mapping."""
+    for baseline in _listed(shown, "the top level"):
+        if not isinstance(baseline, dict):
+            raise _not_exp_show("a baseline", baseline)
         yield baseline
-        for experiment in baseline.get("experiments") or []:
-            yield from experiment.get("revs") or []
+        for experiment in _listed(baseline.get("experiments"), "`experiments`"):
+            for rev in _listed(_field(experiment, "revs"), "`revs`"):
+                if not isinstance(rev, dict):
+                    raise _not_exp_show("a revision", rev)
+                yield rev
 
 
 def spreads(runs: list[Run], families: list[str]) -> dict[str, dict[str, Spread]]:
@@ -80,6 +106,9 @@ def spreads(runs: list[Run], families: list[str]) -> dict[str, dict[str, Spread]
             metric: Spread(family, metric, {r.seed: float(r.scores[family][metric]) for r in runs})
             for metric in SCORES
             if all(isinstance(r.scores[family].get(metric), (int, float)) for r in runs)}
+    if not any(RANKED_BY in scores for scores in table.values()):
+        raise DataError(f"nothing to rank: no family has a judge FID ({RANKED_BY}) in every run "
+                        f"(evaluate writes null without a judge, for images without class labels)")
     return table
 
 
@@ -91,8 +120,10 @@ def tied(a: Spread, b: Spread) -> bool:
 
 def ranking(table: dict[str, dict[str, Spread]]) -> list[tuple[int, Spread, list[str]]]:
     """(rank, FID spread, families tied with it), best mean FID first. A family's rank is 1 plus
-    the number of families better than it by more than the noise, so ties share ranks."""
-    ranked = sorted((scores[RANKED_BY] for scores in table.values()), key=lambda s: s.mean)
+    the number of families better than it by more than the noise, so ties share ranks. A family
+    without an FID in every run is left out."""
+    ranked = sorted((scores[RANKED_BY] for scores in table.values() if RANKED_BY in scores),
+                    key=lambda s: s.mean)
     rows = []
     for spread in ranked:
         ties = [o.family for o in ranked if o is not spread and tied(spread, o)]
@@ -110,10 +141,11 @@ def markdown(runs: list[Run], table: dict[str, dict[str, Spread]]) -> str:
              "sqrt(std_a² + std_b²), the spread of the difference between one run of each.", "",
              "| rank | family | " + " | ".join(SCORES.values()) + " | tied with |",
              "|---|---|" + "---|" * len(SCORES) + "---|"]
-    for rank, spread, ties in ranking(table):
-        scores = table[spread.family]
-        cells = [_cell(scores.get(m), m) for m in SCORES]
-        lines.append(f"| {rank} | {spread.family} | " + " | ".join(cells) +
+    ranked = [(str(rank), spread.family, ties) for rank, spread, ties in ranking(table)]
+    unranked = [("–", family, []) for family in table if RANKED_BY not in table[family]]
+    for rank, family, ties in ranked + unranked:
+        cells = [_cell(table[family].get(m), m) for m in SCORES]
+        lines.append(f"| {rank} | {family} | " + " | ".join(cells) +
                      f" | {', '.join(ties) or '–'} |")
     return "\n".join(lines) + "\n"
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from trilemma import paths
+from trilemma.errors import DataError, brief
+from trilemma.io import read_json_object
 
 # per-class rows (class histogram, per-class accuracy): one table each, not ten metrics
 TABLES = ("per_class.csv",)
@@ -47,9 +48,18 @@ def file_metrics(files: dict[Path, str]) -> dict[str, float]:
     chart view instead of ten histogram bins."""
     found: dict[str, Any] = {}
     for path, prefix in files.items():
-        found.update({prefix + k: v for k, v in json.loads(path.read_text()).items()})
+        found.update({prefix + k: v for k, v in read_json_object(path).items()})
     return {k: float(v) for k, v in found.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def check_files(families: list[str], i2i: list[str] = (), control: list[str] = ()) -> None:
+    """Read every metric file and table `sync` logs (of the stages that wrote all their files),
+    so that a broken one stops it before it starts a run: a run cut short would stay open."""
+    for stage, family in synced_stages(families, i2i, control):
+        if all(path.exists() for path in report_files(stage, family)):
+            stage_metrics(stage, family)
+            tables(stage, family)
 
 
 def stage_metrics(stage: str, family: str | None) -> dict[str, float]:
@@ -60,7 +70,7 @@ def stage_metrics(stage: str, family: str | None) -> dict[str, float]:
     if stage == "evaluate":
         timing = paths.train_reports(family) / "timing.json"
         if timing.is_file():
-            seconds = json.loads(timing.read_text()).get("train_seconds")
+            seconds = read_json_object(timing).get("train_seconds")
             if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
                 found["train_seconds"] = float(seconds)
     return found
@@ -75,8 +85,14 @@ def tables(stage: str, family: str | None) -> dict[str, dict[str, list]]:
         path = folder / name
         if not path.is_file():
             continue
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        try:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise DataError(f"{path}: cannot read as CSV ({brief(err)})") from None
+        # a row with more or fewer fields than the header: None stands for the gap
+        if any(None in row or None in row.values() for row in rows):
+            raise DataError(f"{path}: a row's fields do not match the header")
         if rows:
             found[Path(name).with_suffix(".json").name] = {
                 column: [_number(row[column]) for row in rows] for column in rows[0]}

@@ -13,7 +13,7 @@ import torch
 
 from trilemma import data, distributed, figures, mlflow_model, paths, probes, tracking
 from trilemma.config import fingerprint
-from trilemma.io import atomic_dir, write_csv, write_json
+from trilemma.io import atomic_dir, remove, write_csv, write_json
 from trilemma.runtime import BusySampler, device_name, generator, peak_memory
 from trilemma.torchrun import log
 from trilemma.train import fit, planned_steps
@@ -138,13 +138,15 @@ def train_and_report(make_run: Callable[..., Run], family: str, cfg, p,
 
             with BusySampler(dev) as busy:
                 history = train_loop(after_epoch, probe)
-            # the model first, then its reports: new reports never describe a model not written
-            run_of.save(paths.model(family))
             timing = write_training_reports(staged, history, trace, p.profile, dev, busy, probe)
             figure_names = run_of.figures(staged)
+            # the model after everything that can fail on the way to its reports, and before
+            # they are swapped in: new reports never describe a model not written, and a failed
+            # report leaves the old model beside the old reports
+            run_of.save(paths.model(family))
         # kept until the reports are in: a kill before this resumes after the last epoch and
         # writes the same model and reports again
-        paths.checkpoint(family).unlink(missing_ok=True)
+        remove(paths.checkpoint(family))
         for name in figure_names:  # logged from the swapped-in folder, where the files now live
             run.log_artifact(out / name)
         run.log_reports("train", family)

@@ -135,7 +135,8 @@ class LatentDiffusion:
         """Test images and their reconstructions; the latent reverse process, decoded."""
         from trilemma.figures import denoising_figure, image_table
 
-        real = x[:8].to(self.device)  # (8,C,S,S) in [0,1]
+        n = min(8, len(x))  # a test set may hold fewer than 8 images
+        real = x[:n].to(self.device)  # (n,C,S,S) in [0,1]
         mean, _ = self.ae.encode(real)
         recon = torch.sigmoid(self.ae.decoder(mean))
         mse = (recon - real).square().mean().item()
@@ -145,8 +146,8 @@ class LatentDiffusion:
                           title=f"autoencoder: test images through the {c}x{s}x{s} latent and back")
 
         gen = torch.Generator().manual_seed(0)
-        z_T = torch.randn(8, *self.latent_shape, generator=gen)
-        _, kept = self.diffusion.denoise(z_T, self.timesteps - 1, y[:8], gen, steps=PREVIEW_STEPS,
+        z_T = torch.randn(n, *self.latent_shape, generator=gen)
+        _, kept = self.diffusion.denoise(z_T, self.timesteps - 1, y[:n], gen, steps=PREVIEW_STEPS,
                                          guidance=PREVIEW_GUIDANCE, keep=9, frames=self.decode)
         frames = [(self.timesteps - 1, self.decode(z_T.to(self.device))), *kept]
         return {"reconstruction": fig, "denoising": denoising_figure(frames)}

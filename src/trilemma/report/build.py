@@ -7,11 +7,10 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from trilemma import paths
-from trilemma.io import atomic_dir, atomic_path, read_json, write_csv
+from trilemma.io import atomic_dir, atomic_path, write_csv
 from trilemma.report import control as control_section
 from trilemma.report import curves, i2i as i2i_section, plots, sections, tables
 from trilemma.report.images import FOLDER, Images
@@ -25,21 +24,20 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
     images/); return the README text. `control`: the families of the control stage (params
     `control.families`); `i2i`: the image-to-image families; `cost`: the line that says what
     the pipeline took."""
+    # every input first (report/inputs.py): a missing or broken file stops the report before it
+    # writes anything, so the last report stays whole
     learning = curves.read_curves(families)  # the train stages' curve.csv files
     rows = tables.summary_rows(families, curves.verdicts(learning))
-    write_csv(out / "summary.csv", rows)
-    clf = read_json(paths.CLASSIFIER_REPORTS / "metrics.json")
-    clf_timing = read_json(paths.CLASSIFIER_REPORTS / "timing.json")
-    per_class = pd.read_csv(paths.CLASSIFIER_REPORTS / "per_class.csv").to_dict("records")
+    clf, clf_timing, per_class = tables.judge_files()
     data = tables.data_info(clf, per_class)
-    floor = read_json(paths.REAL_METRICS)
-
+    floor = tables.floor_metrics()
     by_knob = tables.sweeps(families)
-    shown = plots.draw(families, rows, floor, data, by_knob, learning, out)
+    histories, hists = plots.loss_histories(families), plots.histograms(families, data.classes)
+    shown = plots.texts(rows, hists, data)
     sweep_sections = [sections.sweep_section(knob, by_family, floor.get("fid_classifier"), data)
                       for knob, by_family in by_knob.items()]
-    devices = sorted({clf_timing["device"]} | {r[k] for r in rows[1:]
-                                               for k in ("sample_device", "train_device")})
+    devices = sorted({str(clf_timing["device"])} | {str(r[k]) for r in rows[1:]
+                                                    for k in ("sample_device", "train_device")})
     notes = tables.inception_notes(families)
     inception = ("; ".join(n for n in notes if n) if any(r["fid_inception"] is not None for r in rows)
                  else "n/a: " + "; ".join(notes))
@@ -71,6 +69,9 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
                      else ""),
             i2i=i2i_section.section(list(i2i), images),
             judge=sections.judge_section(clf, per_class, data, images))
-    with atomic_path(out / "README.md") as tmp:
-        tmp.write_text(text)
+        # the sections have read the rest (control, image-to-image, the images): now the outputs
+        write_csv(out / "summary.csv", rows)
+        plots.draw(rows, floor, data, by_knob, learning, histories, hists, out / "figures")
+        with atomic_path(out / "README.md") as tmp:
+            tmp.write_text(text)
     return text

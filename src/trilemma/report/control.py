@@ -4,15 +4,55 @@
 from __future__ import annotations
 
 from trilemma import paths
+from trilemma.errors import DataError
+from trilemma.report import inputs
 from trilemma.report.images import Images
-from trilemma.report.tables import read_optional
 from trilemma.report.prose import render
 
 FIGURE = "before_after.png"  # the control stage's figure, in reports/control/<family>/
+# what the section shows of a steered family's metrics.json, and of each guidance row
+STEER_NUMBERS = ["judge_before_success", "judge_after_success", "referee_before_success",
+                 "referee_after_success", "mean_z_norm_before", "mean_z_norm_after",
+                 "per_class", "steps", "lr", "prior_weight"]
+GUIDANCE_NUMBERS = ["scale", "n", "judge_accuracy", "referee_accuracy", "fid_classifier"]
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _two(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"  # null: a FID that was not finite
+
+
+def _result(family: str) -> dict | None:
+    """The control stage's metrics.json of `family`, with what the section shows of it; None
+    when the stage has not run."""
+    path = paths.control_reports(family) / "metrics.json"
+    result = inputs.json_file(path, optional=True)
+    if result is None or result.get("judge") is False:  # without a judge: a reason alone
+        return result
+    inputs.require(path, result, ["kind"])
+    if result["kind"] == "steer":
+        inputs.check(path, result, ["referee_per_class", *STEER_NUMBERS], STEER_NUMBERS)
+        inputs.check(path, result["referee_per_class"], numbers=result["referee_per_class"],
+                     part="referee_per_class")
+        return result
+    inputs.require(path, result, ["guidance"])
+    if not isinstance(result["guidance"], list):
+        raise DataError(f"{path}: 'guidance' is not a list of rows")
+    for row in result["guidance"]:
+        inputs.check(path, row, ["method", *GUIDANCE_NUMBERS], GUIDANCE_NUMBERS,
+                     part="guidance row")
+    return result
+
+
+def _rates(family: str) -> dict:
+    """Images per second at each guidance scale (the control stage's timing.json), {} without."""
+    path = paths.control_reports(family) / "timing.json"
+    timing = inputs.json_file(path, optional=True) or {}
+    rates = timing.get("images_per_second", {})
+    return inputs.check(path, rates, numbers=rates, part="images_per_second")
 
 
 def section(families_in_control: list[str], images: Images, unit: str) -> str:
@@ -23,14 +63,15 @@ def section(families_in_control: list[str], images: Images, unit: str) -> str:
     lines = ["## Controllable generation", ""]
     if not families_in_control:
         return "\n".join(lines + [render("control_none"), ""])
-    referee = read_optional(paths.REFEREE_REPORTS / "metrics.json")
+    referee = inputs.json_file(paths.REFEREE_REPORTS / "metrics.json", numbers=["test_accuracy"],
+                               optional=True)
     lines += [render("control_intro", unit=unit, referee=(
         f" The referee's test accuracy is {referee['test_accuracy']:.4f}."
-        if referee and "test_accuracy" in referee else
+        if referee and referee.get("test_accuracy") is not None else
         " (No referee metrics: run `trilemma train-referee`.)")), ""]
     results, missing, no_judge = {}, [], []
     for family in families_in_control:
-        result = read_optional(paths.control_reports(family) / "metrics.json")
+        result = _result(family)
         if result is None:
             missing.append(family)
         elif result.get("judge") is False:
@@ -59,13 +100,12 @@ def section(families_in_control: list[str], images: Images, unit: str) -> str:
     if guided:
         lines += [render("control_guidance")]
         for family, r in guided.items():
-            timing = read_optional(paths.control_reports(family) / "timing.json") or {}
-            rates = timing.get("images_per_second", {})
+            rates = _rates(family)
             for row in r["guidance"]:
                 rate = rates.get(f"{row['scale']:g}")
                 lines.append(f"| {family} | {row['method']} | {row['scale']:g} | {row['n']} | "
                              f"{_pct(row['judge_accuracy'])} | {_pct(row['referee_accuracy'])} | "
-                             f"{row['fid_classifier']:.2f} | "
+                             f"{_two(row['fid_classifier'])} | "
                              f"{'n/a' if rate is None else f'{rate:.0f}'} |")
         lines.append("")
     for family in results:

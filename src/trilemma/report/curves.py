@@ -10,23 +10,23 @@ import numpy as np
 import pandas as pd
 
 from trilemma import paths
+from trilemma.report import inputs
 from trilemma.report.prose import render
 
 PLATEAU = 0.10  # "plateaued": FID fell by less than this share over the last third of training
 PLATEAUED, IMPROVING = "plateaued", "still improving"
 FIGURE = "learning_curves.png"
+COLUMNS = ["step", "train_seconds", "fid_classifier"]  # of curve.csv, what the report uses
 
 
 def read_curves(families: list[str]) -> dict[str, pd.DataFrame]:
     """Each family's probe rows that have a FID (none without a judge, or with train.probes 0),
     in step order; families without such rows are left out."""
     curves = {}
-    for name in families:
-        path = paths.train_reports(name) / "curve.csv"
-        if not path.exists():
-            continue
-        curve = pd.read_csv(path)
-        if "fid_classifier" in curve:
+    for name in families:  # trained before probes existed: no curve.csv
+        curve = inputs.csv_file(paths.train_reports(name) / "curve.csv", COLUMNS,
+                                numbers=[*COLUMNS, "n"], optional=True)
+        if curve is not None:
             curve = curve[curve["fid_classifier"].notna()].sort_values("step")
             if len(curve):
                 curves[name] = curve.reset_index(drop=True)

@@ -4,12 +4,15 @@ no-learning baseline) and the input | output | target figures; missing files rea
 from __future__ import annotations
 
 from trilemma import paths
+from trilemma.report import inputs
 from trilemma.report.images import Images
-from trilemma.report.tables import read_optional
 from trilemma.report.prose import render
 
 COLUMNS = [("psnr", "PSNR dB", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"),
            ("judge_accuracy", "judge accuracy", "{:.3f}"), ("fid_classifier", "FID", "{:.2f}")]
+# the numbers of evaluate-i2i's metrics.json that the section formats
+NUMBERS = ["n", "target_judge_accuracy", *(key for key, _, _ in COLUMNS),
+           *(f"baseline_{key}" for key, _, _ in COLUMNS)]
 
 
 def _cell(scores: dict, key: str, fmt: str) -> str:
@@ -23,9 +26,10 @@ def section(i2i_families: list[str], images: Images) -> str:
     if not i2i_families:
         return ""
     head = ["family", "task", "baseline", *(title for _, title, _ in COLUMNS), "train s"]
-    scored = {family: read_optional(paths.eval_reports(family) / "metrics.json") or {}
-              for family in i2i_families}
-    counts = {scores["n"] for scores in scored.values() if "n" in scores}
+    scored = {family: inputs.json_file(paths.eval_reports(family) / "metrics.json",
+                                       numbers=NUMBERS, optional=True) or {}
+              for family in i2i_families}  # a family not evaluated yet: n/a
+    counts = {scores["n"] for scores in scored.values() if scores.get("n") is not None}
     digits = (f"{counts.pop():,} test digits (`evaluate.i2i_test_n`)"
               if len(counts) == 1 else "the test digits")
     lines = ["## Image-to-image", "", render("i2i_intro", digits=digits),
@@ -33,7 +37,8 @@ def section(i2i_families: list[str], images: Images) -> str:
     figures = []
     for family in i2i_families:
         scores = scored[family]
-        timing = read_optional(paths.train_reports(family) / "timing.json") or {}
+        timing = inputs.json_file(paths.train_reports(family) / "timing.json",
+                                  numbers=["train_seconds"], optional=True) or {}
         seconds = timing.get("train_seconds")
         lines.append("| " + " | ".join([
             family, str(scores.get("task", "not evaluated yet")),
@@ -43,9 +48,8 @@ def section(i2i_families: list[str], images: Images) -> str:
         figure = paths.eval_reports(family) / "examples.png"
         if figure.exists():
             figures.append(f"![{family}: input, baseline, output, target]({images.link(figure)})")
-    ceilings = [f"{f} {s['target_judge_accuracy']:.3f}" for f in i2i_families
-                if (s := read_optional(paths.eval_reports(f) / "metrics.json"))
-                and s.get("target_judge_accuracy") is not None]
+    ceilings = [f"{f} {s['target_judge_accuracy']:.3f}" for f, s in scored.items()
+                if s.get("target_judge_accuracy") is not None]
     notes = ["Judge accuracy on the targets themselves: " + ", ".join(ceilings) + ".", ""] \
         if ceilings else []
     return "\n".join([*lines, "", *notes,

@@ -12,7 +12,7 @@ import pandas as pd
 from trilemma import paths
 from trilemma.config import SWEEPS
 from trilemma.figures import pyplot, save_figure, tick_rotation
-from trilemma.io import read_json
+from trilemma.report import inputs, tables
 from trilemma.report.curves import FIGURE as LEARNING_CURVES
 from trilemma.report.tables import Data, has_fid, number
 from trilemma.report.prose import render
@@ -21,26 +21,48 @@ if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
 
-def draw(families: list[str], rows: list[dict], floor: dict, data: Data,
-         by_knob: dict[str, dict[str, list[dict]]], probed: dict[str, pd.DataFrame],
-         out: Path) -> dict[str, str]:
-    """Draw the report-level figures that the metric files allow; return the README text that
-    stands for the histogram and trilemma figures (the image, or why there is none)."""
-    folder = out / "figures"
-    histories = {f: pd.read_csv(paths.train_reports(f) / "loss_steps.csv").to_dict("records")
-                 for f in families}
+def loss_histories(families: list[str]) -> dict[str, list[dict]]:
+    """Each family's finer loss trace (its train stage's loss_steps.csv) as rows."""
+    return {f: inputs.csv_file(paths.train_reports(f) / "loss_steps.csv", ["epoch"], ["epoch"])
+            .to_dict("records") for f in families}
+
+
+def histograms(families: list[str], classes: list[str]) -> dict[str, list[float]]:
+    """Each family's class histogram (the share of its samples the judge puts in each class) in
+    class order; families without one (no judge) are left out."""
+    hists = {}
+    for f in families:
+        histogram = tables.eval_metrics(f).get("class_histogram") or {}
+        inputs.check(paths.eval_reports(f) / "metrics.json", histogram, numbers=histogram,
+                     part="class_histogram")
+        if histogram:
+            hists[f] = in_class_order(histogram, classes)
+    return hists
+
+
+def texts(rows: list[dict], hists: dict[str, list[float]], data: Data) -> dict[str, str]:
+    """The README text that stands for the histogram and trilemma figures (the image, or why
+    there is none)."""
+    fid_key = _fid_key(rows)
+    return {"histograms": ("![class histograms](figures/class_histograms.png)" if hists
+                           else render("histograms_none", reason=data.judge_reason)),
+            "trilemma": (render("trilemma_none") if fid_key is None else
+                         render("trilemma_inception" if fid_key == "fid_inception"
+                                else "trilemma_judge"))}
+
+
+def draw(rows: list[dict], floor: dict, data: Data, by_knob: dict[str, dict[str, list[dict]]],
+         probed: dict[str, pd.DataFrame], histories: dict[str, list[dict]],
+         hists: dict[str, list[float]], folder: Path) -> None:
+    """Draw the report-level figures that the metric files allow into `folder` (the report's
+    figures/); remove those they do not allow. `probed`: the learning curves
+    (curves.read_curves), `histories`: loss_histories, `hists`: histograms."""
     save_figure(loss_curves(histories), folder / "loss_curves.png")
-    hists = {f: in_class_order(read_json(paths.eval_reports(f) / "metrics.json")
-                               .get("class_histogram", {}), data.classes) for f in families}
-    hists = {f: h for f, h in hists.items() if h}  # no judge: no histogram
-    text = {}
     if hists:
         save_figure(class_histograms(hists, data.classes, data.unit),
                     folder / "class_histograms.png")
-        text["histograms"] = "![class histograms](figures/class_histograms.png)"
     else:
         _drop(folder / "class_histograms.png")
-        text["histograms"] = render("histograms_none", reason=data.judge_reason)
     for knob in SWEEPS:
         by_family = by_knob.get(knob, {})
         all_rows = [r for family_rows in by_family.values() for r in family_rows]
@@ -54,17 +76,26 @@ def draw(families: list[str], rows: list[dict], floor: dict, data: Data,
         if knob == "steps":
             others = {r["family"]: r for r in rows[1:] if r["family"] not in by_family}
             save_figure(speed_corner(by_family, others), folder / "speed_corner.png")
-    text["trilemma"] = _trilemma_figure(rows, floor, folder)
-    if probed:  # the learning curves (curves.read_curves)
+    fid_key = _fid_key(rows)
+    if fid_key is None:
+        _drop(folder / "trilemma.png")
+    else:
+        save_figure(trilemma(rows[1:], floor, fid_key), folder / "trilemma.png")
+    if probed:
         save_figure(curves_figure(probed, floor.get("fid_classifier")), folder / LEARNING_CURVES)
     else:
         _drop(folder / LEARNING_CURVES)
-    return text
 
 
 def _drop(path: Path) -> None:
     """Remove a figure this build does not draw, so no stale one from an earlier build stays."""
     path.unlink(missing_ok=True)
+
+
+def _fid_key(rows: list[dict]) -> str | None:
+    """The trilemma figure's FID: the judge's if any family has one, else Inception's, else none."""
+    return next((k for k in ("fid_classifier", "fid_inception")
+                 if any(number(r.get(k)) is not None for r in rows[1:])), None)
 
 
 def in_class_order(histogram: dict[str, float], classes: list[str]) -> list[float]:
@@ -75,17 +106,6 @@ def in_class_order(histogram: dict[str, float], classes: list[str]) -> list[floa
     if all(key.isdigit() for key in histogram):
         return [histogram[key] for key in sorted(histogram, key=int)]
     return list(histogram.values())
-
-
-def _trilemma_figure(rows: list[dict], floor: dict, folder: Path) -> str:
-    """The judge's FID if any family has one, else Inception's, else no figure."""
-    fid_key = next((k for k in ("fid_classifier", "fid_inception")
-                    if any(number(r.get(k)) is not None for r in rows[1:])), None)
-    if fid_key is None:
-        _drop(folder / "trilemma.png")
-        return render("trilemma_none")
-    save_figure(trilemma(rows[1:], floor, fid_key), folder / "trilemma.png")
-    return render("trilemma_inception" if fid_key == "fid_inception" else "trilemma_judge")
 
 
 def loss_curves(histories: dict[str, list[dict]], columns: int = 3) -> plt.Figure:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
-
 from trilemma import paths, registry
+from trilemma.report import inputs
 from trilemma.report.tables import (SWEEP_SCORES, Data, class_columns, has_fid, markdown_table,
                                     number, over_floor, summary_columns)
 from trilemma.report.images import Images
@@ -114,7 +113,8 @@ def diffusion_space_section(rows: list[dict], by_knob: dict[str, dict[str, list[
 def label_accuracy_section(families: list[str], data: Data) -> str:
     tables = {}
     for name in families:
-        table = pd.read_csv(paths.eval_reports(name) / "per_class.csv")
+        table = inputs.csv_file(paths.eval_reports(name) / "per_class.csv",
+                                ["digit", "generated", "fraction"], ["digit", "accuracy"])
         if "accuracy" in table and len(table):  # no judge: a header and no rows
             tables[name] = table.set_index("digit")["accuracy"].to_dict()
     if not tables:

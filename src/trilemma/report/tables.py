@@ -3,16 +3,14 @@ of them, with the data set's words for what a class and an image are."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from trilemma import paths
 from trilemma.config import SWEEPS
-from trilemma.io import read_json
+from trilemma.report import inputs
 
 SUMMARY_COLUMNS = {"family": "family", "fid_classifier": "FID ↓", "fid_over_floor": "× floor ↓",
                    "kid_classifier": "KID ↓", "is_classifier": "IS ↑",
@@ -35,6 +33,7 @@ JUDGE_KEYS = ["fid_classifier", "fid_over_floor", "kid_classifier", "is_classifi
               "recall", "min_class_fraction", "class_kl_uniform", "label_accuracy"]
 SWEEP_SCORES = ["fid_classifier", "kid_classifier", "is_classifier", "precision", "recall",
                 "min_class_fraction", "class_kl_uniform", "label_accuracy", "samples_per_second"]
+SWEEP_COLUMNS = ["setting", "value", "main", "n", *SWEEP_SCORES]  # what the report uses
 
 
 @dataclass(frozen=True)
@@ -69,12 +68,28 @@ class Data:
         return self.classes[index] if 0 <= index < len(self.classes) else str(index)
 
 
-def read_optional(path: Path) -> dict | None:
-    """A JSON file a stage may not have written yet (or not whole): None then."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def judge_files() -> tuple[dict, dict, list[dict]]:
+    """The judge's metrics.json, timing.json and per-class rows (train-classifier's)."""
+    folder = paths.CLASSIFIER_REPORTS
+    clf = inputs.json_file(folder / "metrics.json", ["profile"])
+    if clf.get("judge", True) is not False:  # the judge section shows these
+        scores = ["test_accuracy", "epochs"]
+        inputs.check(folder / "metrics.json", clf, keys=scores, numbers=scores)
+    timing = inputs.json_file(folder / "timing.json", ["device"])
+    per_class = inputs.csv_file(folder / "per_class.csv", ["digit", "n", "correct", "accuracy"],
+                                numbers=["digit", "n", "correct", "accuracy"])
+    return clf, timing, per_class.to_dict("records")
+
+
+def floor_metrics() -> dict:
+    """The real-data floor's scores (train-classifier's reports/eval/real/metrics.json)."""
+    return inputs.json_file(paths.REAL_METRICS, ["n"], numbers=[*METRIC_KEYS, "n"])
+
+
+def eval_metrics(name: str) -> dict:
+    """The family's scores (its evaluate stage's metrics.json)."""
+    return inputs.json_file(paths.eval_reports(name) / "metrics.json", ["n_samples"],
+                            numbers=[*METRIC_KEYS, "n_samples"])
 
 
 def data_info(clf: dict, per_class: list[dict]) -> Data:
@@ -104,14 +119,17 @@ def summary_rows(families: list[str], verdicts: dict[str, str | None]) -> list[d
     """One row per family plus the real-data floor: quality, coverage, speed, conditional
     accuracy, each straight from the metric files; `verdicts`: each family's convergence verdict
     (curves.verdicts)."""
-    floor = read_json(paths.REAL_METRICS)
+    floor = floor_metrics()
     rows = [{"family": "real data (floor)", **{k: floor.get(k) for k in METRIC_KEYS},
              "fid_over_floor": over_floor(floor.get("fid_classifier"),
                                           floor.get("fid_classifier")), "n": floor["n"]}]
     for name in families:
-        ev = read_json(paths.eval_reports(name) / "metrics.json")
-        speed = read_json(paths.eval_reports(name) / "timing.json")
-        tr = read_json(paths.train_reports(name) / "timing.json")
+        ev = eval_metrics(name)
+        speed = inputs.json_file(paths.eval_reports(name) / "timing.json",
+                                 ["samples_per_second", "device"], ["samples_per_second"])
+        tr = inputs.json_file(paths.train_reports(name) / "timing.json",
+                              ["train_seconds", "device"],
+                              ["train_seconds", "peak_gpu_memory_gib", "peak_rss_gib"])
         rows.append({"family": name, **{k: ev.get(k) for k in METRIC_KEYS},
                      "fid_over_floor": over_floor(ev.get("fid_classifier"),
                                                   floor.get("fid_classifier")),
@@ -125,8 +143,8 @@ def summary_rows(families: list[str], verdicts: dict[str, str | None]) -> list[d
 
 def inception_notes(families: list[str]) -> list[str]:
     """Why the Inception columns hold what they hold, each reason once."""
-    files = [paths.REAL_METRICS] + [paths.eval_reports(f) / "metrics.json" for f in families]
-    return list(dict.fromkeys(read_json(f).get("inception_note", "") for f in files))
+    found = [floor_metrics()] + [eval_metrics(f) for f in families]
+    return list(dict.fromkeys(str(m.get("inception_note", "")) for m in found))
 
 
 def display(row: dict, judge: bool = True) -> dict:
@@ -152,11 +170,11 @@ def sweeps(families: list[str]) -> dict[str, dict[str, list[dict]]]:
     by_knob: dict[str, dict[str, list[dict]]] = {}
     for knob in SWEEPS:
         for name in families:
-            table = pd.read_csv(paths.eval_reports(name) / f"{knob}_sweep.csv",
-                                keep_default_na=False, na_values=[""])
-            if len(table):
-                numbers = [c for c in SWEEP_SCORES if c in table]  # no judge: all empty (NaN)
-                table[numbers] = table[numbers].astype(float)  # 0 and 1 read back as ints
+            table = inputs.csv_file(paths.eval_reports(name) / f"{knob}_sweep.csv",
+                                    SWEEP_COLUMNS, ["value", "n", *SWEEP_SCORES],
+                                    keep_default_na=False, na_values=[""])
+            if len(table):  # no judge: the scores all empty (NaN)
+                table[SWEEP_SCORES] = table[SWEEP_SCORES].astype(float)  # 0 and 1 read as ints
                 by_knob.setdefault(knob, {})[name] = table.to_dict("records")
     return by_knob
 

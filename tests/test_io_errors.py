@@ -1,0 +1,99 @@
+"""Writes that fail (a read-only file system, an input missing half-way): the one-line error names
+the file that failed and what failed, and removing the temporary files never hides it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trilemma.errors import DataError
+from trilemma.io import atomic_dir, atomic_path, remove
+
+READ_ONLY = os.strerror(errno.EROFS)
+
+
+def refused(path: Path) -> OSError:
+    """What writing `path` on a read-only file system raises."""
+    return OSError(errno.EROFS, READ_ONLY, str(path))
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch) -> Path:
+    """A folder that, like one on a read-only file system, refuses to remove any file in it, even
+    one that is not there (the kernel checks the file system before the name)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    unlink = os.unlink
+
+    def refuse_in_folder(path, *args, **kwargs):
+        if Path(os.path.abspath(path)).parent == folder:
+            raise refused(path)
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse_in_folder)
+    return folder
+
+
+def dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_a_read_only_output_is_one_cannot_write_line(read_only):
+    (read_only / f".a.png.tmp{dead_pid()}").write_text("left by a killed writer")
+    out = read_only / "a.png"
+    with pytest.raises(DataError) as caught, atomic_path(out) as tmp:
+        raise refused(tmp)
+    assert str(caught.value) == f"{out}: cannot write ({READ_ONLY})"
+
+
+def test_a_read_only_file_written_inside_a_staged_folder_is_named_not_the_folder(tmp_path,
+                                                                                  read_only):
+    checkpoint = read_only / "vae.pt"
+    with pytest.raises(DataError) as caught, atomic_dir(tmp_path / "reports") as staged:
+        (staged / "loss.csv").write_text("epoch\n")
+        with atomic_path(checkpoint) as tmp:
+            raise refused(tmp)
+    assert str(caught.value) == f"{checkpoint}: cannot write ({READ_ONLY})"
+    assert not (tmp_path / "reports").exists()
+
+
+def test_torch_save_that_cannot_open_its_file_is_one_cannot_write_line(tmp_path):
+    out = tmp_path / "model.pt"
+    (tmp_path / f".model.pt.tmp{os.getpid()}").mkdir()  # torch cannot open a folder as its file
+    with pytest.raises(DataError) as caught, atomic_path(out) as tmp:
+        torch.save({"state": 1}, tmp)
+    assert str(caught.value) == f"{out}: cannot write ({os.strerror(errno.EISDIR)})"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_missing_input_read_while_staging_a_folder_is_not_found_not_cannot_write(tmp_path):
+    out, source = tmp_path / "reports" / "images", tmp_path / "per_class.csv"
+    with pytest.raises(DataError) as caught, atomic_dir(out):
+        source.read_text()
+    assert str(caught.value) == f"{source}: not found"
+
+
+def test_a_file_that_cannot_be_written_in_a_staged_folder_is_named_where_it_was_going(tmp_path):
+    out = tmp_path / "reports"
+    with pytest.raises(DataError) as caught, atomic_dir(out) as staged:
+        open(staged / "figures" / "grid.png", "wb")  # no such subfolder
+    assert str(caught.value) == \
+        f"{out / 'figures' / 'grid.png'}: cannot write ({os.strerror(errno.ENOENT)})"
+
+
+def test_remove_skips_a_missing_file_and_names_one_it_cannot_remove(tmp_path, read_only):
+    remove(read_only / "vae.pt")  # nothing to remove: no error, even where removal is refused
+    (read_only / "vae.pt").write_bytes(b"checkpoint")
+    with pytest.raises(DataError) as caught:
+        remove(read_only / "vae.pt")
+    assert str(caught.value) == f"{read_only / 'vae.pt'}: cannot remove ({READ_ONLY})"
+    (tmp_path / "other.pt").write_bytes(b"checkpoint")
+    remove(tmp_path / "other.pt")
+    assert not (tmp_path / "other.pt").exists()
