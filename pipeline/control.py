@@ -15,7 +15,7 @@ from trilemma.classifier import (ClassifierTrainee, load_judge, pixel_stats, sav
 from trilemma.config import ClassifierConfig, Params, fingerprint
 from trilemma.control_eval import GUIDANCE_COLUMNS, STEER_COLUMNS, guidance, kind_of, steering
 from trilemma.errors import ConfigError, DataError, NoJudge
-from trilemma.io import atomic_dir, write_csv, write_json
+from trilemma.io import atomic_dir, remove, write_csv, write_json
 from trilemma.runtime import autocast, device_name, set_precision
 
 FIGURE = "before_after.png"
@@ -81,7 +81,7 @@ def train_referee(params: ParamsOption = Path("params.yaml"), device: DeviceOpti
             write_json(staged / "metrics.json", summary)
             write_json(staged / "timing.json", timing)
             write_csv(staged / "per_class.csv", per_class)
-        paths.checkpoint("referee").unlink(missing_ok=True)
+        remove(paths.checkpoint("referee"))
         log(f"referee test accuracy {accuracy:.4f} in {timing['train_seconds']:.1f} s")
         run.log_reports("train-referee", None)  # tagged with their digest, as `sync` expects
 

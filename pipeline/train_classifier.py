@@ -15,7 +15,7 @@ from trilemma.classifier import (ClassifierTrainee, load_judge, pixel_stats, sav
 from trilemma.config import fingerprint
 from trilemma.evaluation import (describe, metrics_json, metrics_json_without_judge,
                                  require_scorable)
-from trilemma.io import atomic_dir, write_csv, write_json
+from trilemma.io import atomic_dir, remove, write_csv, write_json
 from trilemma.runtime import device_name, generator, peak_memory
 from trilemma.train import fit
 
@@ -94,7 +94,7 @@ def train_classifier(params: ParamsOption = Path("params.yaml"), device: DeviceO
             figures.save_figure(figures.confusion_figure(confusion, list(classes)),
                                 staged / "confusion.png")
             write_json(staged_floor / paths.REAL_METRICS.name, {**floor, "profile": p.profile})
-        paths.checkpoint("classifier").unlink(missing_ok=True)  # kept until the reports are in
+        remove(paths.checkpoint("classifier"))  # kept until the reports are in
         log(f"real-data floor ({floor['n']} train images against the test set): "
             f"{describe(floor)}")
         run.log_reports("train-classifier", None)  # read from the swapped-in folders

@@ -127,6 +127,16 @@ def test_profile_mapping_with_a_misspelt_profile_names_it_and_the_profiles():
 
 
 @pytest.mark.parametrize("overrides, says", [
+    ({"full": 40}, "full: unknown key"),  # a stray profile name is no profile mapping
+    ({"sample.full": 40}, "sample.full: unknown key"),
+    ({"sample.n": {"quick": 2}}, "sample.n: a profile mapping names quick and full"),
+])
+def test_a_section_with_a_stray_profile_key_is_not_read_as_a_profile_mapping(overrides, says):
+    with pytest.raises(ConfigError, match=f"^params.yaml: {says}"):
+        parse_params(with_overrides(base_params(), overrides))
+
+
+@pytest.mark.parametrize("overrides, says", [
     ({"latent_diffusion.downsample": 3}, "latent_diffusion: downsample must be a power of two "
                                          "(got 3)"),
     ({"latent_diffusion.ae_steps": 900, "latent_diffusion.max_steps": 800},

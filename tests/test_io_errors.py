@@ -97,3 +97,24 @@ def test_remove_skips_a_missing_file_and_names_one_it_cannot_remove(tmp_path, re
     (tmp_path / "other.pt").write_bytes(b"checkpoint")
     remove(tmp_path / "other.pt")
     assert not (tmp_path / "other.pt").exists()
+
+
+def test_a_full_disk_while_copying_an_input_into_a_staged_folder_names_the_output(tmp_path):
+    """A copy names its source and destination (filename2): the output is what failed."""
+    source = tmp_path / "grid.png"
+    source.write_bytes(b"png")
+    with pytest.raises(DataError) as caught, atomic_dir(tmp_path / "images") as staged:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(source),
+                      None, str(staged / "grid.png"))
+    assert str(caught.value) == \
+        f"{tmp_path / 'images' / 'grid.png'}: cannot write ({os.strerror(errno.ENOSPC)})"
+
+
+def test_cleanup_that_cannot_even_look_at_the_temporary_file_keeps_the_first_error(
+        tmp_path, monkeypatch):
+    out = tmp_path / "metrics.json"
+    with pytest.raises(DataError) as caught, atomic_path(out) as tmp:
+        monkeypatch.setattr(Path, "is_dir", lambda self: (_ for _ in ()).throw(
+            PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))))
+        raise refused(tmp)
+    assert str(caught.value) == f"{out}: cannot write ({READ_ONLY})"

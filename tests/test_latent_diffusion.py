@@ -146,7 +146,6 @@ def test_figures_show_reconstructions_and_the_decoded_reverse_process(batch):
     assert len(table.get_xticks()) == 10  # x_T and 9 kept steps
 
 
-
 def test_figures_take_a_test_set_of_fewer_than_8_images(batch):
     x, y = batch
     model = build()
@@ -154,6 +153,7 @@ def test_figures_take_a_test_set_of_fewer_than_8_images(batch):
     figs = model.figures(x[:5], y[:5])
     [table] = figs["denoising"].axes
     assert len(table.get_yticks()) == 5
+
 
 def test_registered_family_is_conditional_with_diffusion_knobs():
     model = families.build("latent_diffusion", latent_diffusion.Config(**TINY), CPU)

@@ -129,6 +129,18 @@ def test_equalized_layers_store_unit_normal_weights_and_scale_by_he():
     assert abs(linear.weight.std().item() - 1) < 0.05
 
 
+@pytest.mark.parametrize("steps, says", [
+    (200, "end at 14x14;"), (230, "end at 28x28, fading in (alpha 0.72)"), (241, None)])
+def test_a_run_too_short_for_the_full_size_says_so(steps, says, capsys):
+    build(resolution_steps=100, fade_steps=40).plan(steps)
+    out = capsys.readouterr().out
+    if says is None:
+        assert out == ""
+    else:
+        assert f"warning: progan: the run's {steps} steps {says}" in out
+        assert "28x28 is faded in after step 240" in out
+
+
 def test_train_step_grows_the_resolution_on_schedule():
     model = build()
     x, y = batch()

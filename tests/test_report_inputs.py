@@ -18,7 +18,7 @@ from trilemma.errors import DataError
 from trilemma.report import build
 
 FAMILIES = {"cgan": {"sweeps": ["truncation"], "conditional": True}}
-CONTROL_RESULT = {"family": "cgan", "kind": "guidance", "profile": "quick",
+CONTROL_RESULT = {"family": "cgan", "kind": "classifier-free", "profile": "quick",
                   "guidance": [{"method": "cfg", "scale": 0.0, "n": 20, "judge_accuracy": 0.5,
                                 "referee_accuracy": 0.4, "fid_classifier": 30.0}]}
 
@@ -83,7 +83,7 @@ BROKEN = [  # (file under reports/, its new text or None to delete it, the error
     ("classifier/per_class.csv", "", "empty (not even a header)"),
     ("control/cgan/metrics.json", "", "empty"),
     ("control/cgan/metrics.json", "{bad", "not valid JSON"),
-    ("control/cgan/metrics.json", '{"kind": "guidance"}', "no key 'guidance'"),
+    ("control/cgan/metrics.json", '{"kind": "classifier-free"}', "no key 'guidance'"),
     ("control/cgan/timing.json", "{bad", "not valid JSON"),
     ("control/referee/metrics.json", "{bad", "not valid JSON"),
     ("eval/pix2pix/metrics.json", "", "empty"),

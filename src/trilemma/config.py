@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -233,15 +234,16 @@ class Params(Section):
 def resolve_profile(value: Any, profile: str, key: str = "") -> Any:
     """Replace every {quick: a, full: b} (or {quick: a, reference: c, full: b}) mapping by the
     value of `profile`; reference takes quick's value where the mapping does not name it.
-    A mapping that names a profile holds nothing else (a misspelt profile is named in the error).
+    A key beside a profile's that reads like a misspelt profile is named in the error.
     `key`: where `value` sits, for the error line of a mapping that names only some profiles."""
     if isinstance(value, dict):
         names = set(value)
-        if names & set(PROFILES):  # no section has a key named like a profile
-            unknown = sorted(names - set(PROFILES), key=str)
-            if unknown:
-                raise ConfigError(f"{key}: unknown profile {unknown[0]!r} in a profile mapping "
-                                  f"(profiles: {', '.join(PROFILES)})")
+        others = sorted(names - set(PROFILES), key=str)
+        misspelt = [k for k in others if get_close_matches(str(k), PROFILES, n=1, cutoff=0.75)]
+        if names & set(PROFILES) and misspelt:  # {quick: 2, refrence: 8, full: 8}
+            raise ConfigError(f"{key}: unknown profile {misspelt[0]!r} in a profile mapping "
+                              f"(profiles: {', '.join(PROFILES)})")
+        if names and not others:
             if not _REQUIRED <= names:
                 raise ConfigError(f"{key}: a profile mapping names quick and full (reference is "
                                   f"optional; got {', '.join(sorted(names))})")

@@ -38,10 +38,10 @@ def _remove_stale(path: Path) -> None:
 def _discard(path: Path) -> None:
     """Remove a temporary file or folder where it can be: a removal that fails (a read-only file
     system refuses even to remove a file that is not there) must not hide the error being raised."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with suppress(OSError):
+    with suppress(OSError):  # is_dir too: a folder without search permission raises there
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             path.unlink(missing_ok=True)
 
 
@@ -52,15 +52,16 @@ def _failure(err: OSError, path: Path, tmp: Path) -> DataError:
     why = err.strerror or brief(err)
     if err.filename is None:  # a write to a file already open (a full disk) names no file
         return DataError(f"{path}: cannot write ({why})")
-    name = Path(os.fsdecode(err.filename))
-    if os.path.abspath(name) == os.path.abspath(path):  # the final rename
-        return DataError(f"{path}: cannot write ({why})")
-    try:
-        inside = Path(os.path.abspath(name)).relative_to(os.path.abspath(tmp))
-    except ValueError:
-        return DataError(f"{name}: not found" if isinstance(err, FileNotFoundError)
-                         else f"{name}: {why}")
-    return DataError(f"{path / inside}: cannot write ({why})")
+    # a copy or rename names its source and its destination (filename2): the output, if either
+    for name in map(Path, map(os.fsdecode, filter(None, (err.filename2, err.filename)))):
+        if os.path.abspath(name) == os.path.abspath(path):  # the final rename
+            return DataError(f"{path}: cannot write ({why})")
+        with suppress(ValueError):
+            inside = Path(os.path.abspath(name)).relative_to(os.path.abspath(tmp))
+            return DataError(f"{path / inside}: cannot write ({why})")
+    name = Path(os.fsdecode(err.filename))  # another file the block used: an input it read
+    return DataError(f"{name}: not found" if isinstance(err, FileNotFoundError)
+                     else f"{name}: {why}")
 
 
 def _make_parent(path: Path) -> None:

@@ -32,6 +32,7 @@ from trilemma.errors import ConfigError
 from trilemma.figures import image_table
 from trilemma.gan import load_pair_state, pair_state
 from trilemma.nets import progan
+from trilemma.torchrun import log
 from trilemma.train import adam
 
 
@@ -89,6 +90,20 @@ class ProGAN(latent.Decoded):  # generate, sample: decode latents of the prior
         self.steps = 0  # optimisation steps taken: the schedule's clock
         # the paper's WGAN-GP critic, or the logistic D of the non-saturating loss
         self.loss = gan_losses.LOSSES["wasserstein" if cfg.loss == "wgan-gp" else "non-saturating"]
+
+    def plan(self, total_steps: int) -> None:
+        """`fit` says how many steps the run takes: one that ends before the full size is faded
+        in trains and samples at a lower resolution, which a comparison must not take silently."""
+        cfg, top = self.cfg, self.levels - 1
+        level, alpha = phase(max(total_steps - 1, 0), self.levels, cfg.resolution_steps,
+                             cfg.fade_steps)
+        if (level, alpha) != (top, 1.0):
+            size = self.resolution(level)
+            fading = f", fading in (alpha {alpha:.2f})" if alpha < 1 else ""
+            log(f"warning: progan: the run's {total_steps} steps end at {size}x{size}{fading}; "
+                f"{self.image.size}x{self.image.size} is faded in after step "
+                f"{top * cfg.resolution_steps + cfg.fade_steps} ({top} x resolution_steps + "
+                f"fade_steps)")
 
     def phase(self) -> tuple[int, float]:
         """(level, alpha) of the next step: the nets as trained so far."""

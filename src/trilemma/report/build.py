@@ -25,7 +25,8 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
     `control.families`); `i2i`: the image-to-image families; `cost`: the line that says what
     the pipeline took."""
     # every input first (report/inputs.py): a missing or broken file stops the report before it
-    # writes anything, so the last report stays whole
+    # writes anything, so the last report stays whole (a failed write part-way does not: the
+    # summary, figures and README are written one after another)
     learning = curves.read_curves(families)  # the train stages' curve.csv files
     rows = tables.summary_rows(families, curves.verdicts(learning))
     clf, clf_timing, per_class = tables.judge_files()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from trilemma.errors import DataError, brief
-from trilemma.io import read_json
+from trilemma.io import read_json_object
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,7 +53,7 @@ def json_file(path: Path, keys: Iterable[str] = (), numbers: Iterable[str] = (),
         return None
     if path.is_file() and not path.stat().st_size:
         raise DataError(f"{path}: empty")
-    return check(path, read_json(path), keys, numbers)  # read_json names a missing or bad file
+    return check(path, read_json_object(path), keys, numbers)  # names a missing or bad file
 
 
 def csv_file(path: Path, columns: Iterable[str] = (), numbers: Iterable[str] = (),
