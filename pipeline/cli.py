@@ -57,6 +57,16 @@ app = typer.Typer(help="trilemma: train, sample and measure image generator fami
 def stages() -> None:
     """trilemma: train, sample and measure image generator families side by side."""
 
+def usage_error(err: typer.TyperException) -> str:
+    """A bad command line in one line, with where to read the right one, in place of Typer's
+    boxed usage panel."""
+    ctx = getattr(err, "ctx", None)
+    if ctx is None:
+        return err.format_message()
+    message = " ".join(err.format_message().split())
+    return f"{ctx.command_path}: {message} (see '{ctx.command_path} --help')"
+
+
 def main() -> None:
     """The `trilemma` console script: the app, then an immediate exit with its code. Python's
     ordinary shutdown spends about 2 s per command unloading torch's libraries (24 commands in a
@@ -65,8 +75,17 @@ def main() -> None:
     from trilemma.torchrun import distributed_module
 
     try:
-        app()
-        code = 0
+        # not standalone: a usage error comes back here, to be told in one line. The commands
+        # return None, so what comes back is an exit code (typer.Exit's) or None (done)
+        code = app(standalone_mode=False) or 0
+    except typer.TyperException as err:  # click's ClickException, as Typer ships it
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare `trilemma`: the help, as ever
+            err.show()
+        else:
+            print(f"error: {usage_error(err)}", file=sys.stderr)
+        code = err.exit_code
+    except typer.Abort:  # end of input at a prompt
+        code = 1
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         if isinstance(done.code, str):

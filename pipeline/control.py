@@ -144,8 +144,7 @@ def control(family: FamilyArgument, params: ParamsOption = Path("params.yaml"),
         # per scale as guidance.<scale>.<column>, e.g. guidance.3.referee_accuracy
         numbers = tracking.flatten({**result, **timing, "guidance": {
             f"{row['scale']:g}": row for row in result.get("guidance", [])}})
-        run.log_metrics({k: v for k, v in numbers.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        run.log_metrics(numbers)  # it logs the numbers among them
         run.log_reports("control", family)  # tagged with their digest, as `sync` expects
         for name in ("metrics.json", "per_class.csv", FIGURE):
             run.log_artifact(out / name)

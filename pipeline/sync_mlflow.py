@@ -25,10 +25,10 @@ def sync_mlflow(params: ParamsOption = Path("params.yaml")) -> None:
     p = load_params(params)
     from trilemma import mlflow_model, tracker, tracking, tracking_files
 
-    tracking_files.check_files(p.families, p.i2i_families, p.control.families)  # names a bad file
+    stages = tracking_files.read_stages(p.families, p.i2i_families, p.control.families)
     tracking.wait_for_trackers()  # the runs stages handed over are in the store: none twice
     try:
-        done = tracker.sync(p.families, p.profile, p.i2i_families, p.control.families)
+        done = tracker.sync(stages, p.profile)
         models = mlflow_model.sync_registry(p.families, p, p.i2i_families)  # train runs exist now
     except TrilemmaError:  # a bad input, named already
         raise

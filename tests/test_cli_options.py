@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +99,28 @@ def test_train_without_data_says_run_download(tmp_path, monkeypatch):
     write_params(tmp_path / "params.yaml")
     result = invoke("train", "vae")
     assert result.exit_code == 2 and "trilemma download" in result.output
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--bogus"], "trilemma train: No such option: --bogus (see 'trilemma train --help')"),
+    (["sample"], "trilemma sample: Missing argument 'family'. (see 'trilemma sample --help')"),
+    (["nosuch"], "trilemma: No such command 'nosuch'. (see 'trilemma --help')"),
+    (["generate", "ddpm", "-n", "abc"], "trilemma generate: Invalid value for '-n' / '--n': "),
+])
+def test_a_bad_command_line_is_one_error_line_with_exit_code_2(tmp_path, args, says):
+    """The console script, not CliRunner: Typer's boxed usage panel becomes one line there."""
+    exe = Path(sys.executable).with_name("trilemma")
+    result = subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {says}") and result.stderr.count("\n") == 1
+
+
+def test_the_console_script_keeps_help_and_a_bare_call_shows_it(tmp_path):
+    exe = Path(sys.executable).with_name("trilemma")
+    bare = subprocess.run([str(exe)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    helped = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert bare.returncode == 2 and "Usage: trilemma [OPTIONS] COMMAND" in bare.stdout
+    assert helped.returncode == 0 and "Usage: trilemma train [OPTIONS]" in helped.stdout

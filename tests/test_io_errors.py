@@ -118,3 +118,61 @@ def test_cleanup_that_cannot_even_look_at_the_temporary_file_keeps_the_first_err
             PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))))
         raise refused(tmp)
     assert str(caught.value) == f"{out}: cannot write ({READ_ONLY})"
+
+
+def failing_rename_of(source: Path, monkeypatch, also_back: bool = False) -> None:
+    """os.replace fails for `source` (a full disk, say), and, with `also_back`, for the rename
+    that would put the old set back."""
+    replace = os.replace
+
+    def refuse(src, dst, *args, **kwargs):
+        if Path(src) == source or (also_back and Path(src).name.startswith(".reports.old")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src), None, str(dst))
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refuse)
+
+
+def test_a_new_folder_that_cannot_take_the_old_ones_place_leaves_the_old_one_whole(
+        tmp_path, monkeypatch):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "metrics.json").write_text("old")
+    with pytest.raises(DataError) as caught, atomic_dir(out) as staged:
+        (staged / "metrics.json").write_text("new")
+        failing_rename_of(staged, monkeypatch)
+    assert str(caught.value) == f"{out}: cannot write ({os.strerror(errno.ENOSPC)})"
+    assert (out / "metrics.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]
+
+
+def test_an_old_folder_that_cannot_go_back_stays_aside_and_the_next_run_restores_it(
+        tmp_path, monkeypatch):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "metrics.json").write_text("old")
+    with pytest.raises(DataError), atomic_dir(out) as staged:
+        (staged / "metrics.json").write_text("new")
+        failing_rename_of(staged, monkeypatch, also_back=True)
+    monkeypatch.undo()
+    aside = [p.name for p in tmp_path.iterdir()]
+    assert aside == [f".reports.old{os.getpid()}"]  # not deleted: the last whole set
+    # as if that process had been killed there: the next writer puts the set back first
+    os.replace(tmp_path / aside[0], tmp_path / f".reports.old{dead_pid()}")
+    with pytest.raises(RuntimeError), atomic_dir(out):
+        raise RuntimeError("this run fails too")
+    assert (out / "metrics.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]
+
+
+def test_a_folder_set_aside_by_a_killed_writer_is_discarded_when_the_new_one_is_in(tmp_path):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "metrics.json").write_text("new")
+    aside = tmp_path / f".reports.old{dead_pid()}"
+    aside.mkdir()
+    (aside / "metrics.json").write_text("old")
+    with atomic_dir(out) as staged:
+        (staged / "metrics.json").write_text("newer")
+    assert (out / "metrics.json").read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]

@@ -75,6 +75,8 @@ BROKEN = [  # (file under reports/, its new text or None to delete it, the error
     ("train/cgan/loss_steps.csv", "", "empty (not even a header)"),
     ("eval/cgan/per_class.csv", "", "empty (not even a header)"),
     ("eval/cgan/per_class.csv", GARBAGE, "no column 'digit'"),
+    ("eval/cgan/per_class.csv", "digit,generated,fraction,accuracy\n0,200,0.1,0.9\n1,190\n",
+     "a row's fields do not match the header"),  # pandas alone would read blanks into the row
     ("eval/cgan/truncation_sweep.csv", "", "empty (not even a header)"),
     ("eval/cgan/truncation_sweep.csv", GARBAGE, "no column 'setting'"),
     ("eval/cgan/metrics.json", "{}", "no key 'n_samples'"),

@@ -23,8 +23,8 @@ CPU = torch.device("cpu")
 class Knobbed:
     """Stands in for a family: `knob_settings` only reads `knobs`."""
 
-    def __init__(self, knobs: tuple[str, ...]):
-        self.knobs = knobs
+    def __init__(self, knobs: tuple[str, ...], timesteps: int = 1000):
+        self.knobs, self.timesteps = knobs, timesteps
 
 
 # --- knob settings ---------------------------------------------------------------------------
@@ -169,6 +169,18 @@ def test_knob_settings_pass_every_diffusion_knob_and_sweep_steps_and_guidance():
     main, sweep = knob_settings(Knobbed(("sampler", "steps", "eta", "guidance")), cfg)
     assert main == {"sampler": "ddim", "steps": 10, "eta": 0.0, "guidance": 3.0}
     assert sweep == [("steps", 5), ("steps", "ddpm"), ("guidance", 0.0)]
+
+
+def test_step_counts_above_the_models_timesteps_are_named_in_one_warning(capsys):
+    cfg = SampleConfig(n=16, steps=50, steps_sweep=[10, 200, 400, "ddpm"])
+    knob_settings(Knobbed(("sampler", "steps", "eta"), timesteps=100), cfg)
+    out = capsys.readouterr()
+    assert (out.out + out.err).splitlines() == [
+        "warning: sample.steps 200, 400 above the 100 timesteps the model was trained on: "
+        "sampled on all 100"]
+    knob_settings(Knobbed(("sampler", "steps", "eta"), timesteps=1000), cfg)
+    out = capsys.readouterr()
+    assert out.out + out.err == ""
 
 
 def test_steps_sweep_accepts_counts_and_ddpm_only():

@@ -117,6 +117,10 @@ def test_a_stage_never_imports_mlflow_and_its_tracker_logs_the_run(tiny_repo):
     assert train.info.status == "FINISHED" and "kl" in train.data.metrics
     assert train.info.end_time - train.info.start_time > 0  # the stage's times, not the tracker's
     assert [int(v.version) for v in client.search_model_versions("name = 'trilemma-vae'")] == [1]
+    # MLflow's own lines went to the tracker's log, not onto the terminal of the next command
+    assert "trilemma-vae" not in result.stdout + result.stderr
+    assert "Created version '1' of model 'trilemma-vae'" in \
+        (tiny_repo / tracker.TRACKER_LOG).read_text()
 
 
 def runs_of(root):

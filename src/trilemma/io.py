@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import io
 import json
@@ -26,13 +27,20 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale(path: Path) -> None:
-    """Temporary copies of `path` (files or folders) left by a process that was killed."""
+    """Temporary copies of `path` (files or folders) left by a process that was killed. A folder
+    set aside by `atomic_dir` (.NAME.oldPID) whose writer was killed before the new one took its
+    place is the last whole set: it goes back to `path`, not away."""
     for kind in ("tmp", "old"):  # .NAME.tmpPID, .NAME.oldPID
         prefix = f".{path.name}.{kind}"
-        for stale in path.parent.glob(f"{glob.escape(prefix)}*"):
+        for stale in sorted(path.parent.glob(f"{glob.escape(prefix)}*")):
             pid = stale.name[len(prefix):]
-            if pid.isdigit() and not _alive(int(pid)):
-                _discard(stale)
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not os.path.lexists(path):
+                with suppress(OSError):  # where it cannot go back, it stays for a person to see
+                    os.replace(stale, path)
+                continue
+            _discard(stale)
 
 
 def _discard(path: Path) -> None:
@@ -107,14 +115,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         if path.exists():
             os.replace(path, old)  # two renames: the old set stays whole until the new one is in
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            with suppress(OSError):  # the new set could not go in: the old one goes back
+                if old.exists():
+                    os.replace(old, path)
+            raise
     except DataError as err:  # a file inside: name it where it was meant to go
         raise DataError(str(err).replace(str(tmp), str(path))) from None
     except OSError as err:
         raise _failure(err, path, tmp) from None
     finally:
         _discard(tmp)
-        _discard(old)
+        if os.path.lexists(path):  # else `old` is the last whole set: the next run puts it back
+            _discard(old)
 
 
 def remove(path: str | Path) -> None:
@@ -125,6 +140,11 @@ def remove(path: str | Path) -> None:
     except OSError as err:  # a read-only file system refuses even a file that is not there
         if os.path.lexists(path):
             raise DataError(f"{path}: cannot remove ({err.strerror or brief(err)})") from None
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number: an int or a float, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
@@ -181,6 +201,25 @@ def read_json_object(path: str | Path) -> dict:
     if not isinstance(found, dict):
         raise DataError(f"{path}: not a JSON object")
     return found
+
+
+def read_csv_text(path: str | Path) -> str:
+    """The text of the CSV file `path`: a header, and every row with as many fields as it (pandas
+    would pad a short row with blanks and read it as a row of missing scores). Anything else is
+    one DataError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read as CSV ({brief(err)})") from None
+    if not rows:
+        raise DataError(f"{path}: empty (not even a header)")
+    if any(len(row) != len(rows[0]) for row in rows[1:]):
+        raise DataError(f"{path}: a row's fields do not match the header")
+    return text
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

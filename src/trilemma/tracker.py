@@ -18,11 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TextIO
 
-from trilemma.tracking_files import (report_files, reports_digest, stage_metrics, synced_stages,
-                                     tables)
+from trilemma.tracking_files import Logged, report_files, reports_digest
 from trilemma.tracking_view import VIEW_TAG, view_tag_value
 
 EXPERIMENT = "trilemma"
@@ -42,6 +42,7 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETR
 PROBE_S = 3.0  # a server must answer its first request within this, or the stage runs untracked
 LOCK_WAIT = 2.0  # seconds to wait for a locked SQLite store before running untracked
 TRACKER_LIMIT_S = 600  # a tracker still at work after this stops (a hung server or disk)
+TRACKER_LOG = Path("logs") / "mlflow-tracker.log"  # MLflow's own output in trackers, under the repo
 
 
 def git_commit() -> str:
@@ -81,14 +82,35 @@ def spool(uri: str) -> Path:
     return folder
 
 
+_terminal: list[TextIO] = []  # in a tracker: where its warnings go while MLflow's output is set aside
+
+
 def warn(message: str) -> None:
     """One line on stderr, however long the underlying error text (nothing if nobody reads
     it any more: a tracker can outlive the pipe of its stage)."""
     line = " ".join(str(message).split("\n")[0].split())
     try:
-        print(f"warning: {line}", file=sys.stderr, flush=True)
+        print(f"warning: {line}", file=_terminal[-1] if _terminal else sys.stderr, flush=True)
     except OSError:
         pass
+
+
+@contextmanager
+def mlflow_output_to(log: Path) -> Iterator[None]:
+    """MLflow's own lines ("Created version 3 of model ...", its logging) into the file `log`
+    (or nowhere, if it cannot be opened), not onto the terminal: a tracker works while the next
+    stage prints, and its lines would read as that stage's. Our warnings still reach stderr."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "a", buffering=1)
+    except OSError:
+        out = open(os.devnull, "w")
+    _terminal.append(sys.stderr)
+    try:
+        with out, redirect_stdout(out), redirect_stderr(out):
+            yield
+    finally:
+        _terminal.pop()
 
 
 def _check_sqlite_writable(uri: str) -> None:
@@ -188,7 +210,9 @@ def main(marker: str) -> None:
     signal.signal(signal.SIGALRM, stop)
     try:
         os.nice(19)
-        log_journal(pickle.load(sys.stdin.buffer), lambda: signal.alarm(TRACKER_LIMIT_S))
+        journal = pickle.load(sys.stdin.buffer)
+        with mlflow_output_to(Path(journal["root"]) / TRACKER_LOG):
+            log_journal(journal, lambda: signal.alarm(TRACKER_LIMIT_S))
     except Exception as err:  # an unreadable journal: the stage's run is lost, say so
         warn(f"MLflow tracker failed: {err}")
     finally:
@@ -296,19 +320,20 @@ def _finish(mlflow: Any, status: str, end_ms: int | None = None) -> None:
                               end_time=max(end, client.get_run(parent).info.end_time or 0))
 
 
-def sync(families: list[str], profile: str, i2i: list[str] = (),
-         control: list[str] = ()) -> list[tuple[str, str]]:
+def sync(stages: dict[tuple[str, str | None], Logged | None],
+         profile: str) -> list[tuple[str, str]]:
     """Log the metric files under reports/ of every stage whose current files are not in MLflow
-    yet (DVC skipped it, or it ran with tracking off): one run each, tagged `synced`, nested
-    under the pipeline run of this commit as the stages' own runs are. Running it again adds
-    nothing. Returns (run name, what happened) per stage."""
+    yet (DVC skipped it, or it ran with tracking off), from what `tracking_files.read_stages`
+    read: one run each, tagged `synced`, nested under the pipeline run of this commit as the
+    stages' own runs are. Running it again adds nothing. Returns (run name, what happened) per
+    stage."""
     mlflow = connect()
     done = []
-    for stage, family in synced_stages(families, i2i, control):
+    for (stage, family), logged in stages.items():
         name = f"{stage}:{family}" if family else stage
         files = report_files(stage, family)
-        missing = [str(p) for p in files if not p.exists()]
-        if missing:
+        if logged is None:
+            missing = [str(p) for p in files if not p.exists()]
             done.append((name, f"skipped: {missing[0]} not found (stage not run yet)"))
             continue
         digest = reports_digest(files)
@@ -318,8 +343,9 @@ def sync(families: list[str], profile: str, i2i: list[str] = (),
             done.append((name, "up to date"))
             continue
         _start(mlflow, stage, family, profile, {"synced": "true", "reports_digest": digest})
-        mlflow.log_metrics(stage_metrics(stage, family))
-        for table, columns in tables(stage, family).items():
+        metrics, tables = logged
+        mlflow.log_metrics(metrics)
+        for table, columns in tables.items():
             mlflow.log_table(data=columns, artifact_file=table)
         for path in sorted(next(iter(files)).parent.glob("*")):
             if path.is_file():

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from trilemma.io import is_number
 from trilemma.tracker import (TRACKER_LIMIT_S, check_store, git_commit, log_journal, spool,
                               tracking_uri, warn)
 from trilemma.tracking_files import report_files, reports_digest, stage_metrics, tables
@@ -101,8 +102,7 @@ class Run:
         """Numbers of `metrics` (others are skipped) at x = `step`: training curves, the
         learning-curve probes and losses, pass the optimisation step. Stamped with the time of
         this call, not of the tracker's."""
-        numeric = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {k: float(v) for k, v in metrics.items() if is_number(v)}
         self._call("log_metrics", numeric, step=step, timestamp=int(time.time() * 1000))
 
     def log_training(self, row: dict[str, Any], trace: list[dict[str, Any]]) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
 from trilemma import paths
-from trilemma.errors import DataError, brief
-from trilemma.io import read_json_object
+from trilemma.io import is_number, read_csv_text, read_json_object
 
 # per-class rows (class histogram, per-class accuracy): one table each, not ten metrics
 TABLES = ("per_class.csv",)
@@ -49,17 +49,20 @@ def file_metrics(files: dict[Path, str]) -> dict[str, float]:
     found: dict[str, Any] = {}
     for path, prefix in files.items():
         found.update({prefix + k: v for k, v in read_json_object(path).items()})
-    return {k: float(v) for k, v in found.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in found.items() if is_number(v)}
 
 
-def check_files(families: list[str], i2i: list[str] = (), control: list[str] = ()) -> None:
-    """Read every metric file and table `sync` logs (of the stages that wrote all their files),
-    so that a broken one stops it before it starts a run: a run cut short would stay open."""
-    for stage, family in synced_stages(families, i2i, control):
-        if all(path.exists() for path in report_files(stage, family)):
-            stage_metrics(stage, family)
-            tables(stage, family)
+Logged = tuple[dict[str, float], dict[str, dict[str, list]]]  # a stage's metrics and tables
+
+
+def read_stages(families: list[str], i2i: list[str] = (),
+                control: list[str] = ()) -> dict[tuple[str, str | None], Logged | None]:
+    """The metrics and tables `sync` logs for each stage (None for a stage that has not written
+    all its metric files yet), all read first, so that a broken file stops `sync` before it
+    starts a run: a run cut short would stay open."""
+    return {(stage, family): (stage_metrics(stage, family), tables(stage, family))
+            if all(path.exists() for path in report_files(stage, family)) else None
+            for stage, family in synced_stages(families, i2i, control)}
 
 
 def stage_metrics(stage: str, family: str | None) -> dict[str, float]:
@@ -71,7 +74,7 @@ def stage_metrics(stage: str, family: str | None) -> dict[str, float]:
         timing = paths.train_reports(family) / "timing.json"
         if timing.is_file():
             seconds = read_json_object(timing).get("train_seconds")
-            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            if is_number(seconds):
                 found["train_seconds"] = float(seconds)
     return found
 
@@ -85,14 +88,7 @@ def tables(stage: str, family: str | None) -> dict[str, dict[str, list]]:
         path = folder / name
         if not path.is_file():
             continue
-        try:
-            with path.open(newline="") as handle:
-                rows = list(csv.DictReader(handle))
-        except (OSError, UnicodeDecodeError, csv.Error) as err:
-            raise DataError(f"{path}: cannot read as CSV ({brief(err)})") from None
-        # a row with more or fewer fields than the header: None stands for the gap
-        if any(None in row or None in row.values() for row in rows):
-            raise DataError(f"{path}: a row's fields do not match the header")
+        rows = list(csv.DictReader(io.StringIO(read_csv_text(path), newline="")))
         if rows:
             found[Path(name).with_suffix(".json").name] = {
                 column: [_number(row[column]) for row in rows] for column in rows[0]}

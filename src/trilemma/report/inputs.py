@@ -6,18 +6,15 @@ the last report whole."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from trilemma.errors import DataError, brief
-from trilemma.io import read_json_object
+from trilemma.io import is_number, read_csv_text, read_json_object
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def require(path: Path | str, found: Iterable[str], wanted: Iterable[str],
@@ -66,13 +63,10 @@ def csv_file(path: Path, columns: Iterable[str] = (), numbers: Iterable[str] = (
     path = Path(path)
     if optional and not path.exists():
         return None
+    text = read_csv_text(path)  # names a missing, unreadable or ragged file
     try:
-        table = pd.read_csv(path, **read)
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: empty (not even a header)") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        table = pd.read_csv(io.StringIO(text), **read)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: cannot read as CSV ({brief(err)})") from None
     require(path, table.columns, columns, "column")
     for column in numbers:
