@@ -61,10 +61,12 @@ def usage_error(err: typer.TyperException) -> str:
     """A bad command line in one line, with where to read the right one, in place of Typer's
     boxed usage panel."""
     ctx = getattr(err, "ctx", None)
-    if ctx is None:
-        return err.format_message()
+    if ctx is not None:
+        command = ctx.command_path
+    else:  # raised before the command had its context (an option's value missing)
+        command = " ".join(["trilemma", *[word for word in sys.argv[1:2] if word in STAGES]])
     message = " ".join(err.format_message().split())
-    return f"{ctx.command_path}: {message} (see '{ctx.command_path} --help')"
+    return f"{command}: {message} (see '{command} --help')"
 
 
 def main() -> None:
@@ -79,9 +81,7 @@ def main() -> None:
         # return None, so what comes back is an exit code (typer.Exit's) or None (done)
         code = app(standalone_mode=False) or 0
     except typer.TyperException as err:  # click's ClickException, as Typer ships it
-        if type(err).__name__ == "NoArgsIsHelpError":  # a bare `trilemma`: the help, as ever
-            err.show()
-        else:
+        if type(err).__name__ != "NoArgsIsHelpError":  # a bare `trilemma`: the help is out
             print(f"error: {usage_error(err)}", file=sys.stderr)
         code = err.exit_code
     except typer.Abort:  # end of input at a prompt

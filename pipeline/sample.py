@@ -26,12 +26,14 @@ def knob_settings(model: families.Family, cfg: SampleConfig) -> tuple[dict, list
     main = {knob: getattr(cfg, knob) for knob in model.knobs}
     sweep = [(knob, value) for knob in SWEEPS if knob in model.knobs
              for value in getattr(cfg, f"{knob}_sweep") if value != main[knob]]
-    if "steps" in model.knobs:
-        over = [v for v in [main["steps"], *cfg.steps_sweep] if v != "ddpm" and v > model.timesteps]
-        if over:  # the tables' labels say the steps it ran; say it here too, once
-            log(f"warning: sample.steps {', '.join(map(str, over))} above the "
-                f"{model.timesteps} timesteps the model was trained on: sampled on all "
-                f"{model.timesteps}")
+    if "steps" in model.knobs:  # the tables' labels say the steps it ran; say it here too, once
+        total = model.timesteps
+        over = [f"sample.steps {main['steps']}"] if main["steps"] > total else []
+        swept = [str(v) for knob, v in sweep if knob == "steps" and v != "ddpm" and v > total]
+        over += [f"steps_sweep {', '.join(dict.fromkeys(swept))}"] if swept else []
+        if over:
+            log(f"warning: {' and '.join(over)} above the {total} timesteps the model was "
+                f"trained on: sampled on all {total}")
     return main, sweep
 
 

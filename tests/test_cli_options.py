@@ -106,6 +106,8 @@ def test_train_without_data_says_run_download(tmp_path, monkeypatch):
     (["sample"], "trilemma sample: Missing argument 'family'. (see 'trilemma sample --help')"),
     (["nosuch"], "trilemma: No such command 'nosuch'. (see 'trilemma --help')"),
     (["generate", "ddpm", "-n", "abc"], "trilemma generate: Invalid value for '-n' / '--n': "),
+    (["train", "--params"], "trilemma train: Option '--params' requires an argument. "
+                            "(see 'trilemma train --help')"),
 ])
 def test_a_bad_command_line_is_one_error_line_with_exit_code_2(tmp_path, args, says):
     """The console script, not CliRunner: Typer's boxed usage panel becomes one line there."""
@@ -123,4 +125,5 @@ def test_the_console_script_keeps_help_and_a_bare_call_shows_it(tmp_path):
     helped = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60)
     assert bare.returncode == 2 and "Usage: trilemma [OPTIONS] COMMAND" in bare.stdout
+    assert bare.stderr == ""
     assert helped.returncode == 0 and "Usage: trilemma train [OPTIONS]" in helped.stdout

@@ -155,10 +155,12 @@ def test_an_old_folder_that_cannot_go_back_stays_aside_and_the_next_run_restores
         (staged / "metrics.json").write_text("new")
         failing_rename_of(staged, monkeypatch, also_back=True)
     monkeypatch.undo()
-    aside = [p.name for p in tmp_path.iterdir()]
-    assert aside == [f".reports.old{os.getpid()}"]  # not deleted: the last whole set
-    # as if that process had been killed there: the next writer puts the set back first
-    os.replace(tmp_path / aside[0], tmp_path / f".reports.old{dead_pid()}")
+    aside = sorted(p.name for p in tmp_path.iterdir())
+    pid = os.getpid()
+    assert aside == [f".reports.old{pid}", f".reports.tmp{pid}"]  # the old set is not deleted
+    gone = dead_pid()  # as if that process had been killed there: the next writer mends it
+    for kind in ("old", "tmp"):
+        os.replace(tmp_path / f".reports.{kind}{pid}", tmp_path / f".reports.{kind}{gone}")
     with pytest.raises(RuntimeError), atomic_dir(out):
         raise RuntimeError("this run fails too")
     assert (out / "metrics.json").read_text() == "old"
@@ -176,3 +178,45 @@ def test_a_folder_set_aside_by_a_killed_writer_is_discarded_when_the_new_one_is_
         (staged / "metrics.json").write_text("newer")
     assert (out / "metrics.json").read_text() == "newer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]
+
+
+def test_ctrl_c_between_the_two_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "metrics.json").write_text("old")
+    replace = os.replace
+
+    def interrupted(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".reports.tmp"):
+            raise KeyboardInterrupt
+        return replace(src, dst, *args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt), atomic_dir(out) as staged:
+        (staged / "metrics.json").write_text("new")
+        monkeypatch.setattr(os, "replace", interrupted)
+    assert (out / "metrics.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]
+
+
+def test_a_set_aside_folder_whose_new_set_went_in_is_never_brought_back(tmp_path):
+    """Killed after the second rename, then the folder removed (`dvc repro` removes a stage's
+    outputs before it runs it): the folder set aside is two runs old, not the last whole set."""
+    out = tmp_path / "reports"
+    aside = tmp_path / f".reports.old{dead_pid()}"
+    aside.mkdir()
+    (aside / "metrics.json").write_text("two runs ago")
+    with pytest.raises(RuntimeError), atomic_dir(out):
+        raise RuntimeError("this run fails")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_csv_table_reads_past_blank_lines_and_refuses_a_ragged_row(tmp_path):
+    from trilemma.io import read_csv_text
+
+    table = tmp_path / "per_class.csv"
+    table.write_text('digit,name\n0,"zero, nought"\n  \n1,one\n\n', encoding="utf-8")
+    assert read_csv_text(table).startswith("digit,name")
+    table.write_text("digit,name\n0,zero\n1\n")
+    with pytest.raises(DataError) as caught:
+        read_csv_text(table)
+    assert str(caught.value) == f"{table}: a row's fields do not match the header"

@@ -172,12 +172,17 @@ def test_knob_settings_pass_every_diffusion_knob_and_sweep_steps_and_guidance():
 
 
 def test_step_counts_above_the_models_timesteps_are_named_in_one_warning(capsys):
-    cfg = SampleConfig(n=16, steps=50, steps_sweep=[10, 200, 400, "ddpm"])
+    cfg = SampleConfig(n=16, steps=50, steps_sweep=[10, 200, 400, 400, "ddpm"])
     knob_settings(Knobbed(("sampler", "steps", "eta"), timesteps=100), cfg)
     out = capsys.readouterr()
     assert (out.out + out.err).splitlines() == [
-        "warning: sample.steps 200, 400 above the 100 timesteps the model was trained on: "
+        "warning: steps_sweep 200, 400 above the 100 timesteps the model was trained on: "
         "sampled on all 100"]
+    knob_settings(Knobbed(("sampler", "steps", "eta"), timesteps=40), cfg)
+    out = capsys.readouterr()
+    assert (out.out + out.err).splitlines() == [
+        "warning: sample.steps 50 and steps_sweep 200, 400 above the 40 timesteps the model was "
+        "trained on: sampled on all 40"]
     knob_settings(Knobbed(("sampler", "steps", "eta"), timesteps=1000), cfg)
     out = capsys.readouterr()
     assert out.out + out.err == ""

@@ -243,3 +243,24 @@ def test_waiting_passes_over_the_marker_of_a_tracker_that_was_killed(tiny_repo):
     tracking.wait_for_trackers(uri, timeout=30)
     assert time.monotonic() - t0 < 5
     marker.unlink()
+
+
+def test_a_trackers_warnings_reach_the_terminal_and_mlflows_own_lines_do_not(tmp_path):
+    """The tracker process sets MLflow's output aside (logs/mlflow-tracker.log); its own
+    warning, here that the server does not answer, still prints where the stage printed."""
+    import pickle
+
+    journal = {"stage": "train", "family": "vae", "profile": "quick", "root": str(tmp_path),
+               "uri": f"http://127.0.0.1:{closed_port()}", "dvc_exp": "workspace",
+               "start_ms": 0, "end_ms": 1, "status": "FINISHED", "calls": [], "snapshots": []}
+    marker = tmp_path / "run.pending"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    done = subprocess.run([sys.executable, "-m", "trilemma.tracker", str(marker)],
+                          input=pickle.dumps(journal), capture_output=True, env=env,
+                          timeout=120, cwd=tmp_path)
+    err = done.stderr.decode()
+    assert done.returncode == 0 and done.stdout == b"", err
+    assert err.startswith("warning: MLflow unavailable, train:vae runs untracked: ")
+    assert err.count("\n") == 1, err
+    assert "warning" not in (tmp_path / tracker.TRACKER_LOG).read_text()
+    assert not marker.exists()

@@ -28,15 +28,17 @@ def _alive(pid: int) -> bool:
 
 def _remove_stale(path: Path) -> None:
     """Temporary copies of `path` (files or folders) left by a process that was killed. A folder
-    set aside by `atomic_dir` (.NAME.oldPID) whose writer was killed before the new one took its
-    place is the last whole set: it goes back to `path`, not away."""
-    for kind in ("tmp", "old"):  # .NAME.tmpPID, .NAME.oldPID
+    that `atomic_dir` set aside (.NAME.oldPID) while its staged one (.NAME.tmpPID) had yet to
+    take its place is the last whole set: it goes back to `path`, if `path` is missing, not away.
+    (Without its staged folder the new set did take its place: the old one is out of date.)"""
+    for kind in ("old", "tmp"):  # .NAME.oldPID, .NAME.tmpPID
         prefix = f".{path.name}.{kind}"
         for stale in sorted(path.parent.glob(f"{glob.escape(prefix)}*")):
             pid = stale.name[len(prefix):]
             if not pid.isdigit() or _alive(int(pid)):
                 continue
-            if kind == "old" and not os.path.lexists(path):
+            staged = path.with_name(f".{path.name}.tmp{pid}")
+            if kind == "old" and staged.exists() and not os.path.lexists(path):
                 with suppress(OSError):  # where it cannot go back, it stays for a person to see
                     os.replace(stale, path)
                 continue
@@ -115,21 +117,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         if path.exists():
             os.replace(path, old)  # two renames: the old set stays whole until the new one is in
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            with suppress(OSError):  # the new set could not go in: the old one goes back
-                if old.exists():
-                    os.replace(old, path)
-            raise
+        os.replace(tmp, path)
     except DataError as err:  # a file inside: name it where it was meant to go
         raise DataError(str(err).replace(str(tmp), str(path))) from None
     except OSError as err:
         raise _failure(err, path, tmp) from None
-    finally:
-        _discard(tmp)
-        if os.path.lexists(path):  # else `old` is the last whole set: the next run puts it back
+    finally:  # stopped between the two renames (an error, Ctrl-C): the old set goes back
+        if old.exists() and not os.path.lexists(path):
+            with suppress(OSError):
+                os.replace(old, path)
+        if os.path.lexists(path) or not old.exists():
+            _discard(tmp)
             _discard(old)
+        # else both stay: the next writer of `path` puts the old set back (_remove_stale)
 
 
 def remove(path: str | Path) -> None:
@@ -209,8 +209,9 @@ def read_csv_text(path: str | Path) -> str:
     one DataError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
-        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+        text = path.read_text(encoding="utf-8")  # as pandas reads it, whatever the locale
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""))
+                if any(field.strip() for field in row)]  # blank lines: pandas skips them too
     except FileNotFoundError:
         raise DataError(f"{path}: not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:

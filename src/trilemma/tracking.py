@@ -149,8 +149,8 @@ def stage_run(stage: str, family: str | None, profile: str) -> Iterator[Run]:
 
 def hand_over(journal: dict[str, Any]) -> None:
     """Start a tracker process for the run in `journal` (pickled to its stdin) and return. It
-    runs in its own session, so DVC neither waits for it nor stops it with the stage; what it
-    prints (MLflow's link to the run, warnings) goes where the stage's output goes."""
+    runs in its own session, so DVC neither waits for it nor stops it with the stage; its
+    warnings go where the stage's output goes, MLflow's own lines to tracker.TRACKER_LOG."""
     blob = pickle.dumps(journal)  # before anything starts: an unpicklable call fails here
     marker = spool(journal["uri"]) / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.pending"
     marker.touch()

@@ -12,6 +12,7 @@ import pandas as pd
 from trilemma import paths
 from trilemma.config import SWEEPS
 from trilemma.figures import pyplot, save_figure, tick_rotation
+from trilemma.io import remove
 from trilemma.report import inputs, tables
 from trilemma.report.curves import FIGURE as LEARNING_CURVES
 from trilemma.report.tables import Data, has_fid, number
@@ -62,14 +63,14 @@ def draw(rows: list[dict], floor: dict, data: Data, by_knob: dict[str, dict[str,
         save_figure(class_histograms(hists, data.classes, data.unit),
                     folder / "class_histograms.png")
     else:
-        _drop(folder / "class_histograms.png")
+        remove(folder / "class_histograms.png")
     for knob in SWEEPS:
         by_family = by_knob.get(knob, {})
         all_rows = [r for family_rows in by_family.values() for r in family_rows]
         if not has_fid(all_rows):
-            _drop(folder / f"sweep_{knob}.png")
+            remove(folder / f"sweep_{knob}.png")
             if knob == "steps":
-                _drop(folder / "speed_corner.png")
+                remove(folder / "speed_corner.png")
             continue
         save_figure(sweep_curves(knob, by_family, len(data.classes), data.unit),
                     folder / f"sweep_{knob}.png")
@@ -78,18 +79,13 @@ def draw(rows: list[dict], floor: dict, data: Data, by_knob: dict[str, dict[str,
             save_figure(speed_corner(by_family, others), folder / "speed_corner.png")
     fid_key = _fid_key(rows)
     if fid_key is None:
-        _drop(folder / "trilemma.png")
+        remove(folder / "trilemma.png")
     else:
         save_figure(trilemma(rows[1:], floor, fid_key), folder / "trilemma.png")
     if probed:
         save_figure(curves_figure(probed, floor.get("fid_classifier")), folder / LEARNING_CURVES)
     else:
-        _drop(folder / LEARNING_CURVES)
-
-
-def _drop(path: Path) -> None:
-    """Remove a figure this build does not draw, so no stale one from an earlier build stays."""
-    path.unlink(missing_ok=True)
+        remove(folder / LEARNING_CURVES)
 
 
 def _fid_key(rows: list[dict]) -> str | None:
