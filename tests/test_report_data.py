@@ -286,33 +286,39 @@ def test_learning_curves_give_verdicts_an_equal_budget_table_and_a_warning_first
         tmp_path, monkeypatch, no_commit):
     digits = [str(d) for d in range(10)]
     write_reports(tmp_path, {"cgan": {"sweeps": [], "conditional": True},
-                             "ddpm": {"sweeps": [], "conditional": False}},
-                  digits, {"real": None, "cgan": None, "ddpm": None})
+                             "ddpm": {"sweeps": [], "conditional": False},
+                             "vae": {"sweeps": [], "conditional": False}},
+                  digits, {"real": None, "cgan": None, "ddpm": None, "vae": None})
     # cgan: 1500/s until 10 s, then flat: 90 -> 88 over the last third, plateaued at 30 s
     _curve(tmp_path, "cgan", [5, 10, 15, 20, 25, 30], [300, 150, 100, 90, 89, 88], step=10)
     # ddpm: FID = 1000/s to the end (80 s): a third less over its last third, still improving
     _curve(tmp_path, "ddpm", [10 * k for k in range(1, 9)], [100 / k for k in range(1, 9)],
            step=100)
+    # vae: best at step 30 (60), then worse: 70 at two thirds, 80 at the end, past its best
+    _curve(tmp_path, "vae", [5, 10, 15, 20, 25, 30], [300, 100, 60, 70, 75, 80], step=10)
     monkeypatch.chdir(tmp_path)
-    readme = build.build(["cgan", "ddpm"], OUT)
+    readme = build.build(["cgan", "ddpm", "vae"], OUT)
 
     first = readme.split("Profile **")[0]
     assert "compares training budgets, not families" in first and "`ddpm` was still" in first
+    assert "**Final models, not best ones.** `vae` scored better earlier" in first
     assert "`cgan`" not in first
     assert summary_line(readme, "cgan")["verdict"] == "plateaued"
     assert summary_line(readme, "ddpm")["verdict"] == "still improving"
+    assert summary_line(readme, "vae")["verdict"] == "past its best"
     assert summary_line(readme, "real data (floor)")["verdict"] == "–"
     table = readme.split("**FID at equal training budgets**")[1]
     # budgets: the shortest total (cgan's 30 s) and its halvings; log-log interpolation is exact
     # on a power law; ddpm's first probe comes after 7.5 s
-    assert "| family | FID at 7.5 s | FID at 15 s | FID at 30 s | train s | final probe FID |" \
-        in table
-    assert "| cgan | 200.0 | 100.0 | 88.0 | 30.0 | 88.0 |" in table
-    assert "| ddpm | – | 66.7 | 33.3 | 80.0 | 12.5 |" in table
+    assert ("| family | FID at 7.5 s | FID at 15 s | FID at 30 s | train s | final probe FID | "
+            "best probe FID (step) |") in table
+    assert "| cgan | 200.0 | 100.0 | 88.0 | 30.0 | 88.0 | 88.0 (60) |" in table
+    assert "| ddpm | – | 66.7 | 33.3 | 80.0 | 12.5 | 12.5 (800) |" in table
+    assert "| vae | 157.8 | 60.0 | 80.0 | 30.0 | 80.0 | 60.0 (30) |" in table
     assert "n = 500" in readme
     assert (tmp_path / OUT / "figures" / "learning_curves.png").is_file()
     summary = pd.read_csv(tmp_path / OUT / "summary.csv")
-    assert summary["verdict"].tolist()[1:] == ["plateaued", "still improving"]
+    assert summary["verdict"].tolist()[1:] == ["plateaued", "still improving", "past its best"]
 
 
 def test_without_curves_there_is_no_warning_and_no_curve_figure(tmp_path, monkeypatch, no_commit):
@@ -366,3 +372,18 @@ def test_an_image_outside_reports_is_refused(tmp_path, monkeypatch):
     _png(tmp_path / "elsewhere.png")
     with pytest.raises(ValueError, match="only stage outputs under reports/"):
         Images(tmp_path / "images").link(tmp_path / "elsewhere.png")
+
+
+@pytest.mark.parametrize("fids, expected", [
+    ([300, 100, 60, 70, 75, 80], "past its best"),   # best 60, final 80: 25 % above it
+    ([300, 100, 60, 62, 64, 65], "plateaued"),       # final 65 within 10 % of the best 60
+    ([300, 100, 90, 80, 60, 40], "still improving"),  # still falling, whatever came before
+    ([50, 300, 200, 150, 120, 100], "still improving"),  # an early dip does not hide the fall
+    ([100, 90], "plateaued"),                        # two probes: 7 % down over the last third
+])
+def test_the_verdict_names_a_family_whose_final_model_is_not_its_best(fids, expected):
+    from trilemma.report.curves import verdict
+
+    steps = [10 * (i + 1) for i in range(len(fids))]
+    curve = pd.DataFrame({"step": steps, "train_seconds": steps, "fid_classifier": fids})
+    assert verdict(curve) == expected

@@ -14,7 +14,7 @@ from trilemma.report import inputs
 from trilemma.report.prose import render
 
 PLATEAU = 0.10  # "plateaued": FID fell by less than this share over the last third of training
-PLATEAUED, IMPROVING = "plateaued", "still improving"
+PLATEAUED, IMPROVING, PAST_BEST = "plateaued", "still improving", "past its best"
 FIGURE = "learning_curves.png"
 COLUMNS = ["step", "train_seconds", "fid_classifier"]  # of curve.csv, what the report uses
 
@@ -40,15 +40,18 @@ def _log_interp(x: float, xs: np.ndarray, ys: np.ndarray, log_x: bool) -> float:
 
 
 def verdict(curve: pd.DataFrame) -> str | None:
-    """PLATEAUED when FID at the end is less than PLATEAU lower than at 2/3 of the training steps
-    (interpolated on the curve), else IMPROVING; None with fewer than two probes, or when the
-    first probe comes after 2/3 of training."""
+    """IMPROVING when FID at the end is PLATEAU or more lower than at 2/3 of the training steps
+    (interpolated on the curve); else PAST_BEST when an earlier probe was more than PLATEAU
+    lower than the last (the final model is not the family's best); else PLATEAUED. None with
+    fewer than two probes, or when the first probe comes after 2/3 of training."""
     steps, fid = curve["step"].to_numpy(float), curve["fid_classifier"].to_numpy(float)
     two_thirds = steps[-1] * 2 / 3
     if len(curve) < 2 or steps[0] > two_thirds:
         return None
     before = _log_interp(two_thirds, steps, fid, log_x=False)
-    return PLATEAUED if (before - fid[-1]) < PLATEAU * before else IMPROVING
+    if before - fid[-1] >= PLATEAU * before:
+        return IMPROVING
+    return PAST_BEST if fid[-1] - fid.min() > PLATEAU * fid[-1] else PLATEAUED
 
 
 def verdicts(curves: dict[str, pd.DataFrame]) -> dict[str, str | None]:
@@ -84,23 +87,28 @@ def fid_at(curve: pd.DataFrame, seconds: float) -> float | None:
 
 def equal_budget_rows(curves: dict[str, pd.DataFrame], spent: list[float]) -> list[dict]:
     """A row per family: its probe FID at each budget in `spent`, its total training seconds,
-    its final probe FID and the probes' n."""
+    its final probe FID, its best probe FID with the step of that probe, and the probes' n."""
     return [{"family": name, **{f"at_{b:g}": fid_at(curve, b) for b in spent},
              "total": float(curve["train_seconds"].iloc[-1]),
              "final": float(curve["fid_classifier"].iloc[-1]),
+             "best": float(curve["fid_classifier"].min()),
+             "best_step": int(curve["step"].iloc[int(curve["fid_classifier"].argmin())]),
              "n": int(curve["n"].iloc[-1]) if "n" in curve else None}
             for name, curve in curves.items()]
 
 
 def banner(shown: dict[str, str | None]) -> str:
-    """The report's first lines when a family was still improving when training stopped."""
-    improving = [name for name, v in shown.items() if v == IMPROVING]
-    if not improving:
-        return ""
-    one = len(improving) == 1
-    return render("banner", names=", ".join(f"`{n}`" for n in improving),
-                  was="was" if one else "were", its="its" if one else "their",
-                  plateau=f"{PLATEAU:.0%}")
+    """The report's first lines when a family was still improving when training stopped, or
+    had scored better earlier in training than at its end."""
+    text = ""
+    for kind, template in ((IMPROVING, "banner"), (PAST_BEST, "banner_past")):
+        names = [name for name, v in shown.items() if v == kind]
+        if names:
+            one = len(names) == 1
+            text += render(template, names=", ".join(f"`{n}`" for n in names),
+                           was="was" if one else "were", its="its" if one else "their",
+                           plateau=f"{PLATEAU:.0%}")
+    return text
 
 
 def section(curves: dict[str, pd.DataFrame], fmt) -> str:
@@ -110,13 +118,15 @@ def section(curves: dict[str, pd.DataFrame], fmt) -> str:
         return render("curves_none")
     spent = budgets(curves)
     rows = equal_budget_rows(curves, spent)
-    head = ["family", *(f"FID at {b:g} s" for b in spent), "train s", "final probe FID"]
+    head = ["family", *(f"FID at {b:g} s" for b in spent), "train s", "final probe FID",
+            "best probe FID (step)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["family"], *(fmt(r[f"at_{b:g}"]) for b in spent), fmt(r["total"]),
-                 fmt(r["final"])]
+                 fmt(r["final"]), f"{fmt(r['best'])} ({r['best_step']:,})"]
         lines.append("| " + " | ".join(cells) + " |")
     n = sorted({r["n"] for r in rows if r["n"] is not None})
     n_text = f"n = {', '.join(map(str, n))}" if n else "the probes' n"
     return render("curves", figure=FIGURE, n_text=n_text, table="\n".join(lines),
-                  plateaued=PLATEAUED, improving=IMPROVING, plateau=f"{PLATEAU:.0%}")
+                  plateaued=PLATEAUED, improving=IMPROVING, past_best=PAST_BEST,
+                  plateau=f"{PLATEAU:.0%}")
