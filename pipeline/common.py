@@ -56,6 +56,15 @@ STAGE_LOG = Path("logs/stages.jsonl")  # git-ignored; `python -m benchmarks.stag
 _previous_end: float | None = None
 
 
+def stage_log_path(params: Path) -> Path | None:
+    """Where this command's stage log is: in the working folder when it is a project (the
+    stages write their outputs there), else beside the params file that ran (a command started
+    from another folder); None when neither (no logs/ folder is made just anywhere)."""
+    if Path("dvc.yaml").is_file() or Path("params.yaml").is_file():
+        return STAGE_LOG
+    return params.parent / STAGE_LOG if params.is_file() else None
+
+
 def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: float) -> None:
     """Append one JSON line: stage, family, profile, device, status, start time, wall seconds
     (process start to end) and start-up seconds (process start to the command's first line:
@@ -95,9 +104,9 @@ def record_stage(stage: str, kwargs: dict[str, Any], status: str, body_started: 
              "wall_seconds": round(ended - started, 2),
              "startup_seconds": round(body_started - started, 2),
              **memory}
-    if not params.is_file():  # not in a repo (nor pointed at one): no logs/ folder made here
+    log_path = stage_log_path(params)
+    if log_path is None:
         return
-    log_path = params.parent / STAGE_LOG  # in the repo whose params.yaml ran, from any folder
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as log_file:

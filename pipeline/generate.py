@@ -94,13 +94,16 @@ def generate(
 def _draw(family: str, p, dev, n: int, label: str | None, seed: int | None,
           given: dict) -> tuple[dict[str, np.ndarray], int | None]:
     from trilemma import families, paths
-    from trilemma.generation import draw, knob_values, parse_labels
+    from trilemma.generation import cap_steps, draw, knob_values, parse_labels
     from trilemma.runtime import autocast, set_precision
 
     cfg = families.config(p, family)
     model = families.load(family, cfg, paths.model(family), dev)
     labels = parse_labels(label, n, model)
     settings = knob_values(model, p.sample, given)
+    if "steps" in settings:
+        name = "--steps" if given.get("steps") is not None else "sample.steps"
+        (settings["steps"],) = cap_steps(model, {name: [settings["steps"]]})[name]
     set_precision(cfg.precision)
     with autocast(cfg.precision, dev):
         images, labels, _ = draw(model, n, p.sample.batch_size, p.seed if seed is None else seed,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.common import (STAGE_LOG, DryRunOption, ParamsOption, log, print_settings,
-                             single_process, user_errors)
+                             single_process, stage_log_path, user_errors)
 from trilemma import paths, stage_log, tracking
 from trilemma.config import Params, load_params
 from trilemma.errors import DataError
@@ -17,7 +17,7 @@ def pipeline_time(params: Path, p: Params) -> str:
     """The line the report states its pipeline's cost in: the latest run of every stage of this
     profile's pipeline (as params.yaml defines it now) in the stage log, added up; the report's
     own run is not in it yet. A stage interrupted and resumed counts its last run only."""
-    log_path = params.parent / STAGE_LOG
+    log_path = stage_log_path(params) or STAGE_LOG
     wanted = stage_log.before_report(p.families, p.i2i_families, p.control.families)
     try:
         latest = stage_log.latest_runs(stage_log.read(log_path)).get(p.profile, {})

@@ -14,7 +14,7 @@ from trilemma import (distributed, families, figures, latent, paths, provenance,
                       tracking)
 from trilemma.config import SWEEPS, SampleConfig
 from trilemma.errors import ConfigError
-from trilemma.generation import draw
+from trilemma.generation import cap_steps, draw
 from trilemma.io import atomic_dir, write_npz
 from trilemma.runtime import (autocast, device_name, generator, peak_memory,
                               reset_peak_memory, set_precision)
@@ -24,16 +24,12 @@ def knob_settings(model: families.Family, cfg: SampleConfig) -> tuple[dict, list
     """The main sampling settings of the knobs `model` honours, and the (knob, value) pairs of
     its sweeps (`<knob>_sweep` in SWEEPS), without the main value."""
     main = {knob: getattr(cfg, knob) for knob in model.knobs}
-    sweep = [(knob, value) for knob in SWEEPS if knob in model.knobs
-             for value in getattr(cfg, f"{knob}_sweep") if value != main[knob]]
-    if "steps" in model.knobs:  # the tables' labels say the steps it ran; say it here too, once
-        total = model.timesteps
-        over = [f"sample.steps {main['steps']}"] if main["steps"] > total else []
-        swept = [str(v) for knob, v in sweep if knob == "steps" and v != "ddpm" and v > total]
-        over += [f"steps_sweep {', '.join(dict.fromkeys(swept))}"] if swept else []
-        if over:
-            log(f"warning: {' and '.join(over)} above the {total} timesteps the model was "
-                f"trained on: sampled on all {total}")
+    swept = {knob: getattr(cfg, f"{knob}_sweep") for knob in SWEEPS if knob in model.knobs}
+    if "steps" in model.knobs:  # at most T steps: a count above it would sample the same again
+        capped = cap_steps(model, {"sample.steps": [main["steps"]], "steps_sweep": swept["steps"]})
+        (main["steps"],), swept["steps"] = capped["sample.steps"], capped["steps_sweep"]
+    sweep = [(knob, value) for knob, values in swept.items()
+             for value in dict.fromkeys(values) if value != main[knob]]
     return main, sweep
 
 

@@ -213,6 +213,19 @@ def test_model_written_by_other_settings(repo):
     refused(repo, ["sample", "vae"], "models/vae.pt", "vae", "trilemma train vae")
 
 
+def _edited(edit):
+    """A model file whose weights were changed by `edit(state)`: it loads, but does not fit."""
+    def damage(blob: bytes) -> bytes:
+        import io
+
+        saved = torch.load(io.BytesIO(blob), weights_only=True)
+        edit(saved["state"]["vae"])
+        out = io.BytesIO()
+        torch.save(saved, out)
+        return out.getvalue()
+    return damage
+
+
 def _garbage(blob: bytes) -> bytes:
     return b"not a model file\n" * 20
 
@@ -234,6 +247,25 @@ def test_model_file_corrupted(repo, damage):
     model = repo / "models" / "vae.pt"
     model.write_bytes(damage(model.read_bytes()))
     refused(repo, ["sample", "vae"], "models/vae.pt")
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda weights: weights.pop(next(iter(weights))), "Missing key(s)"),
+    (lambda weights: weights.update({next(iter(weights)): torch.zeros(3)}), "size mismatch"),
+], ids=["a-weight-missing", "a-weight-of-another-shape"])
+def test_model_file_whose_weights_do_not_fit_the_network(repo, edit, says):
+    model = repo / "models" / "vae.pt"
+    model.write_bytes(_edited(edit)(model.read_bytes()))
+    line = refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
+    assert "its weights do not fit the vae network" in line and says in line
+
+
+def test_another_familys_model_file_is_named_as_such(repo):
+    model = repo / "models" / "vae.pt"
+    saved = torch.load(model, weights_only=True)
+    torch.save({**saved, "family": "ddpm"}, model)  # as if ddpm's model were copied there
+    line = refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
+    assert "a model of 'ddpm', not of 'vae'" in line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Each is one `error:` line naming the file and the key, exit 2, no traceback, not
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -107,8 +108,23 @@ def test_params_file_too_large_is_refused(repo):
     refused(repo, ["train", "vae", "--params", "big.yaml"], "big.yaml", "bytes")
 
 
+def test_a_params_file_from_elsewhere_logs_the_stage_in_the_project_it_ran_in(repo, tmp_path):
+    """The stage log is the working folder's, where the outputs go, wherever the params file
+    lies: the report adds up that log (in another folder it would count other projects' runs)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    shutil.copy(repo / "params.yaml", scratch / "tiny.yaml")
+    log = repo / "logs" / "stages.jsonl"
+    logged = log.read_text().count('"sample"') if log.exists() else 0
+    result = invoke("sample", "vae", "--params", str(scratch / "tiny.yaml"))
+    assert result.exit_code == 0, result.output
+    assert log.read_text().count('"sample"') == logged + 1
+    assert not (scratch / "logs").exists()
+
+
 def test_stage_run_from_another_folder_writes_no_logs_there(repo, tmp_path, monkeypatch):
-    """The stage log goes beside the params file that ran, never into the working folder."""
+    """Started outside any project, the stage log goes beside the params file that ran, never
+    into the working folder."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     log = repo / "logs" / "stages.jsonl"

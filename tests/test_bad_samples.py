@@ -47,6 +47,9 @@ SAMPLES_CASES = [
     ("sweep-larger-than-main", _sweep(np.zeros((1, 65, 1, 28, 28), np.uint8)), "sweep_images"),
     ("sweep-wrong-dtype", _sweep(np.zeros((1, 32, 1, 28, 28), np.float32)), "sweep_images"),
     ("sampling-time-missing", _drop("images_per_second"), "trilemma sample"),
+    ("sampling-rate-nan", _set(images_per_second=np.float64("nan")), "images_per_second"),
+    ("sampling-time-negative", _set(seconds=np.float64(-5)), "seconds"),
+    ("sampling-rate-text", _set(images_per_second=np.str_("fast")), "images_per_second"),
 ]
 
 

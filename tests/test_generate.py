@@ -95,6 +95,29 @@ def test_diffusion_settings_change_the_images(repo):
     assert np.array_equal(images("--steps", "2"), default)  # the tiny params' steps
 
 
+def test_steps_above_the_models_timesteps_say_so_and_sample_on_all_of_them(repo):
+    from trilemma import families, paths
+    from trilemma.config import load_params
+
+    p = load_params(repo / "params.yaml")
+    total = families.load("ddpm", families.config(p, "ddpm"), paths.model("ddpm"),
+                          torch.device("cpu")).timesteps
+    outputs = {}
+    for steps in (total, total + 1, 10 * total):
+        result = invoke("generate", "ddpm", "-n", "4", "--out", f"s{steps}.npz", "--steps",
+                        str(steps))
+        assert result.exit_code == 0, result.output
+        warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
+        outputs[steps] = load(repo / f"s{steps}.npz")["images"]
+        if steps == total:
+            assert warned == []
+        else:
+            assert warned == [f"warning: --steps {steps} above the {total} timesteps the model "
+                              f"was trained on: sampled on all {total}"]
+    assert np.array_equal(outputs[total + 1], outputs[total])
+    assert np.array_equal(outputs[10 * total], outputs[total])
+
+
 def digit_inputs(name: str, folder, count: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """The task inputs of `count` test digits, written as PNG files to `folder`, and the
     translator's outputs for them, both uint8 (count,1,s,s) and (count,1,28,28)."""

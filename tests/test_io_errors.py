@@ -215,7 +215,16 @@ def test_a_csv_table_reads_past_blank_lines_and_refuses_a_ragged_row(tmp_path):
 
     table = tmp_path / "per_class.csv"
     table.write_text('digit,name\n0,"zero, nought"\n  \n1,one\n\n', encoding="utf-8")
-    assert read_csv_text(table).startswith("digit,name")
+    assert read_csv_text(table) == 'digit,name\n0,"zero, nought"\n1,one\n'
+    from trilemma.tracking_files import tables
+
+    tables_dir = tmp_path / "reports" / "classifier"  # what sync-mlflow logs from such a file
+    tables_dir.mkdir(parents=True)
+    (tables_dir / "per_class.csv").write_text("digit,accuracy\n0,0.9\n   \n1,0.8\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert tables("train-classifier", None) == {
+            "per_class.json": {"digit": [0, 1], "accuracy": [0.9, 0.8]}}
     table.write_text("digit,name\n0,zero\n1\n")
     with pytest.raises(DataError) as caught:
         read_csv_text(table)

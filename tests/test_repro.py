@@ -141,7 +141,8 @@ def stage_log_entries(starts: list[float], seconds: float, before: set) -> list[
 
 
 @pytest.mark.parametrize("side_by_side", [True, False])
-def test_the_report_states_the_wall_clock_only_when_stages_overlapped(tmp_path, side_by_side):
+def test_the_report_states_the_wall_clock_only_when_stages_overlapped(tmp_path, side_by_side,
+                                                                      monkeypatch):
     from pipeline.report import pipeline_time
     from trilemma.config import load_params
     from trilemma.stage_log import before_report
@@ -156,6 +157,7 @@ def test_the_report_states_the_wall_clock_only_when_stages_overlapped(tmp_path, 
     log = tmp_path / "logs/stages.jsonl"
     log.parent.mkdir()
     log.write_text("".join(json.dumps(e) + "\n" for e in stage_log_entries(starts, 60.0, wanted)))
+    monkeypatch.chdir(tmp_path)  # the project the log belongs to
     line = pipeline_time(params, p)
     assert f"**{len(wanted):.1f} min**" in line  # 60 s each, added up
     if side_by_side:

@@ -254,6 +254,45 @@ def test_diffusion_fit_interrupted_after_a_checkpoint_resumes_exactly(mnist, tmp
     assert resumed_trace == trace
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_is_ignored_and_training_starts_over(
+        mnist, tmp_path, capsys):
+    """Same settings, other network code (here: a weight of another shape): the checkpoint is
+    passed over with one line, and the run is the one a fresh start gives, although the failed
+    load had already copied some weights in."""
+    x, y = torch.from_numpy(mnist.x_train[:64]), torch.from_numpy(mnist.y_train[:64])
+    cfg = families.REGISTRY["ddpm"].Config(epochs=2, batch_size=32, lr=2e-3, widths=[8, 16],
+                                           patch=2, timesteps=20, dropout=0.0, max_steps=None)
+
+    def run(checkpoint: Path, on_epoch=None):
+        torch.manual_seed(0)
+        model = families.build("ddpm", cfg, CPU)
+        history = fit(model, x, y, cfg, name="ddpm", device=CPU, seed=0, checkpoint=checkpoint,
+                      fingerprint="fp", on_epoch=on_epoch)
+        return model, history
+
+    straight, history = run(tmp_path / "straight.pt")
+
+    def stop(row):
+        raise Interrupted
+
+    ckpt = tmp_path / "changed.pt"
+    with pytest.raises(Interrupted):
+        run(ckpt, on_epoch=stop)
+    saved = torch.load(ckpt, weights_only=True)
+    weights = saved["trainee"]["unet"]
+    first, last = list(weights)[0], list(weights)[-1]
+    weights[first] = weights[first] + 1  # copied in before the load fails on the last one
+    weights[last] = torch.zeros(3)
+    torch.save(saved, ckpt)
+    capsys.readouterr()
+    again, again_history = run(ckpt)
+    out = capsys.readouterr().out
+    assert f"ignoring checkpoint {ckpt}: it does not fit this model (" in out
+    assert "size mismatch" in out and "resuming" not in out
+    assert_same_state(again.state_dict(), straight.state_dict(), "ddpm state")
+    assert without_seconds(again_history) == without_seconds(history)
+
+
 def test_corrupt_checkpoint_is_ignored_and_training_starts_over(references):
     corrupt, clean = references.start("corrupt"), references.start("clean")
     out = corrupt.wait()

@@ -202,7 +202,8 @@ def test_logging_a_stage_that_never_imported_torch_does_not_import_it(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("profile: quick\n")
     out = subprocess.run([sys.executable, "-c", LOG_PROBE.format(params=str(params))],
-                         check=True, capture_output=True, text=True, timeout=120).stdout
+                         check=True, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path).stdout
     assert out.strip() == "False"
     log = (tmp_path / "logs/stages.jsonl").read_text()
     [entry] = [json.loads(line) for line in log.splitlines()]

@@ -178,7 +178,8 @@ def test_step_counts_above_the_models_timesteps_are_named_in_one_warning(capsys)
     assert (out.out + out.err).splitlines() == [
         "warning: steps_sweep 200, 400 above the 100 timesteps the model was trained on: "
         "sampled on all 100"]
-    knob_settings(Knobbed(("sampler", "steps", "eta"), timesteps=40), cfg)
+    main, sweep = knob_settings(Knobbed(("sampler", "steps", "eta"), timesteps=40), cfg)
+    assert main["steps"] == 40 and sweep == [("steps", 10), ("steps", "ddpm")]  # 40 once, as main
     out = capsys.readouterr()
     assert (out.out + out.err).splitlines() == [
         "warning: sample.steps 50 and steps_sweep 200, 400 above the 40 timesteps the model was "

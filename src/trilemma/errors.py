@@ -5,9 +5,11 @@ class TrilemmaError(Exception):
     """A problem with the inputs (params, files, data), not a bug."""
 
 
-def brief(err: BaseException, limit: int = 160) -> str:
-    """The first line of a library's error text, shortened: it goes inside a one-line message."""
-    line = " ".join(str(err).strip().split("\n")[0].split()) or type(err).__name__
+def brief(err: BaseException, limit: int = 160, whole: bool = False) -> str:
+    """The first line of a library's error text (`whole`: all of it, on one line), shortened:
+    it goes inside a one-line message."""
+    text = str(err).strip()
+    line = " ".join((text if whole else text.split("\n")[0]).split()) or type(err).__name__
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 

@@ -53,6 +53,11 @@ def load_samples(path: Path, image: ImageSpec = MNIST_SPEC) -> dict:
     require_scorable(len(images), str(path), "run `trilemma sample` again")
     if any(key not in blob for key in ("images_per_second", "seconds", "device")):
         raise DataError(f"{path}: no sampling time or device; run `trilemma sample` again")
+    for key in ("images_per_second", "seconds", "sweep_images_per_second"):
+        times = np.asarray(blob.get(key, []))  # the speed columns read them
+        if times.dtype.kind not in "iuf" or not np.all(np.isfinite(times) & (times > 0)):
+            raise DataError(f"{path}: `{key}` must be positive numbers; run `trilemma sample` "
+                            f"again")
     labels = blob.get("labels")
     top = image.num_classes - 1
     if labels is not None and (labels.shape != (len(images),) or labels.min(initial=0) < 0

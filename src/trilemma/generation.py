@@ -103,6 +103,25 @@ def knob_values(model, cfg: SampleConfig, given: dict[str, object]) -> dict[str,
     return {knob: getattr(merged, knob) for knob in model.knobs}
 
 
+def cap_steps(model, named: dict[str, list]) -> dict[str, list]:
+    """The step counts in `named` (a setting's name -> its values) capped at the model's T: a
+    sampler takes no more steps than the timesteps it was trained on. One warning line names
+    the settings above T, each value once ("ddpm", all T steps, stays as it is)."""
+    from trilemma.torchrun import log
+
+    total = model.timesteps
+    over = []
+    for name, values in named.items():
+        above = dict.fromkeys(str(v) for v in values if v != "ddpm" and v > total)
+        if above:
+            over.append(f"{name} {', '.join(above)}")
+    if over:
+        log(f"warning: {' and '.join(over)} above the {total} timesteps the model was trained "
+            f"on: sampled on all {total}")
+    return {name: [v if v == "ddpm" else min(v, total) for v in values]
+            for name, values in named.items()}
+
+
 def read_images(source: Path, channels: int, size: int) -> tuple[np.ndarray, list[Path]]:
     """Image file(s) as uint8 (n,C,size,size): one file, or every image in a folder (sorted by
     name). A file that is not an image, or of another size, is named."""

@@ -204,14 +204,14 @@ def read_json_object(path: str | Path) -> dict:
 
 
 def read_csv_text(path: str | Path) -> str:
-    """The text of the CSV file `path`: a header, and every row with as many fields as it (pandas
-    would pad a short row with blanks and read it as a row of missing scores). Anything else is
-    one DataError naming the file."""
+    """The CSV file `path` as text for a CSV reader: a header, and every row with as many fields
+    as it (pandas would pad a short row with blanks and read it as a row of missing scores);
+    blank lines left out, as pandas skips them. Anything else is one DataError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")  # as pandas reads it, whatever the locale
+        text = path.read_text(encoding="utf-8-sig")  # as pandas reads it, whatever the locale
         rows = [row for row in csv.reader(io.StringIO(text, newline=""))
-                if any(field.strip() for field in row)]  # blank lines: pandas skips them too
+                if any(field.strip() for field in row)]
     except FileNotFoundError:
         raise DataError(f"{path}: not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
@@ -220,7 +220,9 @@ def read_csv_text(path: str | Path) -> str:
         raise DataError(f"{path}: empty (not even a header)")
     if any(len(row) != len(rows[0]) for row in rows[1:]):
         raise DataError(f"{path}: a row's fields do not match the header")
-    return text
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

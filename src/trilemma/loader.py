@@ -102,8 +102,11 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
         raise DataError(f"{path}: not a readable model file ({brief(err)})") from None
     if not isinstance(blob, dict) or any(key not in blob for key in FILE_KEYS[kind]):
         raise DataError(f"{path}: not a trilemma {FILE_NOUN[kind]} file; run `{train}` again")
-    if blob.get("family") != name or blob.get("config") != cfg.model_dump():
-        raise DataError(f"{path}: trained with other settings than params.yaml `{name}`; "
+    if blob.get("family") != name:
+        raise DataError(f"{path}: a model of {blob.get('family')!r}, not of {name!r}; "
+                        f"run `{train}` again")
+    if blob.get("config") != cfg.model_dump():
+        raise DataError(f"{path}: trained with other settings than the params' `{name}`; "
                         f"run `{train}` again")
     try:
         image = ImageSpec.from_dict(blob["image"])
@@ -111,5 +114,9 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
         raise DataError(f"{path}: saved without the spec of its images (an older trilemma); "
                         f"run `{train}` again") from None
     model = build(name, cfg, device, image, judge)
-    model.load_state_dict(blob["state"])
+    try:  # weights that do not fit the network: edited, or saved by another version of its code
+        model.load_state_dict(blob["state"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: its weights do not fit the {name} network "
+                        f"({brief(err, whole=True)}); run `{train}` again") from None
     return model

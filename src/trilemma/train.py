@@ -5,6 +5,7 @@ A trainee (a generator family or the classifier) only says how to take one step 
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -83,6 +84,21 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
         print(f"ignoring checkpoint {path}: written for other settings", flush=True)
         return None
     return state
+
+
+def _fits(trainee: Trainee, state: dict[str, Any], path: Path) -> bool:
+    """Load the checkpoint's trainee state; one that does not fit (the networks' code changed
+    since it was written for the same settings) is ignored like any other bad checkpoint, and
+    the trainee keeps the state it had (a failed load may have copied part of it)."""
+    before = copy.deepcopy(trainee.state_dict())
+    try:
+        trainee.load_state_dict(state["trainee"])
+        return True
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+        trainee.load_state_dict(before)
+        print(f"ignoring checkpoint {path}: it does not fit this model "
+              f"({brief(err, whole=True)})", flush=True)
+        return False
 
 
 class _Checkpointer:
@@ -182,8 +198,9 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     start, resume = 1, {"step": 0, "partial": {}}
     state = load_checkpoint(checkpoint, fingerprint)
     saver = _Checkpointer(checkpoint, fingerprint, checkpoint_seconds, None)
+    if state is not None and not _fits(trainee, state, checkpoint):
+        state = None
     if state is not None:
-        trainee.load_state_dict(state["trainee"])
         _set_rng_state(state["rng"], shuffle)
         history, start = state["history"], state["epoch"] + 1
         resume = {"step": state.get("step", 0), "partial": state.get("partial", {})}
