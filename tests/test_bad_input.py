@@ -266,6 +266,9 @@ def test_another_familys_model_file_is_named_as_such(repo):
     torch.save({**saved, "family": "ddpm"}, model)  # as if ddpm's model were copied there
     line = refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
     assert "a model of 'ddpm', not of 'vae'" in line
+    torch.save({k: v for k, v in saved.items() if k != "family"}, model)  # no family at all
+    line = refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
+    assert "not a trilemma" in line and "None" not in line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,6 +216,8 @@ def test_a_csv_table_reads_past_blank_lines_and_refuses_a_ragged_row(tmp_path):
     table = tmp_path / "per_class.csv"
     table.write_text('digit,name\n0,"zero, nought"\n  \n1,one\n\n', encoding="utf-8")
     assert read_csv_text(table) == 'digit,name\n0,"zero, nought"\n1,one\n'
+    table.write_text("digit,name\n,\n1,one\n")  # a row of empty fields is a row, not a gap
+    assert read_csv_text(table) == "digit,name\n,\n1,one\n"
     from trilemma.tracking_files import tables
 
     tables_dir = tmp_path / "reports" / "classifier"  # what sync-mlflow logs from such a file

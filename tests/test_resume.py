@@ -11,6 +11,7 @@ run's cost. The diffusion family's extra state (EMA, step counter) is checked in
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -291,6 +292,27 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_ignored_and_training_starts_ov
     assert "size mismatch" in out and "resuming" not in out
     assert_same_state(again.state_dict(), straight.state_dict(), "ddpm state")
     assert without_seconds(again_history) == without_seconds(history)
+
+
+def test_a_checkpoint_whose_optimizer_state_is_in_another_order_is_ignored(mnist, tmp_path,
+                                                                         capsys):
+    """Weights loaded by name, Adam's state by position: networks that declare the same weights
+    in another order would load a state that corrupts the next step. It is passed over."""
+    from trilemma.train import _fits
+
+    x, y = torch.from_numpy(mnist.x_train[:64]), torch.from_numpy(mnist.y_train[:64])
+    cfg = families.REGISTRY["vae"].Config(epochs=1, batch_size=32, lr=1e-3, width=8, latent_dim=2)
+    torch.manual_seed(0)
+    model = families.build("vae", cfg, CPU)
+    model.train_step(x[:32].float() / 255, y[:32])
+    state = model.state_dict()
+    moments = state["opt"]["state"]
+    moments[0], moments[1] = moments[1], moments[0]  # two parameters of other shapes swapped
+    fresh = families.build("vae", cfg, CPU)
+    before = copy.deepcopy(fresh.state_dict())
+    assert not _fits(fresh, {"trainee": state}, tmp_path / "vae.pt")
+    assert "it does not fit this model (optimizer state" in capsys.readouterr().out
+    assert_same_state(fresh.state_dict(), before, "vae state")
 
 
 def test_corrupt_checkpoint_is_ignored_and_training_starts_over(references):

@@ -210,8 +210,8 @@ def read_csv_text(path: str | Path) -> str:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # as pandas reads it, whatever the locale
-        rows = [row for row in csv.reader(io.StringIO(text, newline=""))
-                if any(field.strip() for field in row)]
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""))  # no blank lines
+                if row and (len(row) > 1 or row[0].strip())]
     except FileNotFoundError:
         raise DataError(f"{path}: not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:

@@ -102,8 +102,10 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
         raise DataError(f"{path}: not a readable model file ({brief(err)})") from None
     if not isinstance(blob, dict) or any(key not in blob for key in FILE_KEYS[kind]):
         raise DataError(f"{path}: not a trilemma {FILE_NOUN[kind]} file; run `{train}` again")
-    if blob.get("family") != name:
-        raise DataError(f"{path}: a model of {blob.get('family')!r}, not of {name!r}; "
+    if not isinstance(blob.get("family"), str):
+        raise DataError(f"{path}: not a trilemma {FILE_NOUN[kind]} file; run `{train}` again")
+    if blob["family"] != name:
+        raise DataError(f"{path}: a model of {blob['family']!r}, not of {name!r}; "
                         f"run `{train}` again")
     if blob.get("config") != cfg.model_dump():
         raise DataError(f"{path}: trained with other settings than the params' `{name}`; "

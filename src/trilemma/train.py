@@ -93,12 +93,38 @@ def _fits(trainee: Trainee, state: dict[str, Any], path: Path) -> bool:
     before = copy.deepcopy(trainee.state_dict())
     try:
         trainee.load_state_dict(state["trainee"])
+        _check_optimizer_state(trainee)
         return True
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
         trainee.load_state_dict(before)
         print(f"ignoring checkpoint {path}: it does not fit this model "
               f"({brief(err, whole=True)})", flush=True)
         return False
+
+
+def _optimizers(obj: Any, depth: int = 2) -> list[torch.optim.Optimizer]:
+    """The optimizers among `obj`'s attributes, and among those of its plain (non-network)
+    attributes: latent diffusion keeps its diffusion trainee's."""
+    found = []
+    for value in vars(obj).values():
+        if isinstance(value, torch.optim.Optimizer):
+            found.append(value)
+        elif depth > 1 and hasattr(value, "__dict__") and not isinstance(value, (nn.Module, type)):
+            found += _optimizers(value, depth - 1)
+    return found
+
+
+def _check_optimizer_state(trainee: Trainee) -> None:
+    """ValueError when an optimizer's loaded state does not have its parameter's shape: torch
+    matches the state to the parameters by position without looking, so networks whose code
+    declares the same weights in another order load, and the next step corrupts memory."""
+    for opt in _optimizers(trainee):
+        for group in opt.param_groups:
+            for param in group["params"]:
+                for key, value in opt.state.get(param, {}).items():
+                    if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                        raise ValueError(f"optimizer state {key!r} of shape {list(value.shape)} "
+                                         f"for a parameter of shape {list(param.shape)}")
 
 
 class _Checkpointer:

@@ -41,8 +41,8 @@ def _log_interp(x: float, xs: np.ndarray, ys: np.ndarray, log_x: bool) -> float:
 
 def verdict(curve: pd.DataFrame) -> str | None:
     """IMPROVING when FID at the end is PLATEAU or more lower than at 2/3 of the training steps
-    (interpolated on the curve); else PAST_BEST when an earlier probe was more than PLATEAU
-    lower than the last (the final model is not the family's best); else PLATEAUED. None with
+    (interpolated on the curve); else PAST_BEST when the last probe's FID is more than PLATEAU
+    above the best one's (the final model is not the family's best); else PLATEAUED. None with
     fewer than two probes, or when the first probe comes after 2/3 of training."""
     steps, fid = curve["step"].to_numpy(float), curve["fid_classifier"].to_numpy(float)
     two_thirds = steps[-1] * 2 / 3
@@ -51,7 +51,7 @@ def verdict(curve: pd.DataFrame) -> str | None:
     before = _log_interp(two_thirds, steps, fid, log_x=False)
     if before - fid[-1] >= PLATEAU * before:
         return IMPROVING
-    return PAST_BEST if fid[-1] - fid.min() > PLATEAU * fid[-1] else PLATEAUED
+    return PAST_BEST if fid[-1] > (1 + PLATEAU) * fid.min() else PLATEAUED
 
 
 def verdicts(curves: dict[str, pd.DataFrame]) -> dict[str, str | None]:
