@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks import diffusion as bench
-from conftest import write_params
+from conftest import ROOT, write_params
 from trilemma import diffusion, families
 from trilemma.config import load_params
 
@@ -151,3 +151,21 @@ def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
     assert result["processor"] in text
     assert "wrote" in capsys.readouterr().out
 
+
+
+def test_gpu_smoke_params_are_the_full_profile_cut_short_and_valid(tmp_path):
+    """What `benchmarks/device_check.sh smoke` runs with must pass the stages' own validation:
+    a GPU machine's minutes are too few to find a bad key there."""
+    from benchmarks import gpu_smoke
+    from trilemma import families
+    from trilemma.config import load_params
+    from trilemma.train import planned_steps
+
+    out = tmp_path / "gpu.yaml"
+    assert gpu_smoke.main(["--params", str(ROOT / "params.yaml"), "--out", str(out)]) == 0
+    p = load_params(out)
+    assert p.profile == "full" and p.families == ["ddpm"] and p.i2i_families == []
+    ddpm = families.config(p, "ddpm")
+    assert ddpm.widths == [64, 128, 128] and ddpm.prediction == "eps"  # the full U-Net, as is
+    assert planned_steps(ddpm, 60_000) == 1500
+    assert p.sample.n == 2000 and p.sample.steps_sweep == [10, 100] and p.data.offline
