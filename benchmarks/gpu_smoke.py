@@ -8,6 +8,7 @@ download, train-classifier and ddpm's train, sample and evaluate with them.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ SHORTENED: dict[str, Any] = {
 
 def shortened(raw: dict[str, Any]) -> dict[str, Any]:
     """`raw` (params.yaml as read) with SHORTENED set."""
-    out = yaml.safe_load(yaml.safe_dump(raw))  # a deep copy
+    out = copy.deepcopy(raw)
     for key, value in SHORTENED.items():
         *parents, last = key.split(".")
         section = out
