@@ -8,11 +8,12 @@ download, train-classifier and ddpm's train, sample and evaluate with them.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from trilemma.params_file import with_overrides
 
 # key path -> value; a plain value replaces a {quick: …, full: …} mapping for every profile
 SHORTENED: dict[str, Any] = {
@@ -32,14 +33,7 @@ SHORTENED: dict[str, Any] = {
 
 def shortened(raw: dict[str, Any]) -> dict[str, Any]:
     """`raw` (params.yaml as read) with SHORTENED set."""
-    out = copy.deepcopy(raw)
-    for key, value in SHORTENED.items():
-        *parents, last = key.split(".")
-        section = out
-        for name in parents:
-            section = section[name]
-        section[last] = value
-    return out
+    return with_overrides(raw, SHORTENED)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             typer.echo(f"interrupted: {where}", err=True)
             raise typer.Exit(130) from None
         except TrilemmaError as err:
-            typer.echo(f"error: {brief(err, limit=1000)}", err=True)  # one line, always
+            typer.echo(f"error: {brief(err, limit=1000, whole=True)}", err=True)  # one line, always
             raise typer.Exit(2) from None
         finally:
             if not kwargs.get("dry_run"):

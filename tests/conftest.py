@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from trilemma import tracking
+from trilemma.params_file import with_overrides
 from trilemma.registry import REGISTRY, names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,20 +127,6 @@ def every_section(raw: dict[str, Any]):
         for name in listed:
             loader.config(p, name, kind)
     return p
-
-
-def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `raw` with dotted keys ('vae.epochs') set; sections are created as needed."""
-    raw = copy.deepcopy(raw)
-    for dotted, value in overrides.items():
-        *parents, last = dotted.split(".")
-        node = raw
-        for key in parents:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
-        node[last] = value
-    return raw
 
 
 def write_params(path: Path, overrides: dict[str, Any] | None = None,
@@ -284,8 +271,6 @@ def assert_resume_repeats_the_next_step(build: Callable[..., Any], batch, steps:
     """After `steps` train steps, a model rebuilt from another seed, given the state dict and the
     RNG state, takes the next step exactly as the original: the same losses, the same weights.
     `build(seed)` makes a model."""
-    import copy
-
     import torch
 
     model = build(0)

@@ -8,6 +8,7 @@ real `trilemma` executable to show that its stderr carries no traceback either.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -258,6 +259,18 @@ def test_model_file_whose_weights_do_not_fit_the_network(repo, edit, says):
     model.write_bytes(_edited(edit)(model.read_bytes()))
     line = refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
     assert "its weights do not fit the vae network" in line and says in line
+
+
+def test_model_file_with_a_nan_weight_is_refused_before_it_samples(repo):
+    def poison(weights):
+        key = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+        weights[key] = weights[key].clone().view(-1).index_fill(0, torch.tensor([1]), math.nan) \
+            .view(weights[key].shape)
+        poison.key = key
+    model = repo / "models" / "vae.pt"
+    model.write_bytes(_edited(poison)(model.read_bytes()))
+    line = refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
+    assert f"vae.{poison.key} holds NaN or infinite values" in line
 
 
 def test_another_familys_model_file_is_named_as_such(repo):

@@ -108,6 +108,8 @@ def test_train_without_data_says_run_download(tmp_path, monkeypatch):
     (["generate", "ddpm", "-n", "abc"], "trilemma generate: Invalid value for '-n' / '--n': "),
     (["train", "--params"], "trilemma train: Option '--params' requires an argument. "
                             "(see 'trilemma train --help')"),
+    # an error of the stage itself naming an argument with a line break in it: still one line
+    (["train", "vae", "--params", "two\nlines.yaml"], "two lines.yaml: no such params file"),
 ])
 def test_a_bad_command_line_is_one_error_line_with_exit_code_2(tmp_path, args, says):
     """The console script, not CliRunner: Typer's boxed usage panel becomes one line there."""

@@ -100,7 +100,11 @@ def test_ema_update_moves_weights_by_one_minus_decay_and_copies_buffers():
 
 TINY_EMA = {"stylegan": dict(latent_dim=4, w_dim=16, mapping_layers=2, ema_decay=0.9),
             "progan": dict(latent_dim=4, width=4, max_width=16, resolution_steps=2, fade_steps=1,
-                           ema_decay=0.9)}
+                           ema_decay=0.9),
+            # the plain GANs: unconditional, conditional, and a critic that steps twice per G step
+            "mlp_gan": dict(latent_dim=4, ema_decay=0.9),
+            "cgan": dict(latent_dim=4, ema_decay=0.9),
+            "wgan_gp": dict(latent_dim=4, n_critic=2, ema_decay=0.9)}
 
 
 def build_ema(name: str, seed: int = 0, **overrides):

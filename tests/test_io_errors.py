@@ -211,13 +211,13 @@ def test_a_set_aside_folder_whose_new_set_went_in_is_never_brought_back(tmp_path
 
 
 def test_a_csv_table_reads_past_blank_lines_and_refuses_a_ragged_row(tmp_path):
-    from trilemma.io import read_csv_text
+    from trilemma.io import read_csv_rows
 
     table = tmp_path / "per_class.csv"
     table.write_text('digit,name\n0,"zero, nought"\n  \n1,one\n\n', encoding="utf-8")
-    assert read_csv_text(table) == 'digit,name\n0,"zero, nought"\n1,one\n'
+    assert read_csv_rows(table) == [["digit", "name"], ["0", "zero, nought"], ["1", "one"]]
     table.write_text("digit,name\n,\n1,one\n")  # a row of empty fields is a row, not a gap
-    assert read_csv_text(table) == "digit,name\n,\n1,one\n"
+    assert read_csv_rows(table) == [["digit", "name"], ["", ""], ["1", "one"]]
     from trilemma.tracking_files import tables
 
     tables_dir = tmp_path / "reports" / "classifier"  # what sync-mlflow logs from such a file
@@ -229,5 +229,5 @@ def test_a_csv_table_reads_past_blank_lines_and_refuses_a_ragged_row(tmp_path):
             "per_class.json": {"digit": [0, 1], "accuracy": [0.9, 0.8]}}
     table.write_text("digit,name\n0,zero\n1\n")
     with pytest.raises(DataError) as caught:
-        read_csv_text(table)
+        read_csv_rows(table)
     assert str(caught.value) == f"{table}: a row's fields do not match the header"

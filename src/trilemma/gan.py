@@ -25,6 +25,7 @@ class GANConfig(TrainConfig):
     width: int = Field(32, ge=4)  # channels (or units) of the first layer; deeper layers double it
     beta1: float = Field(0.5, ge=0, lt=1)  # Adam betas; DCGAN's (0.5, 0.999) by default
     beta2: float = Field(0.999, ge=0, lt=1)
+    ema_decay: float | None = Field(None, ge=0, lt=1)  # sampling uses this EMA of G; None/0: off
 
 
 def pair_state(model: Any) -> dict[str, Any]:
@@ -54,7 +55,7 @@ class GAN(latent.Decoded):
     def __init__(self, cfg: GANConfig, generator: nn.Module, discriminator: nn.Module,
                  device: torch.device, image: ImageSpec, *, conditional: bool = False,
                  loss: str = "non-saturating", n_critic: int = 1, gp_weight: float = 0.0,
-                 eps_drift: float = 0.0, ema_decay: float | None = None):
+                 eps_drift: float = 0.0):
         self.cfg, self.device, self.image, self.conditional = cfg, device, image, conditional
         self.num_classes = image.num_classes  # the width of the one-hot label
         self.latent_dim = cfg.latent_dim
@@ -65,7 +66,7 @@ class GAN(latent.Decoded):
         self.g = generator.to(device, memory_format=torch.channels_last)
         self.d = discriminator.to(device, memory_format=torch.channels_last)
         self.nets = {"generator": self.g, "discriminator": self.d}
-        self.ema = ema.maybe(self.g, ema_decay)  # None: the trained generator samples
+        self.ema = ema.maybe(self.g, cfg.ema_decay)  # None: the trained generator samples
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = adam(self.g.parameters(), cfg.lr, betas)
         self.opt_d = adam(self.d.parameters(), cfg.lr, betas)

@@ -203,10 +203,10 @@ def read_json_object(path: str | Path) -> dict:
     return found
 
 
-def read_csv_text(path: str | Path) -> str:
-    """The CSV file `path` as text for a CSV reader: a header, and every row with as many fields
-    as it (pandas would pad a short row with blanks and read it as a row of missing scores);
-    blank lines left out, as pandas skips them. Anything else is one DataError naming the file."""
+def read_csv_rows(path: str | Path) -> list[list[str]]:
+    """The rows of the CSV file `path`, its header first, every row with as many fields as it
+    (pandas would pad a short row with blanks and read it as a row of missing scores); blank
+    lines left out, as pandas skips them. Anything else is one DataError naming the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # as pandas reads it, whatever the locale
@@ -220,9 +220,7 @@ def read_csv_text(path: str | Path) -> str:
         raise DataError(f"{path}: empty (not even a header)")
     if any(len(row) != len(rows[0]) for row in rows[1:]):
         raise DataError(f"{path}: a row's fields do not match the header")
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
-    return out.getvalue()
+    return rows
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ are names, each given once, with no alias expansion that could grow without boun
 
 from __future__ import annotations
 
+import copy
 import stat
 from pathlib import Path
 from typing import Any
@@ -83,4 +84,19 @@ def read_params_file(path: Path) -> Any:
         check_bounded(raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    return raw
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of params `raw` with dotted keys set ('vae.epochs': 3); missing sections are
+    created."""
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[last] = value
     return raw

@@ -320,7 +320,7 @@ def _finish(mlflow: Any, status: str, end_ms: int | None = None) -> None:
                               end_time=max(end, client.get_run(parent).info.end_time or 0))
 
 
-def sync(stages: dict[tuple[str, str | None], Logged | None],
+def sync(stages: dict[tuple[str, str | None], Logged | Path],
          profile: str) -> list[tuple[str, str]]:
     """Log the metric files under reports/ of every stage whose current files are not in MLflow
     yet (DVC skipped it, or it ran with tracking off), from what `tracking_files.read_stages`
@@ -331,11 +331,10 @@ def sync(stages: dict[tuple[str, str | None], Logged | None],
     done = []
     for (stage, family), logged in stages.items():
         name = f"{stage}:{family}" if family else stage
-        files = report_files(stage, family)
-        if logged is None:
-            missing = [str(p) for p in files if not p.exists()]
-            done.append((name, f"skipped: {missing[0]} not found (stage not run yet)"))
+        if isinstance(logged, Path):
+            done.append((name, f"skipped: {logged} not found (stage not run yet)"))
             continue
+        files = report_files(stage, family)
         digest = reports_digest(files)
         if mlflow.search_runs(
                 experiment_names=[EXPERIMENT], max_results=1, output_format="list",

@@ -4,14 +4,12 @@ Plain file reading: no MLflow here."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
 from trilemma import paths
-from trilemma.io import is_number, read_csv_text, read_json_object
+from trilemma.io import is_number, read_csv_rows, read_json_object
 
 # per-class rows (class histogram, per-class accuracy): one table each, not ten metrics
 TABLES = ("per_class.csv",)
@@ -56,13 +54,16 @@ Logged = tuple[dict[str, float], dict[str, dict[str, list]]]  # a stage's metric
 
 
 def read_stages(families: list[str], i2i: list[str] = (),
-                control: list[str] = ()) -> dict[tuple[str, str | None], Logged | None]:
-    """The metrics and tables `sync` logs for each stage (None for a stage that has not written
-    all its metric files yet), all read first, so that a broken file stops `sync` before it
-    starts a run: a run cut short would stay open."""
-    return {(stage, family): (stage_metrics(stage, family), tables(stage, family))
-            if all(path.exists() for path in report_files(stage, family)) else None
-            for stage, family in synced_stages(families, i2i, control)}
+                control: list[str] = ()) -> dict[tuple[str, str | None], Logged | Path]:
+    """The metrics and tables `sync` logs for each stage, or for a stage that has not written
+    all its metric files yet the first one missing; all read first, so that a broken file stops
+    `sync` before it starts a run: a run cut short would stay open."""
+    read: dict[tuple[str, str | None], Logged | Path] = {}
+    for stage, family in synced_stages(families, i2i, control):
+        missing = [path for path in report_files(stage, family) if not path.exists()]
+        read[stage, family] = missing[0] if missing else \
+            (stage_metrics(stage, family), tables(stage, family))
+    return read
 
 
 def stage_metrics(stage: str, family: str | None) -> dict[str, float]:
@@ -88,10 +89,10 @@ def tables(stage: str, family: str | None) -> dict[str, dict[str, list]]:
         path = folder / name
         if not path.is_file():
             continue
-        rows = list(csv.DictReader(io.StringIO(read_csv_text(path), newline="")))
+        header, *rows = read_csv_rows(path)
         if rows:
             found[Path(name).with_suffix(".json").name] = {
-                column: [_number(row[column]) for row in rows] for column in rows[0]}
+                column: [_number(row[i]) for row in rows] for i, column in enumerate(header)}
     return found
 
 

@@ -67,14 +67,17 @@ def _set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written for the same settings, else None. Loaded with
-    weights_only=True: a planted file cannot run code."""
+def load_checkpoint(path: Path, fingerprint: str, trainee: Trainee) -> dict[str, Any] | None:
+    """Load the checkpoint at `path` into `trainee` and return the rest of it (epoch, rng,
+    history...), or return None and leave the trainee as it was. A checkpoint is a cache: one
+    that is unreadable, written for other settings, or does not fit the trainee (the networks'
+    code changed since) is ignored with one line, never fatal. Read with weights_only=True: a
+    planted file cannot run code."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a checkpoint is a cache: a bad one is ignored, never fatal
+    except Exception as err:
         print(f"ignoring unreadable checkpoint {path}: {brief(err)}", flush=True)
         return None
     if not isinstance(state, dict) or not {"trainee", "rng", "epoch", "history"} <= set(state):
@@ -83,23 +86,16 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if state.get("fingerprint") != fingerprint:
         print(f"ignoring checkpoint {path}: written for other settings", flush=True)
         return None
-    return state
-
-
-def _fits(trainee: Trainee, state: dict[str, Any], path: Path) -> bool:
-    """Load the checkpoint's trainee state; one that does not fit (the networks' code changed
-    since it was written for the same settings) is ignored like any other bad checkpoint, and
-    the trainee keeps the state it had (a failed load may have copied part of it)."""
-    before = copy.deepcopy(trainee.state_dict())
+    before = copy.deepcopy(trainee.state_dict())  # a failed load may have copied part of it
     try:
         trainee.load_state_dict(state["trainee"])
         _check_optimizer_state(trainee)
-        return True
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
         trainee.load_state_dict(before)
         print(f"ignoring checkpoint {path}: it does not fit this model "
               f"({brief(err, whole=True)})", flush=True)
-        return False
+        return None
+    return state
 
 
 def _optimizers(obj: Any, depth: int = 2) -> list[torch.optim.Optimizer]:
@@ -222,10 +218,8 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     start, resume = 1, {"step": 0, "partial": {}}
-    state = load_checkpoint(checkpoint, fingerprint)
+    state = load_checkpoint(checkpoint, fingerprint, trainee)
     saver = _Checkpointer(checkpoint, fingerprint, checkpoint_seconds, None)
-    if state is not None and not _fits(trainee, state, checkpoint):
-        state = None
     if state is not None:
         _set_rng_state(state["rng"], shuffle)
         history, start = state["history"], state["epoch"] + 1

@@ -53,7 +53,6 @@ class Config(GANConfig):
     # D's learning rate is lr * d_lr_mult: the generator's equalised weights move lr relative to
     # their size per step, DCGAN's N(0, 0.02) discriminator weights about lr / 0.02
     d_lr_mult: float = Field(1.0, gt=0)
-    ema_decay: float | None = Field(None, ge=0, lt=1)  # sampling uses this EMA of G; None/0: off
 
 
 class StyleGAN(GAN):
@@ -65,7 +64,7 @@ class StyleGAN(GAN):
 
     def __init__(self, cfg: Config, generator: Generator, discriminator: nn.Module,
                  device: torch.device, image: ImageSpec):
-        super().__init__(cfg, generator, discriminator, device, image, ema_decay=cfg.ema_decay)
+        super().__init__(cfg, generator, discriminator, device, image)
         self.opt_d = adam(self.d.parameters(), cfg.lr * cfg.d_lr_mult, (cfg.beta1, cfg.beta2))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

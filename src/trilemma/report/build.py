@@ -28,18 +28,18 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
     # writes anything, so the last report stays whole (a failed write part-way does not: the
     # summary, figures and README are written one after another)
     learning = curves.read_curves(families)  # the train stages' curve.csv files
-    rows = tables.summary_rows(families, curves.verdicts(learning))
+    floor, scores = tables.floor_metrics(), {f: tables.eval_metrics(f) for f in families}
+    rows = tables.summary_rows(floor, scores, curves.verdicts(learning))
     clf, clf_timing, per_class = tables.judge_files()
     data = tables.data_info(clf, per_class)
-    floor = tables.floor_metrics()
     by_knob = tables.sweeps(families)
-    histories, hists = plots.loss_histories(families), plots.histograms(families, data.classes)
+    histories, hists = plots.loss_histories(families), plots.histograms(scores, data.classes)
     shown = plots.texts(rows, hists, data)
     sweep_sections = [sections.sweep_section(knob, by_family, floor.get("fid_classifier"), data)
                       for knob, by_family in by_knob.items()]
     devices = sorted({str(clf_timing["device"])} | {str(r[k]) for r in rows[1:]
                                                     for k in ("sample_device", "train_device")})
-    notes = tables.inception_notes(families)
+    notes = tables.inception_notes([floor, *scores.values()])
     inception = ("; ".join(n for n in notes if n) if any(r["fid_inception"] is not None for r in rows)
                  else "n/a: " + "; ".join(notes))
     header = dict(banner=curves.banner({r["family"]: r["verdict"] for r in rows[1:]}),

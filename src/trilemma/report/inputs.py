@@ -6,12 +6,13 @@ the last report whole."""
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from trilemma.errors import DataError, brief
-from trilemma.io import is_number, read_csv_text, read_json_object
+from trilemma.io import is_number, read_csv_rows, read_json_object
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,9 +64,11 @@ def csv_file(path: Path, columns: Iterable[str] = (), numbers: Iterable[str] = (
     path = Path(path)
     if optional and not path.exists():
         return None
-    text = read_csv_text(path)  # names a missing, unreadable or ragged file
+    text = io.StringIO()  # pandas infers the types from text
+    csv.writer(text, lineterminator="\n").writerows(read_csv_rows(path))  # names a bad file
+    text.seek(0)
     try:
-        table = pd.read_csv(io.StringIO(text), **read)
+        table = pd.read_csv(text, **read)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: cannot read as CSV ({brief(err)})") from None
     require(path, table.columns, columns, "column")

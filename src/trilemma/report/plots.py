@@ -13,7 +13,7 @@ from trilemma import paths
 from trilemma.config import SWEEPS
 from trilemma.figures import pyplot, save_figure, tick_rotation
 from trilemma.io import remove
-from trilemma.report import inputs, tables
+from trilemma.report import inputs
 from trilemma.report.curves import FIGURE as LEARNING_CURVES
 from trilemma.report.tables import Data, has_fid, number
 from trilemma.report.prose import render
@@ -28,12 +28,13 @@ def loss_histories(families: list[str]) -> dict[str, list[dict]]:
             .to_dict("records") for f in families}
 
 
-def histograms(families: list[str], classes: list[str]) -> dict[str, list[float]]:
+def histograms(scores: dict[str, dict], classes: list[str]) -> dict[str, list[float]]:
     """Each family's class histogram (the share of its samples the judge puts in each class) in
-    class order; families without one (no judge) are left out."""
+    class order, from its metrics (`scores`: tables.eval_metrics by family); families without
+    one (no judge) are left out."""
     hists = {}
-    for f in families:
-        histogram = tables.eval_metrics(f).get("class_histogram") or {}
+    for f, metrics in scores.items():
+        histogram = metrics.get("class_histogram") or {}
         inputs.check(paths.eval_reports(f) / "metrics.json", histogram, numbers=histogram,
                      part="class_histogram")
         if histogram:

@@ -115,16 +115,15 @@ def has_fid(rows: list[dict]) -> bool:
     return any(number(r.get("fid_classifier")) is not None for r in rows)
 
 
-def summary_rows(families: list[str], verdicts: dict[str, str | None]) -> list[dict]:
+def summary_rows(floor: dict, scores: dict[str, dict],
+                 verdicts: dict[str, str | None]) -> list[dict]:
     """One row per family plus the real-data floor: quality, coverage, speed, conditional
-    accuracy, each straight from the metric files; `verdicts`: each family's convergence verdict
-    (curves.verdicts)."""
-    floor = floor_metrics()
+    accuracy, each straight from the metric files (`floor`: floor_metrics(), `scores`: each
+    family's eval_metrics); `verdicts`: each family's convergence verdict (curves.verdicts)."""
     rows = [{"family": "real data (floor)", **{k: floor.get(k) for k in METRIC_KEYS},
              "fid_over_floor": over_floor(floor.get("fid_classifier"),
                                           floor.get("fid_classifier")), "n": floor["n"]}]
-    for name in families:
-        ev = eval_metrics(name)
+    for name, ev in scores.items():
         speed = inputs.json_file(paths.eval_reports(name) / "timing.json",
                                  ["samples_per_second", "device"], ["samples_per_second"])
         tr = inputs.json_file(paths.train_reports(name) / "timing.json",
@@ -141,9 +140,9 @@ def summary_rows(families: list[str], verdicts: dict[str, str | None]) -> list[d
     return [{k: row.get(k) for k in CSV_COLUMNS} for row in rows]
 
 
-def inception_notes(families: list[str]) -> list[str]:
-    """Why the Inception columns hold what they hold, each reason once."""
-    found = [floor_metrics()] + [eval_metrics(f) for f in families]
+def inception_notes(found: list[dict]) -> list[str]:
+    """Why the Inception columns hold what they hold, each reason once, from the metric files
+    `found` (the floor's and the families')."""
     return list(dict.fromkeys(str(m.get("inception_note", "")) for m in found))
 
 
