@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from conftest import TINY, base_params, with_overrides
+from trilemma.params_file import with_overrides
+from conftest import TINY, base_params
 from pipeline.cli import app
 
 # what the stages write; the repo's inputs (params.yaml, data/) and MLflow's store are left out

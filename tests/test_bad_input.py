@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from trilemma import families
+
 from badinput import (fails, invoke, params_raw, proc_fails, refused, run_cli,
                       snapshot, unchanged, write_raw)
 from conftest import write_params
@@ -212,6 +214,22 @@ def test_test_embedding_corrupted_or_for_another_test_set(repo):
 def test_model_written_by_other_settings(repo):
     write_params(repo / "params.yaml", {"vae.lr": 0.005})
     refused(repo, ["sample", "vae"], "models/vae.pt", "vae", "trilemma train vae")
+
+
+def test_model_saved_before_a_setting_existed_loads_with_its_default(repo):
+    """A setting added to a family's Config later (as `ema_decay` was to the plain GANs) is not
+    in older files; the file was trained with its default, so it still loads. A setting the
+    Config no longer has is another matter: refused."""
+    model = repo / "models" / "vae.pt"
+    saved = torch.load(model, weights_only=True)
+    config = families.REGISTRY["vae"].Config(**saved["config"])
+    added = next(name for name, field in type(config).model_fields.items()
+                 if getattr(config, name) == field.default)  # saved at its default
+    torch.save({**saved, "config": {k: v for k, v in saved["config"].items() if k != added}}, model)
+    result = invoke("sample", "vae")
+    assert result.exit_code == 0, result.output
+    torch.save({**saved, "config": {**saved["config"], "retired": 1}}, model)
+    refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
 
 
 def _edited(edit):

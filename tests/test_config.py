@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from conftest import base_params, every_section, with_overrides, write_params
+from conftest import base_params, every_section, write_params
 from trilemma import families, i2i
 from trilemma.config import load_params, parse_params
 from trilemma.errors import ConfigError
+from trilemma.params_file import with_overrides
 from trilemma.registry import names
 
 

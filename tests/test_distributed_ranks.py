@@ -14,13 +14,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import base_params, with_overrides
+from conftest import base_params
 from equivalence import DEADLINE, close, flat, scaled_diffs
 from trilemma import distributed, families, i2i
 from trilemma.config import parse_params
 from trilemma.errors import ConfigError
 from trilemma.runtime import seed_everything
 from trilemma.train import fit
+from trilemma.params_file import with_overrides
 
 CPU = torch.device("cpu")
 # The diffusion U-Net is compared by its outputs (see its test): max |diff| below 1e-4 of their

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import base_params, with_overrides
+from conftest import base_params
 
 from pipeline.sample import as_float, describe, knob_settings
 from trilemma import metrics
@@ -16,6 +16,7 @@ from trilemma.classifier import Judge
 from trilemma.config import SampleConfig, parse_params
 from trilemma.errors import ConfigError
 from trilemma.evaluation import SCORE_COLUMNS, SWEEP_COLUMNS, metrics_json, scored_sets, sweep_rows
+from trilemma.params_file import with_overrides
 
 CPU = torch.device("cpu")
 

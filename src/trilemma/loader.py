@@ -107,7 +107,7 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
     if blob["family"] != name:
         raise DataError(f"{path}: a model of {blob['family']!r}, not of {name!r}; "
                         f"run `{train}` again")
-    if blob.get("config") != cfg.model_dump():
+    if _saved_config(cfg, blob.get("config")) != cfg.model_dump():
         raise DataError(f"{path}: trained with other settings than the params' `{name}`; "
                         f"run `{train}` again")
     try:
@@ -142,3 +142,13 @@ def _non_finite(state: Any, where: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+def _saved_config(cfg: TrainConfig, saved: Any) -> Any:
+    """The settings a model file was saved with, as `cfg`'s class reads them today: a setting
+    added since then takes its default, which is what the file was trained with. The raw value
+    when they no longer validate (a setting removed or renamed): never equal to today's."""
+    try:
+        return type(cfg).model_validate(saved).model_dump()
+    except (ValidationError, TypeError):
+        return saved
