@@ -279,16 +279,23 @@ def test_model_file_whose_weights_do_not_fit_the_network(repo, edit, says):
     assert "its weights do not fit the vae network" in line and says in line
 
 
-def test_model_file_with_a_nan_weight_is_refused_before_it_samples(repo):
-    def poison(weights):
+def _nan(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.clone().view(-1).index_fill(0, torch.tensor([1]), math.nan).view(tensor.shape)
+
+
+@pytest.mark.parametrize("change, says", [
+    (_nan, "holds NaN or infinite values"),
+    (lambda tensor: tensor.long(), "is torch.int64, not torch.float32"),  # would load, cast
+], ids=["a-nan-weight", "an-integer-weight"])
+def test_model_file_with_a_damaged_weight_is_refused_before_it_samples(repo, change, says):
+    def damage(weights):
         key = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
-        weights[key] = weights[key].clone().view(-1).index_fill(0, torch.tensor([1]), math.nan) \
-            .view(weights[key].shape)
-        poison.key = key
+        weights[key] = change(weights[key])
+        damage.key = key
     model = repo / "models" / "vae.pt"
-    model.write_bytes(_edited(poison)(model.read_bytes()))
+    model.write_bytes(_edited(damage)(model.read_bytes()))
     line = refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
-    assert f"vae.{poison.key} holds NaN or infinite values" in line
+    assert f"vae.{damage.key} {says}" in line
 
 
 def test_another_familys_model_file_is_named_as_such(repo):

@@ -294,6 +294,71 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_ignored_and_training_starts_ov
     assert without_seconds(again_history) == without_seconds(history)
 
 
+def _set(*path, value):
+    """A damage: the checkpoint with the value at `path` (keys, then list positions) replaced;
+    a callable value gets the old one."""
+    def damage(state: dict) -> None:
+        node = state
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value(node[path[-1]]) if callable(value) else value
+    return damage
+
+
+def _poison(tensor: torch.Tensor, value: float = float("nan")) -> torch.Tensor:
+    out = tensor.clone()
+    out.view(-1)[0] = value
+    return out
+
+
+@pytest.mark.parametrize("damage", [
+    _set("trainee", "steps", value="x"), _set("epoch", value="x"), _set("epoch", value=10**6), _set("epoch", value=-3),
+    _set("step", value=10**6), _set("history", value=[1, 2]), _set("rng", "torch", value=torch.zeros(3, dtype=torch.uint8)),
+    _set("rng", value={}), _set("rng", "shuffle", value=lambda t: t.float()), _set("trace", value="x"),
+    _set("partial", value=[1]), _set("probe", value=5),
+    _set("trainee", "generator", "0.weight", value=_poison), _set("trainee", "opt_g", "param_groups", 0, "lr", value=float("nan")),
+    _set("trainee", "generator", "0.weight", value=lambda t: t.long()),
+    _set("trainee", "generator_ema", "0.weight", value=_poison),
+    _set("trainee", "opt_g", "state", 0, "exp_avg_sq",
+         value=lambda t: _poison(t, float("inf"))),
+], ids=["counter-text", "epoch-text", "epoch-too-far", "epoch-negative", "step-too-far",
+        "history-not-rows", "rng-short", "rng-empty", "rng-float", "trace-text", "partial-list",
+        "probe-number", "nan-weight", "nan-lr", "int-weight", "nan-ema", "inf-adam-moment"])
+def test_a_damaged_checkpoint_is_ignored_with_one_line_and_training_starts_over(
+        mnist, tmp_path, capsys, damage):
+    """A checkpoint is a cache: whatever a damaged one holds, the rerun says it ignores it and
+    trains what a fresh start trains (no traceback, no NaN resumed into a divergence, no model
+    trained past or short of its budget)."""
+    x, y = torch.from_numpy(mnist.x_train[:64]), torch.from_numpy(mnist.y_train[:64])
+    cfg = families.REGISTRY["mlp_gan"].Config(epochs=2, batch_size=32, lr=1e-3, width=8,
+                                              latent_dim=4, ema_decay=0.9)
+
+    def run(checkpoint: Path, on_epoch=None):
+        torch.manual_seed(0)
+        model = families.build("mlp_gan", cfg, CPU)
+        history = fit(model, x, y, cfg, name="mlp_gan", device=CPU, seed=0,
+                      checkpoint=checkpoint, fingerprint="fp", on_epoch=on_epoch)
+        return model, history
+
+    straight, history = run(tmp_path / "straight.pt")
+
+    def stop(row):
+        raise Interrupted
+
+    ckpt = tmp_path / "damaged.pt"
+    with pytest.raises(Interrupted):
+        run(ckpt, on_epoch=stop)
+    saved = torch.load(ckpt, weights_only=True)
+    damage(saved)
+    torch.save(saved, ckpt)
+    capsys.readouterr()
+    again, again_history = run(ckpt)
+    out = capsys.readouterr().out
+    assert f"ignoring checkpoint {ckpt}: " in out and "resuming" not in out, out
+    assert_same_state(again.state_dict(), straight.state_dict(), "mlp_gan state")
+    assert without_seconds(again_history) == without_seconds(history)
+
+
 def test_a_checkpoint_whose_optimizer_state_is_in_another_order_is_ignored(mnist, tmp_path,
                                                                          capsys):
     """Weights loaded by name, Adam's state by position: networks that declare the same weights
@@ -311,8 +376,9 @@ def test_a_checkpoint_whose_optimizer_state_is_in_another_order_is_ignored(mnist
     fresh = families.build("vae", cfg, CPU)
     before = copy.deepcopy(fresh.state_dict())
     ckpt = tmp_path / "vae.pt"
-    torch.save({"trainee": state, "rng": {}, "epoch": 1, "history": [], "fingerprint": "f"}, ckpt)
-    assert load_checkpoint(ckpt, "f", fresh) is None
+    rng = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().get_state()}
+    torch.save({"trainee": state, "rng": rng, "epoch": 0, "history": [], "fingerprint": "f"}, ckpt)
+    assert load_checkpoint(ckpt, "f", fresh, cfg, full=2) is None
     assert "it does not fit this model (optimizer state" in capsys.readouterr().out
     assert_same_state(fresh.state_dict(), before, "vae state")
 

@@ -147,6 +147,55 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def state_problem(saved: Any, fresh: Any, where: str = "") -> str | None:
+    """Why a state read from a file (`saved`: nested dicts and lists of tensors and numbers, as
+    torch.save wrote them) cannot stand in for `fresh`, the same object's state as built now, or
+    None. A NaN or an infinity anywhere (training stops at the first non-finite loss, so a file
+    holding one was damaged), or a value of another kind than fresh's at the same place (integer
+    weights would be cast silently on loading; a counter that is text fails steps later). Places
+    that only one of them has are the loader's to name (missing and unexpected keys)."""
+    import torch
+
+    name = where or "the state"
+    if torch.is_tensor(saved):
+        if fresh is not None and not torch.is_tensor(fresh):
+            return f"{name} is a tensor, not of type {type(fresh).__name__}"
+        if fresh is not None and saved.dtype != fresh.dtype:
+            return f"{name} is {saved.dtype}, not {fresh.dtype}"
+        finite = not (saved.is_floating_point() or saved.is_complex()) or \
+            bool(torch.isfinite(saved).all())
+        return None if finite else f"{name} holds NaN or infinite values"
+    if isinstance(saved, float) and not math.isfinite(saved):
+        return f"{name} is {saved}"
+    if fresh is not None and not _same_kind(saved, fresh):
+        return f"{name} is of type {type(saved).__name__}, not {type(fresh).__name__}"
+    if isinstance(saved, dict):
+        pairs = ((key, value, fresh.get(key) if isinstance(fresh, dict) else None)
+                 for key, value in saved.items())
+    elif isinstance(saved, (list, tuple)):
+        pairs = ((i, value, fresh[i] if isinstance(fresh, (list, tuple)) and i < len(fresh)
+                  else None) for i, value in enumerate(saved))
+    else:
+        return None
+    for key, value, fresh_value in pairs:
+        found = state_problem(value, fresh_value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def _same_kind(saved: Any, fresh: Any) -> bool:
+    """Values of one kind: an int for an int (not a bool), a number for a float, a mapping for a
+    mapping, a list or tuple for either, a str for a str."""
+    if isinstance(fresh, bool) or isinstance(saved, bool):
+        return type(saved) is type(fresh)
+    for kind, accepted in ((int, int), (float, (int, float)), (dict, dict), (str, str),
+                           ((list, tuple), (list, tuple))):
+        if isinstance(fresh, kind):
+            return isinstance(saved, accepted)
+    return True
+
+
 def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
     import numpy as np
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from trilemma import registry
 from trilemma.config import Params, TrainConfig, first_error
 from trilemma.errors import ConfigError, DataError, brief
+from trilemma.io import state_problem
 
 if TYPE_CHECKING:
     import torch
@@ -115,33 +116,16 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
     except (KeyError, TypeError, ValueError):  # saved before image specs were recorded
         raise DataError(f"{path}: saved without the spec of its images (an older trilemma); "
                         f"run `{train}` again") from None
-    broken = _non_finite(blob["state"])
-    if broken:  # training stops at the first non-finite loss: such a file was damaged after
-        raise DataError(f"{path}: {broken} holds NaN or infinite values; run `{train}` again")
     model = build(name, cfg, device, image, judge)
+    broken = state_problem(blob["state"], model.state_dict())
+    if broken:  # NaN weights would sample noise, integer ones be cast without a word
+        raise DataError(f"{path}: {broken}; run `{train}` again")
     try:  # weights that do not fit the network: edited, or saved by another version of its code
         model.load_state_dict(blob["state"])
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: its weights do not fit the {name} network "
                         f"({brief(err, whole=True)}); run `{train}` again") from None
     return model
-
-
-def _non_finite(state: Any, where: str = "") -> str | None:
-    """The key path ('generator.0.weight') of the first floating-point tensor in a saved state
-    (nested dicts and lists) that holds a NaN or an infinity, or None."""
-    import torch
-
-    if torch.is_tensor(state):
-        finite = not state.is_floating_point() or bool(torch.isfinite(state).all())
-        return None if finite else where or "a tensor"
-    items = state.items() if isinstance(state, dict) else \
-        enumerate(state) if isinstance(state, (list, tuple)) else ()
-    for key, value in items:
-        found = _non_finite(value, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
 
 
 def _saved_config(cfg: TrainConfig, saved: Any) -> Any:

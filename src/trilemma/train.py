@@ -19,7 +19,7 @@ from tqdm import tqdm
 from trilemma import distributed
 from trilemma.config import TrainConfig
 from trilemma.errors import Interrupted, TrainingDiverged, brief
-from trilemma.io import atomic_path
+from trilemma.io import atomic_path, is_number, state_problem
 from trilemma.optim import adam  # noqa: F401  (re-exported: families import it from here)
 from trilemma.runtime import autocast, reset_peak_memory, set_precision
 
@@ -67,12 +67,14 @@ def _set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: Path, fingerprint: str, trainee: Trainee) -> dict[str, Any] | None:
+def load_checkpoint(path: Path, fingerprint: str, trainee: Trainee, cfg: TrainConfig,
+                    full: int) -> dict[str, Any] | None:
     """Load the checkpoint at `path` into `trainee` and return the rest of it (epoch, rng,
     history...), or return None and leave the trainee as it was. A checkpoint is a cache: one
-    that is unreadable, written for other settings, or does not fit the trainee (the networks'
-    code changed since) is ignored with one line, never fatal. Read with weights_only=True: a
-    planted file cannot run code."""
+    that is unreadable, written for other settings, damaged (a NaN, a value of the wrong kind, an
+    epoch or step outside the run of `cfg` with `full` steps per epoch), or that does not fit the
+    trainee (the networks' code changed since) is ignored with one line, never fatal. Read with
+    weights_only=True: a planted file cannot run code."""
     if not path.exists():
         return None
     try:
@@ -87,6 +89,10 @@ def load_checkpoint(path: Path, fingerprint: str, trainee: Trainee) -> dict[str,
         print(f"ignoring checkpoint {path}: written for other settings", flush=True)
         return None
     before = copy.deepcopy(trainee.state_dict())  # a failed load may have copied part of it
+    damaged = _run_problem(state, cfg, full) or state_problem(state["trainee"], before, "trainee")
+    if damaged:
+        print(f"ignoring checkpoint {path}: damaged ({damaged})", flush=True)
+        return None
     try:
         trainee.load_state_dict(state["trainee"])
         _check_optimizer_state(trainee)
@@ -96,6 +102,46 @@ def load_checkpoint(path: Path, fingerprint: str, trainee: Trainee) -> dict[str,
               f"({brief(err, whole=True)})", flush=True)
         return None
     return state
+
+
+def _epoch_count(cfg: TrainConfig, full: int) -> int:
+    """The epochs `fit` runs with `full` steps per epoch: cfg.epochs, or fewer if max_steps ends
+    the run first."""
+    return cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / full))
+
+
+def _epoch_steps(cfg: TrainConfig, full: int, epoch: int) -> int:
+    """Steps in epoch `epoch` (from 1): a full pass, except a last one cut short by max_steps."""
+    return full if cfg.max_steps is None else min(full, cfg.max_steps - (epoch - 1) * full)
+
+
+def _run_problem(state: dict[str, Any], cfg: TrainConfig, full: int) -> str | None:
+    """Why a checkpoint's record of the run (where it stopped, its RNG states, the rows so far)
+    cannot be resumed from in the run of `cfg`, or None."""
+    epochs, epoch, step = _epoch_count(cfg, full), state["epoch"], state.get("step", 0)
+    if type(epoch) is not int or not 0 <= epoch <= epochs:
+        return f"epoch {epoch!r} is not one of 0..{epochs}"
+    last = _epoch_steps(cfg, full, epoch + 1) - 1 if epoch < epochs else 0
+    if type(step) is not int or not 0 <= step <= last:
+        return f"step {step!r} is not one of 0..{last} of epoch {epoch + 1}"
+    rows = [("history", state["history"])] + [(k, state[k]) for k in ("trace", "probe") if k in state]
+    for key, value in rows:
+        if not isinstance(value, list) or not all(isinstance(row, dict) for row in value):
+            return f"its {key} is not a list of rows"
+    if len(state["history"]) != epoch:
+        return f"its history has {len(state['history'])} rows for {epoch} epochs"
+    partial = state.get("partial", {})
+    if not isinstance(partial, dict) or any(not isinstance(partial.get(k, {}), dict) for k in
+                                            ("sums", "counts", "chunk_sums", "chunk_counts")) \
+            or not is_number(partial.get("seconds", 0.0)):
+        return "its record of the interrupted epoch is malformed"
+    rng = state["rng"]
+    if not isinstance(rng, dict) or not all(
+            torch.is_tensor(rng.get(k)) and rng[k].dtype == torch.uint8 and rng[k].shape == like.shape
+            for k, like in (("torch", torch.get_rng_state()),
+                            ("shuffle", torch.Generator().get_state()))):
+        return "its random number states are malformed"
+    return state_problem(partial, None, "partial")  # its loss sums carry on into the epoch's row
 
 
 def _optimizers(obj: Any, depth: int = 2) -> list[torch.optim.Optimizer]:
@@ -212,13 +258,13 @@ def fit(trainee: Trainee, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     distributed.check_batch(batch, name)
     rank0 = distributed.is_rank0()
     full = n // batch  # drop the ragged last batch: BatchNorm and GAN steps want full batches
-    epochs = cfg.epochs if cfg.max_steps is None else min(cfg.epochs, math.ceil(cfg.max_steps / full))
+    epochs = _epoch_count(cfg, full)
     if hasattr(trainee, "plan"):
         trainee.plan(planned_steps(cfg, n))
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     start, resume = 1, {"step": 0, "partial": {}}
-    state = load_checkpoint(checkpoint, fingerprint, trainee)
+    state = load_checkpoint(checkpoint, fingerprint, trainee, cfg, full)
     saver = _Checkpointer(checkpoint, fingerprint, checkpoint_seconds, None)
     if state is not None:
         _set_rng_state(state["rng"], shuffle)
@@ -258,7 +304,7 @@ def _epochs(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
     show_bar = rank0 and sys.stderr.isatty()
     for epoch in range(start, epochs + 1):
         # every epoch is a full pass, except a last one cut short by `max_steps`
-        steps = full if cfg.max_steps is None else min(full, cfg.max_steps - (epoch - 1) * full)
+        steps = _epoch_steps(cfg, full, epoch)
         for net in trainee.nets.values():
             net.train()
         shuffle_at_start = shuffle.get_state()  # a mid-epoch checkpoint redraws `order` from it
