@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import pytest
@@ -255,19 +255,17 @@ def test_diffusion_fit_interrupted_after_a_checkpoint_resumes_exactly(mnist, tmp
     assert resumed_trace == trace
 
 
-def test_a_checkpoint_whose_weights_do_not_fit_is_ignored_and_training_starts_over(
-        mnist, tmp_path, capsys):
-    """Same settings, other network code (here: a weight of another shape): the checkpoint is
-    passed over with one line, and the run is the one a fresh start gives, although the failed
-    load had already copied some weights in."""
+def assert_ignored_and_started_over(name: str, cfg, mnist, tmp_path, capsys,
+                                    damage: Callable[[dict], None]) -> str:
+    """Train `name` in-process on 64 digits for cfg's epochs; interrupt a second run right after
+    its first epoch's checkpoint, `damage` the checkpoint's contents, rerun: the rerun must say
+    it ignores the checkpoint and train exactly what the first run trained. Returns its output."""
     x, y = torch.from_numpy(mnist.x_train[:64]), torch.from_numpy(mnist.y_train[:64])
-    cfg = families.REGISTRY["ddpm"].Config(epochs=2, batch_size=32, lr=2e-3, widths=[8, 16],
-                                           patch=2, timesteps=20, dropout=0.0, max_steps=None)
 
     def run(checkpoint: Path, on_epoch=None):
         torch.manual_seed(0)
-        model = families.build("ddpm", cfg, CPU)
-        history = fit(model, x, y, cfg, name="ddpm", device=CPU, seed=0, checkpoint=checkpoint,
+        model = families.build(name, cfg, CPU)
+        history = fit(model, x, y, cfg, name=name, device=CPU, seed=0, checkpoint=checkpoint,
                       fingerprint="fp", on_epoch=on_epoch)
         return model, history
 
@@ -276,22 +274,37 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_ignored_and_training_starts_ov
     def stop(row):
         raise Interrupted
 
-    ckpt = tmp_path / "changed.pt"
+    ckpt = tmp_path / "damaged.pt"
     with pytest.raises(Interrupted):
         run(ckpt, on_epoch=stop)
     saved = torch.load(ckpt, weights_only=True)
-    weights = saved["trainee"]["unet"]
-    first, last = list(weights)[0], list(weights)[-1]
-    weights[first] = weights[first] + 1  # copied in before the load fails on the last one
-    weights[last] = torch.zeros(3)
+    damage(saved)
     torch.save(saved, ckpt)
     capsys.readouterr()
     again, again_history = run(ckpt)
     out = capsys.readouterr().out
-    assert f"ignoring checkpoint {ckpt}: it does not fit this model (" in out
-    assert "size mismatch" in out and "resuming" not in out
-    assert_same_state(again.state_dict(), straight.state_dict(), "ddpm state")
+    assert f"ignoring checkpoint {ckpt}: " in out and "resuming" not in out, out
+    assert_same_state(again.state_dict(), straight.state_dict(), f"{name} state")
     assert without_seconds(again_history) == without_seconds(history)
+    return out
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_ignored_and_training_starts_over(
+        mnist, tmp_path, capsys):
+    """Same settings, other network code (here: a weight of another shape): the checkpoint is
+    passed over with one line, and the run is the one a fresh start gives, although the failed
+    load had already copied some weights in."""
+    cfg = families.REGISTRY["ddpm"].Config(epochs=2, batch_size=32, lr=2e-3, widths=[8, 16],
+                                           patch=2, timesteps=20, dropout=0.0, max_steps=None)
+
+    def other_shape(saved: dict) -> None:
+        weights = saved["trainee"]["unet"]
+        first, last = list(weights)[0], list(weights)[-1]
+        weights[first] = weights[first] + 1  # copied in before the load fails on the last one
+        weights[last] = torch.zeros(3)
+
+    out = assert_ignored_and_started_over("ddpm", cfg, mnist, tmp_path, capsys, other_shape)
+    assert "it does not fit this model (" in out and "size mismatch" in out
 
 
 def _set(*path, value):
@@ -329,34 +342,10 @@ def test_a_damaged_checkpoint_is_ignored_with_one_line_and_training_starts_over(
     """A checkpoint is a cache: whatever a damaged one holds, the rerun says it ignores it and
     trains what a fresh start trains (no traceback, no NaN resumed into a divergence, no model
     trained past or short of its budget)."""
-    x, y = torch.from_numpy(mnist.x_train[:64]), torch.from_numpy(mnist.y_train[:64])
     cfg = families.REGISTRY["mlp_gan"].Config(epochs=2, batch_size=32, lr=1e-3, width=8,
                                               latent_dim=4, ema_decay=0.9)
-
-    def run(checkpoint: Path, on_epoch=None):
-        torch.manual_seed(0)
-        model = families.build("mlp_gan", cfg, CPU)
-        history = fit(model, x, y, cfg, name="mlp_gan", device=CPU, seed=0,
-                      checkpoint=checkpoint, fingerprint="fp", on_epoch=on_epoch)
-        return model, history
-
-    straight, history = run(tmp_path / "straight.pt")
-
-    def stop(row):
-        raise Interrupted
-
-    ckpt = tmp_path / "damaged.pt"
-    with pytest.raises(Interrupted):
-        run(ckpt, on_epoch=stop)
-    saved = torch.load(ckpt, weights_only=True)
-    damage(saved)
-    torch.save(saved, ckpt)
-    capsys.readouterr()
-    again, again_history = run(ckpt)
-    out = capsys.readouterr().out
-    assert f"ignoring checkpoint {ckpt}: " in out and "resuming" not in out, out
-    assert_same_state(again.state_dict(), straight.state_dict(), "mlp_gan state")
-    assert without_seconds(again_history) == without_seconds(history)
+    out = assert_ignored_and_started_over("mlp_gan", cfg, mnist, tmp_path, capsys, damage)
+    assert "damaged (" in out
 
 
 def test_a_checkpoint_whose_optimizer_state_is_in_another_order_is_ignored(mnist, tmp_path,
