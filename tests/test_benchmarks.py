@@ -152,13 +152,10 @@ def test_main_writes_json_and_markdown_naming_the_device(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-
 def test_gpu_smoke_params_are_the_full_profile_cut_short_and_valid(tmp_path):
     """What `benchmarks/device_check.sh smoke` runs with must pass the stages' own validation:
     a GPU machine's minutes are too few to find a bad key there."""
     from benchmarks import gpu_smoke
-    from trilemma import families
-    from trilemma.config import load_params
     from trilemma.train import planned_steps
 
     out = tmp_path / "gpu.yaml"

@@ -13,6 +13,11 @@ def brief(err: BaseException, limit: int = 160, whole: bool = False) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
+# what load_state_dict raises for a saved state that does not fit the object built now (a
+# weight missing or of another shape, a key of another kind)
+STATE_DOES_NOT_FIT = (RuntimeError, KeyError, ValueError, TypeError, AttributeError)
+
+
 class ConfigError(TrilemmaError):
     pass
 

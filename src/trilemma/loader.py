@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from trilemma import registry
 from trilemma.config import Params, TrainConfig, first_error
-from trilemma.errors import ConfigError, DataError, brief
+from trilemma.errors import STATE_DOES_NOT_FIT, ConfigError, DataError, brief
 from trilemma.io import state_problem
 
 if TYPE_CHECKING:
@@ -101,9 +101,8 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(f"{path}: not a readable model file ({brief(err)})") from None
-    if not isinstance(blob, dict) or any(key not in blob for key in FILE_KEYS[kind]):
-        raise DataError(f"{path}: not a trilemma {FILE_NOUN[kind]} file; run `{train}` again")
-    if not isinstance(blob.get("family"), str):
+    if not isinstance(blob, dict) or any(key not in blob for key in FILE_KEYS[kind]) \
+            or not isinstance(blob.get("family"), str):
         raise DataError(f"{path}: not a trilemma {FILE_NOUN[kind]} file; run `{train}` again")
     if blob["family"] != name:
         raise DataError(f"{path}: a model of {blob['family']!r}, not of {name!r}; "
@@ -122,7 +121,7 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
         raise DataError(f"{path}: {broken}; run `{train}` again")
     try:  # weights that do not fit the network: edited, or saved by another version of its code
         model.load_state_dict(blob["state"])
-    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+    except STATE_DOES_NOT_FIT as err:
         raise DataError(f"{path}: its weights do not fit the {name} network "
                         f"({brief(err, whole=True)}); run `{train}` again") from None
     return model

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from trilemma import distributed
 from trilemma.config import TrainConfig
-from trilemma.errors import Interrupted, TrainingDiverged, brief
+from trilemma.errors import STATE_DOES_NOT_FIT, Interrupted, TrainingDiverged, brief
 from trilemma.io import atomic_path, is_number, state_problem
 from trilemma.optim import adam  # noqa: F401  (re-exported: families import it from here)
 from trilemma.runtime import autocast, reset_peak_memory, set_precision
@@ -96,7 +96,7 @@ def load_checkpoint(path: Path, fingerprint: str, trainee: Trainee, cfg: TrainCo
     try:
         trainee.load_state_dict(state["trainee"])
         _check_optimizer_state(trainee)
-    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+    except STATE_DOES_NOT_FIT as err:
         trainee.load_state_dict(before)
         print(f"ignoring checkpoint {path}: it does not fit this model "
               f"({brief(err, whole=True)})", flush=True)
