@@ -35,11 +35,12 @@ endif
 
 # Training noise: the generator stages once per seed as queued DVC experiments (each in its own
 # temporary copy: the workspace stays as it is), one after the other, then the mean ± std table
+# of the profile (PROFILE, or params.yaml's)
 SEEDS ?= 0,1,2
 seeds: setup
-	dvc exp run --queue -S seed=$(SEEDS) evaluate
+	dvc exp run --queue $(if $(PROFILE),-S profile=$(PROFILE)) -S seed=$(SEEDS) evaluate
 	dvc exp run --run-all
-	trilemma seed-spread
+	trilemma seed-spread $(if $(PROFILE),--profile $(PROFILE))
 
 # a worker per CPU, each running whole test files (tests/conftest.py: files that share a session
 # fixture stay together, the slowest start first)

@@ -12,36 +12,47 @@ import typer
 
 from pipeline.common import ParamsOption, log, single_process, user_errors
 from trilemma import paths, seed_spread as spread_lib
-from trilemma.config import load_params
+from trilemma.config import PROFILES, load_params
 from trilemma.errors import DataError
 from trilemma.io import atomic_dir, write_csv
 
-OUT = paths.REPORTS / "seeds"
-ExpShowOption = Annotated[Optional[Path], typer.Option(
-    "--from", help="A saved `dvc exp show --json`; default: run it in this repository.")]
+ExpShowOption = Annotated[Optional[list[Path]], typer.Option(
+    "--from", help="A saved `dvc exp show --json`; repeat it for runs made in several clones or "
+                   "machines (the first run listed for a seed wins). Default: run it here.")]
+ProfileOption = Annotated[Optional[str], typer.Option(
+    "--profile", help="Whose runs to compare: quick | reference | full (default: the params "
+                      "file's profile).")]
 
 
 @user_errors
-def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption = None) -> None:
+def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption = None,
+                profile: ProfileOption = None) -> None:
     """Read the evaluate metrics of every run DVC knows (workspace, commits, experiments), one
-    per seed, and write reports/seeds/spread.md (ranking, mean ± std, ties) and spread.csv
-    (every value). Make the runs first, e.g. `dvc exp run --queue -S seed=0,1,2 evaluate` and
-    `dvc queue start`; `make seeds` does both and waits."""
+    per seed of one profile, and write reports/seeds/<profile>/spread.md (ranking, mean ± std,
+    ties) and spread.csv (every value). Make the runs first, e.g. `dvc exp run --queue
+    -S seed=0,1,2 evaluate` and `dvc queue start`; `make seeds` does both and waits."""
     single_process("seed-spread")
     p = load_params(params)
-    shown = _exp_show(saved)
-    try:
-        runs = spread_lib.runs_from_exp_show(shown, p.families)
-    except DataError as err:  # the shape of the listing is wrong: name where it came from
-        raise DataError(f"{saved or 'the output of `dvc exp show --json` run here'}: {err}") \
-            from None
+    profile = profile or p.profile
+    if profile not in PROFILES:
+        raise DataError(f"--profile: {profile!r} is not a profile ({' | '.join(PROFILES)})")
+    runs = []
+    for source in saved or [None]:
+        shown = _exp_show(source)
+        try:
+            runs += spread_lib.runs_from_exp_show(shown, p.families)
+        except DataError as err:  # the shape of the listing is wrong: name where it came from
+            raise DataError(f"{source or 'the output of `dvc exp show --json` run here'}: "
+                            f"{err}") from None
+    runs = spread_lib.of_profile(runs, profile)
     table = spread_lib.spreads(runs, p.families)
     text = spread_lib.markdown(runs, table)
-    with atomic_dir(OUT) as tmp:
+    out = paths.REPORTS / "seeds" / profile
+    with atomic_dir(out) as tmp:
         (tmp / "spread.md").write_text(text)
         write_csv(tmp / "spread.csv", *spread_lib.csv_rows(table))
     log(text.rstrip())
-    log(f"wrote {OUT / 'spread.md'} and spread.csv from {len(runs)} runs: "
+    log(f"wrote {out / 'spread.md'} and spread.csv from {len(runs)} runs: "
         + ", ".join(f"{r.name} (seed {r.seed})" for r in runs))
 
 
@@ -61,4 +72,8 @@ def _exp_show(saved: Path | None) -> list:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise DataError(f"`dvc exp show --json` failed: {last}")
-    return json.loads(done.stdout)
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError as err:
+        raise DataError(f"`dvc exp show --json` printed something other than JSON ({err})") \
+            from None

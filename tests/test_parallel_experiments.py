@@ -254,12 +254,12 @@ def test_seed_spread_reads_the_experiments_of_the_queue(queued, shown):
     runs (the workspace ran nothing); every value of its CSV is an experiment's metric."""
     out = command(["trilemma", "seed-spread"], queued["root"], queued["env"])
     assert "from 2 runs: seed1 (seed 1), seed2 (seed 2)" in out, out
-    rows = list(csv.DictReader((queued["root"] / "reports/seeds/spread.csv").open()))
+    rows = list(csv.DictReader((queued["root"] / "reports/seeds/quick/spread.csv").open()))
     fids = {r["family"]: r for r in rows if r["metric"] == METRIC}
     assert sorted(fids) == sorted(FAMILIES)
     for family, row in fids.items():
         values = [shown[name][f"reports/eval/{family}/metrics.json"][METRIC] for name in SEEDS]
         assert [float(row["seed_1"]), float(row["seed_2"])] == pytest.approx(values, rel=1e-5)
         assert float(row["mean"]) == pytest.approx(sum(values) / 2, rel=1e-5)
-    table = (queued["root"] / "reports/seeds/spread.md").read_text()
+    table = (queued["root"] / "reports/seeds/quick/spread.md").read_text()
     assert all(f"| {family} |" in table for family in FAMILIES), table

@@ -23,18 +23,19 @@ def metrics(fid: float, **more) -> dict:
             **more}
 
 
-def rev(name: str, seed: int, scores: dict[str, dict]) -> dict:
+def rev(name: str, seed: int, scores: dict[str, dict], profile: str = "quick") -> dict:
     """One run as `dvc exp show --json` lists it (DVC 3: params and metrics under data)."""
     return {"rev": name, "name": name, "data": {
-        "params": {"params.yaml": {"data": {"seed": seed, "profile": "quick"}}},
+        "params": {"params.yaml": {"data": {"seed": seed, "profile": profile}}},
         "metrics": {f"reports/eval/{f}/metrics.json": {"data": m} for f, m in scores.items()}}}
 
 
-def exp_show(seeds: dict[int, tuple[float, float]]) -> list:
+def exp_show(seeds: dict[int, tuple[float, float]], profile: str = "quick") -> list:
     """The workspace (nothing run) and a baseline commit with one experiment per seed, the
     families' FIDs given per seed; cgan reports label accuracy."""
-    experiments = [{"revs": [rev(f"seed{seed}", seed, {
-        "vae": metrics(vae), "cgan": metrics(cgan, label_accuracy=0.9 + seed / 100)})]}
+    prefix = "seed" if profile == "quick" else f"{profile}-seed"
+    experiments = [{"revs": [rev(f"{prefix}{seed}", seed, {
+        "vae": metrics(vae), "cgan": metrics(cgan, label_accuracy=0.9 + seed / 100)}, profile)]}
         for seed, (vae, cgan) in seeds.items()]
     return [{"rev": "workspace", "data": {"params": {"params.yaml": {"data": {"seed": 0}}},
                                           "metrics": {}}},
@@ -46,14 +47,31 @@ def test_runs_are_read_one_per_seed_and_incomplete_ones_skipped():
     shown[1]["experiments"].append({"revs": [rev("again0", 0, {"vae": metrics(1.0),
                                                               "cgan": metrics(1.0)})]})
     shown[1]["experiments"].append({"revs": [rev("half", 3, {"vae": metrics(1.0)})]})
-    runs = s.runs_from_exp_show(shown, FAMILIES)
+    runs = s.of_profile(s.runs_from_exp_show(shown, FAMILIES), "quick")
     assert [(r.name, r.seed) for r in runs] == [("seed0", 0), ("seed1", 1), ("seed2", 2)]
     assert runs[1].scores["vae"]["fid_classifier"] == 110.0
 
 
+def test_a_spread_compares_one_profile_with_itself():
+    """Runs of another profile (another training budget) with the same seeds are not mixed in;
+    a params.yaml without `profile` is the default profile's."""
+    shown = exp_show({0: (100.0, 50.0), 1: (110.0, 52.0)})
+    shown += exp_show({0: (10.0, 5.0), 1: (12.0, 6.0), 2: (11.0, 4.0)}, "reference")
+    del shown[1]["experiments"][0]["revs"][0]["data"]["params"]["params.yaml"]["data"]["profile"]
+    runs = s.runs_from_exp_show(shown, FAMILIES)
+    assert [(r.name, r.profile) for r in s.of_profile(runs, "quick")] == [
+        ("seed0", "quick"), ("seed1", "quick")]
+    reference = s.of_profile(runs, "reference")
+    assert [r.seed for r in reference] == [0, 1, 2]
+    assert s.spreads(reference, FAMILIES)["vae"]["fid_classifier"].mean == pytest.approx(11.0)
+    with pytest.raises(DataError, match="profile 'full' .* found: none; of other profiles: "
+                       "seed0 \\(quick, seed 0\\), .*reference-seed2 \\(reference, seed 2\\)"):
+        s.of_profile(runs, "full")
+
+
 def test_spread_is_mean_and_sample_std_per_family_and_score():
-    runs = s.runs_from_exp_show(exp_show({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)}),
-                                FAMILIES)
+    runs = s.of_profile(s.runs_from_exp_show(
+        exp_show({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)}), FAMILIES), "quick")
     table = s.spreads(runs, FAMILIES)
     assert table["vae"]["fid_classifier"].mean == pytest.approx(100.0)
     assert table["vae"]["fid_classifier"].std == pytest.approx(10.0)  # ddof 1
@@ -74,8 +92,8 @@ def test_families_closer_than_their_noise_tie_and_share_a_rank():
 
 def test_one_seed_is_not_a_spread():
     runs = s.runs_from_exp_show(exp_show({0: (100.0, 50.0)}), FAMILIES)
-    with pytest.raises(DataError, match="at least 2 different seeds.*seed0 \\(seed 0\\)"):
-        s.spreads(runs, FAMILIES)
+    with pytest.raises(DataError, match="at least 2 different seeds.*: seed0 \\(seed 0\\)$"):
+        s.of_profile(runs, "quick")
 
 
 def test_command_writes_the_table_and_the_values(tmp_path, monkeypatch):
@@ -85,14 +103,35 @@ def test_command_writes_the_table_and_the_values(tmp_path, monkeypatch):
     saved.write_text(json.dumps(exp_show({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)})))
     result = CliRunner().invoke(app, ["seed-spread", "--from", str(saved)])
     assert result.exit_code == 0, result.output
-    table = (tmp_path / "reports/seeds/spread.md").read_text()
+    table = (tmp_path / "reports/seeds/quick/spread.md").read_text()
     assert "| 1 | cgan | 50.0 ± 2.0 |" in table and "| 2 | vae | 100.0 ± 10.0 |" in table, table
-    assert "seeds 0, 1, 2" in table
-    rows = (tmp_path / "reports/seeds/spread.csv").read_text().splitlines()
+    assert "profile quick: 3 runs (seeds 0, 1, 2)" in table
+    rows = (tmp_path / "reports/seeds/quick/spread.csv").read_text().splitlines()
     assert rows[0] == "family,metric,mean,std,n,seed_0,seed_1,seed_2"
     assert "vae,fid_classifier,100,10,3,100,110,90" in rows
     assert math.isclose(float(next(r for r in rows if r.startswith("cgan,label_accuracy"))
                               .split(",")[2]), 0.91)
+
+
+def test_runs_of_several_listings_are_merged_and_the_profile_chosen(tmp_path, monkeypatch):
+    """Seeds run in several clones or machines: each one's saved listing is a --from; the same
+    seed in two listings counts once (the first); --profile picks whose runs are compared."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"families": FAMILIES})  # profile quick
+    here, there = tmp_path / "here.json", tmp_path / "there.json"
+    here.write_text(json.dumps(exp_show({0: (10.0, 5.0)}, "reference")))
+    there.write_text(json.dumps(exp_show({0: (99.0, 99.0), 1: (12.0, 6.0), 2: (14.0, 4.0)},
+                                         "reference")))
+    args = ["seed-spread", "--from", str(here), "--from", str(there), "--profile", "reference"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "reports/seeds/reference/spread.csv").read_text().splitlines()
+    assert "vae,fid_classifier,12,2,3,10,12,14" in rows, rows
+    assert not (tmp_path / "reports/seeds/quick").exists()
+    # the params' profile (quick) by default: none of these runs is one of its
+    result = CliRunner().invoke(app, args[:-2])
+    assert result.exit_code == 2 and "profile 'quick'" in result.stderr, result.output
+    assert "of other profiles: reference-seed0 (reference, seed 0)" in result.stderr
 
 
 # what evaluate writes without a judge (an image folder without labels): every judge score null
@@ -112,7 +151,7 @@ def test_a_family_without_fid_in_every_run_is_listed_unranked():
     shown = exp_show({0: (100.0, 50.0), 1: (110.0, 52.0)})
     shown[1]["experiments"][1]["revs"][0]["data"]["metrics"]["reports/eval/vae/metrics.json"] \
         ["data"]["fid_classifier"] = None
-    runs = s.runs_from_exp_show(shown, FAMILIES)
+    runs = s.of_profile(s.runs_from_exp_show(shown, FAMILIES), "quick")
     table = s.spreads(runs, FAMILIES)
     assert [(rank, spread.family) for rank, spread, _ in s.ranking(table)] == [(1, "cgan")]
     lines = s.markdown(runs, table).splitlines()
@@ -130,18 +169,22 @@ def test_a_family_without_fid_in_every_run_is_listed_unranked():
     ('[{"experiments": [{"revs": [5]}]}]', NOT_EXP_SHOW),
     ('[{"experiments": {"revs": []}}]', NOT_EXP_SHOW),
     ('{"rev": "workspace"}', NOT_EXP_SHOW),
+    ("BAD-PROFILE", "--profile: 'fast' is not a profile (quick | reference | full)"),
 ], ids=["missing", "not-json", "no-runs", "no-judge", "int-baseline", "list-params",
-        "int-revision", "mapping-experiments", "mapping-top-level"])
+        "int-revision", "mapping-experiments", "mapping-top-level", "bad-profile"])
 def test_bad_input_is_one_line_and_keeps_the_old_table(tmp_path, monkeypatch, content, says):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml", {"families": FAMILIES})
-    old = tmp_path / "reports/seeds/spread.md"
+    old = tmp_path / "reports/seeds/quick/spread.md"
     old.parent.mkdir(parents=True)
     old.write_text("an earlier table\n")
     saved = tmp_path / "missing.json"
+    args = ["seed-spread", "--from", str(saved)]
+    if content == "BAD-PROFILE":
+        content, args = unjudged(0, 1), [*args, "--profile", "fast"]
     if content is not None:
         saved.write_text(content)
-    result = CliRunner().invoke(app, ["seed-spread", "--from", str(saved)])
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines

@@ -12,18 +12,22 @@ import statistics
 from dataclasses import dataclass
 
 from trilemma import paths
+from trilemma.config import Params
 from trilemma.errors import DataError
 
 # the summary scores compared across seeds (metrics.json keys), with their display names
 SCORES = {"fid_classifier": "FID ↓", "precision": "precision ↑", "recall": "recall ↑",
           "min_class_fraction": "rarest class ↑", "label_accuracy": "label accuracy ↑"}
 RANKED_BY = "fid_classifier"  # lower is better
+DEFAULT_PROFILE = Params.model_fields["profile"].default
 
 
 @dataclass(frozen=True)
 class Run:
-    """One pipeline run: its name (the DVC experiment's), its seed, and each family's scores."""
+    """One pipeline run: its name (the DVC experiment's), profile, seed, and each family's
+    scores."""
     name: str
+    profile: str
     seed: int
     scores: dict[str, dict[str, float]]  # family -> metrics.json of its evaluate stage
 
@@ -46,16 +50,37 @@ class Spread:
 
 def runs_from_exp_show(shown: list, families: list[str]) -> list[Run]:
     """The runs in `dvc exp show --json` output (every baseline commit, the workspace and each
-    experiment) that hold an evaluate metrics.json for every one of `families`, one per seed
-    (the first listed wins: an experiment and the workspace it was applied to are one run)."""
-    runs: dict[int, Run] = {}
+    experiment), in the order listed, that hold an evaluate metrics.json for every one of
+    `families`. A params.yaml without `profile` is the default profile's."""
+    runs = []
     for rev in _revs(shown):
-        seed = _field(rev, "data", "params", "params.yaml", "data", "seed")
+        params = _field(rev, "data", "params", "params.yaml", "data")
+        profile = _field(params, "profile") or DEFAULT_PROFILE
+        seed = _field(params, "seed")
         scores = {f: _field(rev, "data", "metrics", str(paths.eval_reports(f) / "metrics.json"),
                             "data") for f in families}
-        if isinstance(seed, int) and all(isinstance(s, dict) for s in scores.values()):
-            runs.setdefault(seed, Run(rev.get("name") or rev.get("rev", "?"), seed, scores))
-    return [runs[seed] for seed in sorted(runs)]
+        if (isinstance(profile, str) and isinstance(seed, int)
+                and all(isinstance(s, dict) for s in scores.values())):
+            runs.append(Run(rev.get("name") or rev.get("rev", "?"), profile, seed, scores))
+    return runs
+
+
+def of_profile(runs: list[Run], profile: str) -> list[Run]:
+    """One run per seed of `profile`, by seed: a spread compares a training budget with itself.
+    The first run listed for a seed wins (an experiment and the workspace it was applied to
+    are one run). Needs two seeds; the error names the runs of other profiles, if any."""
+    first: dict[tuple[str, int], Run] = {}
+    for run in runs:
+        first.setdefault((run.profile, run.seed), run)
+    chosen = sorted((r for r in first.values() if r.profile == profile), key=lambda r: r.seed)
+    if len(chosen) < 2:
+        found = ", ".join(f"{r.name} (seed {r.seed})" for r in chosen) or "none"
+        others = ", ".join(f"{r.name} ({r.profile}, seed {r.seed})"
+                           for r in first.values() if r.profile != profile)
+        raise DataError(f"the spread needs runs of profile {profile!r} with at least 2 different "
+                        f"seeds, each with every family's evaluate metrics; found: {found}"
+                        + (f"; of other profiles: {others}" if others else ""))
+    return chosen
 
 
 def _not_exp_show(what: str, found: object) -> DataError:
@@ -94,12 +119,8 @@ def _revs(shown: object):
 
 
 def spreads(runs: list[Run], families: list[str]) -> dict[str, dict[str, Spread]]:
-    """family -> metric -> Spread over the runs, for the SCORES a family reports (label accuracy
-    only for conditional families). Needs two runs with different seeds."""
-    if len({run.seed for run in runs}) < 2:
-        found = ", ".join(f"{r.name} (seed {r.seed})" for r in runs) or "none"
-        raise DataError(f"the spread needs runs with at least 2 different seeds, each with every "
-                        f"family's evaluate metrics; found: {found}")
+    """family -> metric -> Spread over the runs (`of_profile`'s: one profile, two seeds or more),
+    for the SCORES a family reports (label accuracy only for conditional families)."""
     table = {}
     for family in families:
         table[family] = {
@@ -135,7 +156,7 @@ def ranking(table: dict[str, dict[str, Spread]]) -> list[tuple[int, Spread, list
 def markdown(runs: list[Run], table: dict[str, dict[str, Spread]]) -> str:
     """The ranking table: rank, family, each score as mean ± std, and the ties."""
     seeds = ", ".join(str(r.seed) for r in runs)
-    lines = [f"# Training noise: {len(runs)} runs (seeds {seeds})", "",
+    lines = [f"# Training noise, profile {runs[0].profile}: {len(runs)} runs (seeds {seeds})", "",
              "Mean ± std over the seeds (judge features). Rank counts only the families better "
              "by more than the noise: two families tie when their mean FIDs differ by less than "
              "sqrt(std_a² + std_b²), the spread of the difference between one run of each.", "",
