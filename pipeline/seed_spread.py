@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.common import ParamsOption, log, single_process, user_errors
-from trilemma import paths, seed_spread as spread_lib
+from trilemma import seed_spread as spread_lib
 from trilemma.config import PROFILES, load_params
 from trilemma.errors import DataError
 from trilemma.io import atomic_dir, write_csv
@@ -47,7 +47,7 @@ def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption
     runs = spread_lib.of_profile(runs, profile)
     table = spread_lib.spreads(runs, p.families)
     text = spread_lib.markdown(runs, table)
-    out = paths.REPORTS / "seeds" / profile
+    out = spread_lib.folder(profile)
     with atomic_dir(out) as tmp:
         (tmp / "spread.md").write_text(text)
         write_csv(tmp / "spread.csv", *spread_lib.csv_rows(table))

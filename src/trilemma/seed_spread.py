@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from trilemma import paths
 from trilemma.config import Params
@@ -19,6 +20,7 @@ from trilemma.errors import DataError
 SCORES = {"fid_classifier": "FID ↓", "precision": "precision ↑", "recall": "recall ↑",
           "min_class_fraction": "rarest class ↑", "label_accuracy": "label accuracy ↑"}
 RANKED_BY = "fid_classifier"  # lower is better
+SEED_COLUMN = "seed_"  # spread.csv: a column per seed, seed_<k>
 DEFAULT_PROFILE = Params.model_fields["profile"].default
 
 
@@ -178,10 +180,26 @@ def _cell(spread: Spread | None, metric: str) -> str:
     return f"{spread.mean:.{digits}f} ± {spread.std:.{digits}f}"
 
 
+def folder(profile: str) -> Path:
+    """Where `trilemma seed-spread` writes a profile's spread.md and spread.csv."""
+    return paths.REPORTS / "seeds" / profile
+
+
 def csv_rows(table: dict[str, dict[str, Spread]]) -> tuple[list[dict], list[str]]:
     """One row per family and score (mean, std, n and the value of each seed), and the columns."""
     seeds = sorted({seed for scores in table.values() for s in scores.values() for seed in s.values})
     rows = [{"family": family, "metric": metric, "mean": s.mean, "std": s.std, "n": len(s.values),
-             **{f"seed_{k}": v for k, v in s.values.items()}}
+             **{f"{SEED_COLUMN}{k}": v for k, v in s.values.items()}}
             for family, scores in table.items() for metric, s in scores.items()]
-    return rows, ["family", "metric", "mean", "std", "n", *(f"seed_{k}" for k in seeds)]
+    return rows, ["family", "metric", "mean", "std", "n", *(f"{SEED_COLUMN}{k}" for k in seeds)]
+
+
+def from_csv_rows(rows: list[dict]) -> dict[str, dict[str, Spread]]:
+    """The table back from `csv_rows`' rows (values as numbers; a blank: that seed lacks it)."""
+    table: dict[str, dict[str, Spread]] = {}
+    for row in rows:
+        values = {int(key.removeprefix(SEED_COLUMN)): float(value) for key, value in row.items()
+                  if key.startswith(SEED_COLUMN) and value is not None and not math.isnan(value)}
+        table.setdefault(row["family"], {})[row["metric"]] = Spread(
+            row["family"], row["metric"], values)
+    return table

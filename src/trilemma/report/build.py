@@ -12,7 +12,7 @@ import torch
 from trilemma import paths
 from trilemma.io import atomic_dir, atomic_path, write_csv
 from trilemma.report import control as control_section
-from trilemma.report import curves, i2i as i2i_section, plots, sections, tables
+from trilemma.report import curves, i2i as i2i_section, noise, plots, sections, tables
 from trilemma.report.images import FOLDER, Images
 from trilemma.report.prose import render
 from trilemma.tracking import git_commit
@@ -31,6 +31,7 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
     floor, scores = tables.floor_metrics(), {f: tables.eval_metrics(f) for f in families}
     rows = tables.summary_rows(floor, scores, curves.verdicts(learning))
     clf, clf_timing, per_class = tables.judge_files()
+    spreads = noise.read(clf["profile"])  # the seed spread of this profile, if one was made
     data = tables.data_info(clf, per_class)
     by_knob = tables.sweeps(families)
     histories, hists = plots.loss_histories(families), plots.histograms(scores, data.classes)
@@ -52,11 +53,13 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
         grids = "\n".join(f"| {f} | ![{f} samples]"
                           f"({images.link(paths.sample_figures(f) / 'grid.png')}) |"
                           for f in families)
+        n = rows[1]["n"] if len(rows) > 1 else floor["n"]
         text = render(
             "readme", **header,
             summary=tables.markdown_table([tables.display(r, data.judge) for r in rows],
                                           tables.summary_columns(data)),
-            n=rows[1]["n"] if len(rows) > 1 else floor["n"], test_set=data.test_set,
+            n=n, test_set=data.test_set,
+            noise=noise.section(clf["profile"], rows[1:], spreads, n) if data.judge else "",
             floor_n=floor["n"], bullets=sections.metric_bullets(data, inception),
             trilemma=shown["trilemma"],
             curves=curves.section(learning, tables.fmt),

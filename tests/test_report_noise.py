@@ -1,0 +1,102 @@
+"""The report's training-noise section: the seed spread of the report's profile (written by
+`trilemma seed-spread`) beside this run's FIDs, ranked with ties; without one, a note that says
+how to make it; a broken spread table is named in one line before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_params
+from pipeline.cli import app
+from test_report_data import OUT, write_reports
+from test_seed_spread import exp_show
+from trilemma.errors import DataError
+from trilemma.report import build
+
+FAMILIES = {"vae": {"sweeps": [], "conditional": False},
+            "cgan": {"sweeps": [], "conditional": True}}
+SPREAD = Path("reports/seeds/quick/spread.csv")
+
+
+@pytest.fixture
+def reports(tmp_path, monkeypatch) -> Path:
+    """Synthetic stage outputs of the quick profile; this run's FID: vae 130, cgan 50.5."""
+    write_reports(tmp_path, FAMILIES, [str(d) for d in range(10)], dict.fromkeys(
+        ["real", *FAMILIES]))
+    for family, fid in {"vae": 130.0, "cgan": 50.5}.items():
+        path = tmp_path / f"reports/eval/{family}/metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "fid_classifier": fid}))
+    monkeypatch.setattr(build, "git_commit", lambda: "0" * 12)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def seed_spread(seeds: dict[int, tuple[float, float]]) -> str:
+    """`trilemma seed-spread` run on a listing of runs with these (vae, cgan) FIDs by seed."""
+    write_params(Path("params.yaml"), {"families": ["vae", "cgan"]})
+    Path("shown.json").write_text(json.dumps(exp_show(seeds)))
+    result = CliRunner().invoke(app, ["seed-spread", "--from", "shown.json"])
+    assert result.exit_code == 0, result.output
+    return SPREAD.read_text()
+
+
+def section(readme: str) -> str:
+    return readme.split("## How much of a difference is noise")[1].split("\n## ")[0]
+
+
+def test_the_seed_spread_of_the_profile_ranks_the_families_with_ties(reports):
+    seed_spread({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)})
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "Over 3 runs of the **quick** profile (seeds 0, 1, 2;" in text
+    # cgan 50 ± 2, vae 100 ± 10: far apart, no ties; this run's FID and its distance in stds
+    assert "| 1 | cgan | 50.5 | 50.0 ± 2.0 | +0.2 | – |" in text, text
+    assert "| 2 | vae | 130.0 | 100.0 ± 10.0 | +3.0 | – |" in text, text
+    assert "more than 2 seed stds from the seeds' mean for vae (+3.0)" in text
+
+
+def test_families_within_the_noise_tie_and_one_outside_the_spread_is_listed(reports):
+    SPREAD.parent.mkdir(parents=True)
+    SPREAD.write_text("family,metric,mean,std,n,seed_0,seed_1\n"
+                      "vae,fid_classifier,55,7.07,2,50,60\nvae,recall,0.5,0,2,0.5,0.5\n")
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "| 1 | vae | 130.0 | 55.0 ± 7.1 | +10.6 | – |" in text, text
+    assert "| – | cgan | 50.5 | not in the spread | – | – |" in text
+    SPREAD.write_text("family,metric,mean,std,n,seed_0,seed_1\n"
+                      "vae,fid_classifier,55,7.07,2,50,60\ncgan,fid_classifier,51,1.4,2,50,52\n")
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "| 1 | cgan | 50.5 | 51.0 ± 1.4 | -0.4 | vae |" in text, text  # 4 < hypot(7.1, 1.4)
+    assert "| 1 | vae | 130.0 | 55.0 ± 7.1 | +10.6 | cgan |" in text, text
+    assert "seed stds from the seeds' mean for vae (+10.6)" in text
+
+
+def test_without_a_spread_the_report_says_the_differences_are_unmeasured(reports):
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "there is no seed spread of the **quick**" in text
+    assert "`make seeds PROFILE=quick` runs three seeds" in text
+    seed_spread({0: (1.0, 2.0), 1: (3.0, 4.0)})  # another profile's spread does not count
+    SPREAD.rename(SPREAD.parent.parent / "reference.csv")
+    assert "there is no seed spread" in section(build.build(list(FAMILIES), OUT))
+
+
+@pytest.mark.parametrize("text, error", [
+    ("", "empty (not even a header)"),
+    ("family,metric,mean\nvae,fid_classifier,1\n", "needs a column per seed, seed_<number>"),
+    ("family,metric,seed_a\nvae,fid_classifier,1\n", "needs a column per seed, seed_<number>"),
+    ("family,metric,seed_0,seed_1\nvae,fid_classifier,1,low\n",
+     "column 'seed_1' holds 'low', not a number"),
+    ("family,metric,seed_0,seed_1\nvae,fid_classifier,1,\n", "vae has fewer than 2 seeds' FID"),
+], ids=["empty", "no-seeds", "bad-seed-column", "text-value", "one-seed"])
+def test_a_broken_spread_table_is_named_and_the_last_report_stays(reports, text, error):
+    build.build(list(FAMILIES), OUT)
+    before = (OUT / "README.md").read_text()
+    SPREAD.parent.mkdir(parents=True)
+    SPREAD.write_text(text)
+    with pytest.raises(DataError) as raised:
+        build.build(list(FAMILIES), OUT)
+    message = str(raised.value)
+    assert message.startswith(f"{SPREAD}: ") and error in message and "\n" not in message, message
+    assert (OUT / "README.md").read_text() == before
