@@ -213,7 +213,8 @@ def test_test_embedding_corrupted_or_for_another_test_set(repo):
 
 def test_model_written_by_other_settings(repo):
     write_params(repo / "params.yaml", {"vae.lr": 0.005})
-    refused(repo, ["sample", "vae"], "models/vae.pt", "vae", "trilemma train vae")
+    refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae",
+            "other settings than the params' `vae` (vae.lr: ", " in the file, 0.005 in the params)")
 
 
 def test_model_saved_before_a_setting_existed_loads_with_its_default(repo):
@@ -229,7 +230,8 @@ def test_model_saved_before_a_setting_existed_loads_with_its_default(repo):
     result = invoke("sample", "vae")
     assert result.exit_code == 0, result.output
     torch.save({**saved, "config": {**saved["config"], "retired": 1}}, model)
-    refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae")
+    refused(repo, ["sample", "vae"], "models/vae.pt", "trilemma train vae",
+            "(vae.retired: 1 in the file, not set in the params)")
 
 
 def _edited(edit):

@@ -120,6 +120,14 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", sorted(TINY_EMA))
+def test_an_ema_decay_of_0_is_off_and_the_same_setting_as_null(name):
+    """Both mean off; stored alike, a model or checkpoint made with one fits the other."""
+    zero, null = build_ema(name, ema_decay=0), build_ema(name, ema_decay=None)
+    assert zero.ema is None and null.ema is None
+    assert zero.cfg.model_dump() == null.cfg.model_dump()
+
+
+@pytest.mark.parametrize("name", sorted(TINY_EMA))
 def test_ema_only_watches_training_and_is_what_samples_and_decodes(name):
     with_ema, without = build_ema(name), build_ema(name, ema_decay=None)
     for model in (with_ema, without):

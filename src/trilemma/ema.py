@@ -6,9 +6,15 @@ diffusion) training; ProGAN and StyleGAN sample from it with decay 0.999 (Karras
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Optional
 
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
+
+# A family's `ema_decay` setting where the EMA is optional: 0 and null both mean off and are
+# stored as null, so a model trained with either loads, and a checkpoint resumes, under the other
+Decay = Annotated[Optional[float], Field(ge=0, lt=1), AfterValidator(lambda decay: decay or None)]
 
 
 def warmed_up(decay: float, step: int) -> float:

@@ -25,7 +25,7 @@ class GANConfig(TrainConfig):
     width: int = Field(32, ge=4)  # channels (or units) of the first layer; deeper layers double it
     beta1: float = Field(0.5, ge=0, lt=1)  # Adam betas; DCGAN's (0.5, 0.999) by default
     beta2: float = Field(0.999, ge=0, lt=1)
-    ema_decay: float | None = Field(None, ge=0, lt=1)  # sampling uses this EMA of G; None/0: off
+    ema_decay: ema.Decay = None  # sampling uses this EMA of G; null or 0: off
 
 
 def pair_state(model: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ call it for their kind."""
 from __future__ import annotations
 
 import importlib
+import reprlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -107,9 +108,10 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
     if blob["family"] != name:
         raise DataError(f"{path}: a model of {blob['family']!r}, not of {name!r}; "
                         f"run `{train}` again")
-    if _saved_config(cfg, blob.get("config")) != cfg.model_dump():
-        raise DataError(f"{path}: trained with other settings than the params' `{name}`; "
-                        f"run `{train}` again")
+    difference = _first_difference(_saved_config(cfg, blob.get("config")), cfg.model_dump(), name)
+    if difference:
+        raise DataError(f"{path}: trained with other settings than the params' `{name}` "
+                        f"({difference}); run `{train}` again")
     try:
         image = ImageSpec.from_dict(blob["image"])
     except (KeyError, TypeError, ValueError):  # saved before image specs were recorded
@@ -125,6 +127,24 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
         raise DataError(f"{path}: its weights do not fit the {name} network "
                         f"({brief(err, whole=True)}); run `{train}` again") from None
     return model
+
+
+MISSING = object()  # a key one side lacks
+
+
+def _first_difference(saved: Any, wanted: Any, where: str) -> str:
+    """Where a file's settings first differ from the params': "vae.epochs: 8 in the file, 16 in
+    the params" (`where` names the top level); "" when they are equal."""
+    if saved == wanted:
+        return ""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        for key in [*wanted, *(k for k in saved if k not in wanted)]:
+            below = _first_difference(saved.get(key, MISSING), wanted.get(key, MISSING),
+                                      f"{where}.{key}")
+            if below:
+                return below
+    shown = ["not set" if v is MISSING else reprlib.repr(v) for v in (saved, wanted)]
+    return f"{where}: {shown[0]} in the file, {shown[1]} in the params"
 
 
 def _saved_config(cfg: TrainConfig, saved: Any) -> Any:

@@ -49,7 +49,7 @@ class Config(TrainConfig):
     mbstd_group: int = Field(4, ge=1)  # minibatch stddev group size (shrinks to divide the batch)
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
-    ema_decay: float | None = Field(None, ge=0, lt=1)  # sampling uses this EMA of G; None/0: off
+    ema_decay: ema.Decay = None  # sampling uses this EMA of G; null or 0: off
 
 
 def phase(step: int, levels: int, resolution_steps: int, fade_steps: int) -> tuple[int, float]:
