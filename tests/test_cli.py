@@ -313,6 +313,14 @@ def test_sync_mlflow_logs_only_what_is_missing_and_twice_adds_nothing(chain, mon
             "synced": "true"}.items() <= cgan.data.tags.items()
     clf = next(r for r in runs if r.info.run_name == "train-classifier")
     assert "floor_fid_classifier" in clf.data.metrics
+    # an edited per-class table is a change too: that stage's run is logged again
+    edited = root / "reports" / "eval" / "cgan" / "per_class.csv"
+    original = edited.read_text()
+    try:
+        edited.write_text(original + original.splitlines()[-1] + "\n")  # a row twice
+        assert invoke("sync-mlflow").output.endswith("1 run(s) logged, 23 up to date\n")
+    finally:
+        edited.write_text(original)
 
 
 def test_sync_mlflow_skips_stages_not_run_yet(tiny_repo):

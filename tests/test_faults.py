@@ -232,7 +232,7 @@ def test_training_stages_log_their_reports_to_mlflow_from_the_swapped_in_folders
     it is the files that were swapped in."""
     from mlflow import MlflowClient
 
-    from trilemma.tracking_files import report_files, reports_digest
+    from trilemma.tracking_files import reports_digest
 
     client = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("trilemma")
@@ -249,7 +249,7 @@ def test_training_stages_log_their_reports_to_mlflow_from_the_swapped_in_folders
 
     def digest(stage: str, family: str | None) -> str:
         monkeypatch.chdir(trained)  # the digest covers the paths as the stage names them
-        return reports_digest(report_files(stage, family))
+        return reports_digest(stage, family)
 
     train, out = runs["train:vae"], trained / "reports" / "train" / "vae"
     assert artifacts(train.info.run_id) == ["grids/epoch_001/grid.png", "latent.png", "loss.csv"]

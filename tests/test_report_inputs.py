@@ -154,3 +154,7 @@ def test_sync_reads_a_per_class_table_only_when_its_rows_fit_its_header(tmp_path
     _write(tmp_path / "reports/classifier/per_class.csv", "digit,n\n0,5\n1,6,7\n")
     with pytest.raises(DataError, match=r"^reports/classifier/per_class.csv: a row's fields"):
         tables("train-classifier", None)
+    shutil.rmtree("reports/classifier")
+    Path("reports/classifier/per_class.csv").mkdir(parents=True)  # a folder: named, not skipped
+    with pytest.raises(DataError, match=r"^reports/classifier/per_class.csv: cannot read as CSV"):
+        tables("train-classifier", None)

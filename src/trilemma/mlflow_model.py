@@ -125,7 +125,7 @@ def sync_registry(families: list[str], p, i2i: list[str] = ()) -> list[tuple[str
             continue
         runs = mlflow.search_runs(
             experiment_names=[tracker.EXPERIMENT], max_results=1, output_format="list",
-            filter_string=f"tags.reports_digest = '{tracking_files.reports_digest(reports)}' and "
+            filter_string=f"tags.reports_digest = '{tracking_files.reports_digest(stage, family)}' and "
                           f"tags.stage = '{stage}' and tags.family = '{family}'")
         if not runs:
             done.append((name, f"skipped: no {stage} run with the current reports"))

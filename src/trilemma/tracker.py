@@ -335,7 +335,7 @@ def sync(stages: dict[tuple[str, str | None], Logged | Path],
             done.append((name, f"skipped: {logged} not found (stage not run yet)"))
             continue
         files = report_files(stage, family)
-        digest = reports_digest(files)
+        digest = reports_digest(stage, family)
         if mlflow.search_runs(
                 experiment_names=[EXPERIMENT], max_results=1, output_format="list",
                 filter_string=f"tags.reports_digest = '{digest}' and attributes.status = 'FINISHED'"):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 from trilemma.io import is_number
 from trilemma.tracker import (TRACKER_LIMIT_S, check_store, git_commit, log_journal, spool,
                               tracking_uri, warn)
-from trilemma.tracking_files import report_files, reports_digest, stage_metrics, tables
+from trilemma.tracking_files import reports_digest, stage_metrics, tables
 
 _started: list[subprocess.Popen] = []  # the trackers this process started
 
@@ -126,13 +126,12 @@ class Run:
 
     def log_reports(self, stage: str, family: str | None) -> None:
         """The stage's summary scores as metrics, its per-class CSVs as tables, tagged with the
-        digest of its metric files: what `sync` compares to tell that these reports are in
+        digest of its metric files and tables: what `sync` compares to tell that these reports are in
         MLflow already. Call it after the files are written."""
-        files = report_files(stage, family)
         self.log_metrics(stage_metrics(stage, family))
         for name, columns in tables(stage, family).items():
             self._call("log_table", data=columns, artifact_file=name)
-        self._call("set_tag", "reports_digest", reports_digest(files))
+        self._call("set_tag", "reports_digest", reports_digest(stage, family))
 
 
 @contextmanager

@@ -83,17 +83,20 @@ def stage_metrics(stage: str, family: str | None) -> dict[str, float]:
 def tables(stage: str, family: str | None) -> dict[str, dict[str, list]]:
     """The stage's per-class CSV files as columns ({'per_class.json': {'digit': [...], ...}}),
     named as MLflow's table artifacts; values stay the CSV's text, numbers as numbers."""
-    folder = next(iter(report_files(stage, family))).parent
     found = {}
-    for name in TABLES:
-        path = folder / name
-        if not path.is_file():
-            continue
+    for path in _table_files(stage, family):
         header, *rows = read_csv_rows(path)
         if rows:
-            found[Path(name).with_suffix(".json").name] = {
+            found[path.with_suffix(".json").name] = {
                 column: [_number(row[i]) for row in rows] for i, column in enumerate(header)}
     return found
+
+
+def _table_files(stage: str, family: str | None) -> list[Path]:
+    """The stage's per-class CSV files that are there (a folder in a file's place is one too:
+    reading it names it)."""
+    folder = next(iter(report_files(stage, family))).parent
+    return [folder / name for name in TABLES if (folder / name).exists()]
 
 
 def _number(text: str) -> Any:
@@ -105,8 +108,10 @@ def _number(text: str) -> Any:
     return text
 
 
-def reports_digest(files: dict[Path, str]) -> str:
+def reports_digest(stage: str, family: str | None) -> str:
+    """What `sync` compares to tell that a stage's reports are in MLflow: a digest of its metric
+    files and its per-class tables."""
     digest = hashlib.sha256()
-    for path in files:
+    for path in [*report_files(stage, family), *_table_files(stage, family)]:
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
