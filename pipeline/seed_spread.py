@@ -33,7 +33,7 @@ def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption
     -S seed=0,1,2 evaluate` and `dvc queue start`; `make seeds` does both and waits."""
     single_process("seed-spread")
     p = load_params(params)
-    profile = profile or p.profile
+    profile = p.profile if profile is None else profile
     if profile not in PROFILES:
         raise DataError(f"--profile: {profile!r} is not a profile ({' | '.join(PROFILES)})")
     runs = []
@@ -65,10 +65,14 @@ def _exp_show(saved: Path | None) -> list:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError(f"{saved}: not the JSON of `dvc exp show --json` ({err})") from None
     try:
-        done = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True,
+                              encoding="utf-8", errors="replace", timeout=600)
     except FileNotFoundError:
         raise DataError("dvc: not found on PATH (`make setup` installs it)") from None
+    except subprocess.TimeoutExpired:
+        raise DataError("`dvc exp show --json` gave no answer in 10 minutes") from None
+    except OSError as err:
+        raise DataError(f"dvc: cannot run it ({err})") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise DataError(f"`dvc exp show --json` failed: {last}")

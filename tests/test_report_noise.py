@@ -73,6 +73,16 @@ def test_families_within_the_noise_tie_and_one_outside_the_spread_is_listed(repo
     assert "seed stds from the seeds' mean for vae (+10.6)" in text
 
 
+def test_seeds_that_all_scored_alike_make_any_other_score_far(reports):
+    SPREAD.parent.mkdir(parents=True)
+    SPREAD.write_text("family,metric,seed_0,seed_1\nvae,fid_classifier,10,10\n"
+                      "cgan,fid_classifier,50.5,50.5\n")
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "| 1 | vae | 130.0 | 10.0 ± 0.0 | +inf | – |" in text, text
+    assert "| 2 | cgan | 50.5 | 50.5 ± 0.0 | +0.0 | – |" in text, text
+    assert "seed stds from the seeds' mean for vae (+inf)" in text
+
+
 def test_without_a_spread_the_report_says_the_differences_are_unmeasured(reports):
     text = section(build.build(list(FAMILIES), OUT))
     assert "there is no seed spread of the **quick**" in text
@@ -89,7 +99,21 @@ def test_without_a_spread_the_report_says_the_differences_are_unmeasured(reports
     ("family,metric,seed_0,seed_1\nvae,fid_classifier,1,low\n",
      "column 'seed_1' holds 'low', not a number"),
     ("family,metric,seed_0,seed_1\nvae,fid_classifier,1,\n", "vae has fewer than 2 seeds' FID"),
-], ids=["empty", "no-seeds", "bad-seed-column", "text-value", "one-seed"])
+    ("family,metric,seed_0,seed_1\nvae,recall,1,1\n", "no fid_classifier rows"),
+    ("family,metric,seed_0,seed_²\nvae,fid_classifier,1,2\n", "needs a column per seed"),
+    ("family,metric,seed_0,seed_00\nvae,fid_classifier,1,2\n", "needs a column per seed"),
+    ("family,metric,seed_0,seed_0\nvae,fid_classifier,1,2\n", "needs a column per seed"),
+    ("family,metric,seed_0,seed_-1\nvae,fid_classifier,1,2\n", "needs a column per seed"),
+    ("family,metric,seed_0,seed_1\nvae,fid_classifier,100,inf\n",
+     "vae, seed_1: fid_classifier is inf, not a score"),
+    ("family,metric,seed_0,seed_1\nvae,fid_classifier,1e308,1e308\n", "not a score"),
+    ("family,metric,seed_0,seed_1\nvae,fid_classifier,-1,2\n", "a FID is never negative"),
+    ("family,metric,seed_0,seed_1\nvae,fid_classifier,1,2\nvae,fid_classifier,3,4\n",
+     "vae fid_classifier twice"),
+    ("family,metric,seed_0,seed_1\n,fid_classifier,1,2\n", "a row without a family"),
+], ids=["empty", "no-seeds", "bad-seed-column", "text-value", "one-seed", "no-fid-rows",
+        "superscript-seed", "padded-seed", "seed-twice", "negative-seed", "inf", "huge",
+        "negative-fid", "family-twice", "no-family"])
 def test_a_broken_spread_table_is_named_and_the_last_report_stays(reports, text, error):
     build.build(list(FAMILIES), OUT)
     before = (OUT / "README.md").read_text()

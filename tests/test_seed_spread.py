@@ -134,6 +134,52 @@ def test_runs_of_several_listings_are_merged_and_the_profile_chosen(tmp_path, mo
     assert "of other profiles: reference-seed0 (reference, seed 0)" in result.stderr
 
 
+def test_families_with_equal_means_tie_even_without_spread():
+    same = lambda name: s.Spread(name, "fid_classifier", {0: 50.0, 1: 50.0})  # noqa: E731
+    assert s.tied(same("a"), same("b"))
+    assert [rank for rank, _, _ in s.ranking({n: {"fid_classifier": same(n)} for n in "ab"})] \
+        == [1, 1]
+
+
+def test_runs_without_every_family_are_named_when_too_few_are_left():
+    shown = exp_show({0: (100.0, 50.0), 1: (110.0, 52.0)})
+    del shown[1]["experiments"][1]["revs"][0]["data"]["metrics"]["reports/eval/cgan/metrics.json"]
+    with pytest.raises(DataError, match=r"found: seed0 \(seed 0\); without every family's: "
+                                        r"seed1 \(seed 1, no cgan\)$"):
+        s.of_profile(s.runs_from_exp_show(shown, FAMILIES), "quick")
+
+
+def with_value(path: tuple, value) -> str:
+    """exp_show of seeds 0 and 1, one value replaced (keys below seed1's run data)."""
+    shown = exp_show({0: (100.0, 50.0), 1: (110.0, 52.0)})
+    node = shown[1]["experiments"][1]["revs"][0]["data"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return json.dumps(shown)
+
+
+VAE = ("metrics", "reports/eval/vae/metrics.json", "data")
+SEED = ("params", "params.yaml", "data", "seed")
+PROFILE = ("params", "params.yaml", "data", "profile")
+BAD_VALUES = {  # what one run holds -> the error's end
+    "nan-fid": (with_value((*VAE, "fid_classifier"), math.nan), "fid_classifier is nan, not a score"),
+    "inf-recall": (with_value((*VAE, "recall"), math.inf), "recall is inf, not a score"),
+    "huge-fid": (with_value((*VAE, "fid_classifier"), 1e308), "not a score"),
+    "bool-fid": (with_value((*VAE, "fid_classifier"), True), "fid_classifier is True, not a score"),
+    "text-fid": (with_value((*VAE, "fid_classifier"), "12"), "fid_classifier is '12', not a score"),
+    "negative-fid": (with_value((*VAE, "fid_classifier"), -3.0), "a FID is never negative"),
+    "list-metrics": (with_value(VAE, [1]), "seed1's reports/eval/vae/metrics.json is list"),
+    "bool-seed": (with_value(SEED, True), "seed1: seed is True, not a whole number ≥ 0"),
+    "negative-seed": (with_value(SEED, -1), "seed1: seed is -1, not a whole number ≥ 0"),
+    "fraction-seed": (with_value(SEED, 1.5), "seed1: seed is 1.5, not a whole number ≥ 0"),
+    "text-seed": (with_value(SEED, "1"), "seed1: seed is '1', not a whole number ≥ 0"),
+    "number-profile": (with_value(PROFILE, 0), "seed1: profile is 0, not a profile's name"),
+    # an empty name is no profile of ours: the quick spread lacks that run
+    "empty-profile": (with_value(PROFILE, ""), "of other profiles: seed1 (, seed 1)"),
+}
+
+
 # what evaluate writes without a judge (an image folder without labels): every judge score null
 NO_JUDGE = {**dict.fromkeys(["fid_classifier", "kid_classifier", "is_classifier", "precision",
                              "recall", "min_class_fraction", "label_accuracy"]),
@@ -170,8 +216,11 @@ def test_a_family_without_fid_in_every_run_is_listed_unranked():
     ('[{"experiments": {"revs": []}}]', NOT_EXP_SHOW),
     ('{"rev": "workspace"}', NOT_EXP_SHOW),
     ("BAD-PROFILE", "--profile: 'fast' is not a profile (quick | reference | full)"),
+    ("EMPTY-PROFILE", "--profile: '' is not a profile (quick | reference | full)"),
+    *BAD_VALUES.values(),
 ], ids=["missing", "not-json", "no-runs", "no-judge", "int-baseline", "list-params",
-        "int-revision", "mapping-experiments", "mapping-top-level", "bad-profile"])
+        "int-revision", "mapping-experiments", "mapping-top-level", "bad-profile",
+        "empty-profile", *BAD_VALUES])
 def test_bad_input_is_one_line_and_keeps_the_old_table(tmp_path, monkeypatch, content, says):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml", {"families": FAMILIES})
@@ -180,8 +229,8 @@ def test_bad_input_is_one_line_and_keeps_the_old_table(tmp_path, monkeypatch, co
     old.write_text("an earlier table\n")
     saved = tmp_path / "missing.json"
     args = ["seed-spread", "--from", str(saved)]
-    if content == "BAD-PROFILE":
-        content, args = unjudged(0, 1), [*args, "--profile", "fast"]
+    if content in ("BAD-PROFILE", "EMPTY-PROFILE"):
+        content, args = unjudged(0, 1), [*args, "--profile", "fast" if "BAD" in content else ""]
     if content is not None:
         saved.write_text(content)
     result = CliRunner().invoke(app, args)
@@ -189,3 +238,21 @@ def test_bad_input_is_one_line_and_keeps_the_old_table(tmp_path, monkeypatch, co
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
     assert old.read_text() == "an earlier table\n"
+
+
+@pytest.mark.parametrize("script, says", [
+    ("#!/bin/sh\nprintf '\\377\\376 not json'\n", "printed something other than JSON"),
+    (None, "dvc: cannot run it"),  # there, but not executable
+])
+def test_a_dvc_that_misbehaves_is_one_line(tmp_path, monkeypatch, script, says):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"families": FAMILIES})
+    dvc = tmp_path / "bin" / "dvc"
+    dvc.parent.mkdir()
+    dvc.write_text(script or "#!/bin/sh\n")
+    dvc.chmod(0o755 if script else 0o644)
+    monkeypatch.setenv("PATH", str(dvc.parent))
+    result = CliRunner().invoke(app, ["seed-spread"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines

@@ -8,6 +8,7 @@ CPU's kernels that GAN training amplifies)."""
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from trilemma import paths
 from trilemma.config import Params
 from trilemma.errors import DataError
+from trilemma.io import is_number
 
 # the summary scores compared across seeds (metrics.json keys), with their display names
 SCORES = {"fid_classifier": "FID ↓", "precision": "precision ↑", "recall": "recall ↑",
@@ -24,14 +26,21 @@ SEED_COLUMN = "seed_"  # spread.csv: a column per seed, seed_<k>
 DEFAULT_PROFILE = Params.model_fields["profile"].default
 
 
+LARGEST = 1e100  # no score comes near; below it a mean or a std of squares cannot overflow
+
+
 @dataclass(frozen=True)
 class Run:
     """One pipeline run: its name (the DVC experiment's), profile, seed, and each family's
-    scores."""
+    scores (None: that family's evaluate metrics are not in the run)."""
     name: str
     profile: str
     seed: int
-    scores: dict[str, dict[str, float]]  # family -> metrics.json of its evaluate stage
+    scores: dict[str, dict | None]  # family -> metrics.json of its evaluate stage
+
+    @property
+    def lacking(self) -> list[str]:
+        return [family for family, scores in self.scores.items() if scores is None]
 
 
 @dataclass(frozen=True)
@@ -50,37 +59,65 @@ class Spread:
         return statistics.stdev(self.values.values())
 
 
+def score(value: object, metric: str, where: str) -> float | None:
+    """A score as read from a run (`where` names it in an error): None when not scored (null
+    or absent, e.g. every judge score without class labels), else a finite number, and a FID
+    never negative."""
+    if value is None:
+        return None
+    if not is_number(value) or not math.isfinite(value) or abs(value) > LARGEST:
+        raise DataError(f"{where}: {metric} is {value!r}, not a score")
+    if metric == RANKED_BY and value < 0:
+        raise DataError(f"{where}: {metric} is {value!r}; a FID is never negative")
+    return float(value)
+
+
 def runs_from_exp_show(shown: list, families: list[str]) -> list[Run]:
-    """The runs in `dvc exp show --json` output (every baseline commit, the workspace and each
-    experiment), in the order listed, that hold an evaluate metrics.json for every one of
-    `families`. A params.yaml without `profile` is the default profile's."""
+    """The pipeline runs in `dvc exp show --json` output (every baseline commit, the workspace
+    and each experiment), in the order listed: those with a seed and some family's evaluate
+    metrics. A params.yaml without `profile` is the default profile's."""
     runs = []
     for rev in _revs(shown):
+        name = str(rev.get("name") or rev.get("rev", "?"))
         params = _field(rev, "data", "params", "params.yaml", "data")
-        profile = _field(params, "profile") or DEFAULT_PROFILE
-        seed = _field(params, "seed")
+        seed, profile = _field(params, "seed"), _field(params, "profile")
         scores = {f: _field(rev, "data", "metrics", str(paths.eval_reports(f) / "metrics.json"),
                             "data") for f in families}
-        if (isinstance(profile, str) and isinstance(seed, int)
-                and all(isinstance(s, dict) for s in scores.values())):
-            runs.append(Run(rev.get("name") or rev.get("rev", "?"), profile, seed, scores))
+        if seed is None or all(s is None for s in scores.values()):
+            continue  # no params, or nothing evaluated: not a pipeline run
+        if not (is_number(seed) and math.isfinite(seed) and seed == int(seed) and seed >= 0):
+            raise DataError(f"{name}: seed is {seed!r}, not a whole number ≥ 0")
+        profile = DEFAULT_PROFILE if profile is None else profile
+        if not isinstance(profile, str):
+            raise DataError(f"{name}: profile is {profile!r}, not a profile's name")
+        broken = next((f for f, s in scores.items() if s is not None and not isinstance(s, dict)),
+                      None)
+        if broken:
+            raise _not_exp_show(f"{name}'s {paths.eval_reports(broken) / 'metrics.json'}",
+                                scores[broken])
+        runs.append(Run(name, profile, int(seed), scores))
     return runs
 
 
 def of_profile(runs: list[Run], profile: str) -> list[Run]:
-    """One run per seed of `profile`, by seed: a spread compares a training budget with itself.
-    The first run listed for a seed wins (an experiment and the workspace it was applied to
-    are one run). Needs two seeds; the error names the runs of other profiles, if any."""
+    """One run per seed of `profile` that holds every family's metrics, by seed: a spread
+    compares a training budget with itself. The first run listed for a seed wins (an experiment
+    and the workspace it was applied to are one run). Needs two seeds; the error names the runs
+    left out: those lacking a family, and those of other profiles."""
     first: dict[tuple[str, int], Run] = {}
     for run in runs:
-        first.setdefault((run.profile, run.seed), run)
+        if not run.lacking:
+            first.setdefault((run.profile, run.seed), run)
     chosen = sorted((r for r in first.values() if r.profile == profile), key=lambda r: r.seed)
     if len(chosen) < 2:
         found = ", ".join(f"{r.name} (seed {r.seed})" for r in chosen) or "none"
+        lacking = ", ".join(f"{r.name} (seed {r.seed}, no {r.lacking[0]})"
+                            for r in runs if r.lacking and r.profile == profile)
         others = ", ".join(f"{r.name} ({r.profile}, seed {r.seed})"
                            for r in first.values() if r.profile != profile)
         raise DataError(f"the spread needs runs of profile {profile!r} with at least 2 different "
                         f"seeds, each with every family's evaluate metrics; found: {found}"
+                        + (f"; without every family's: {lacking}" if lacking else "")
                         + (f"; of other profiles: {others}" if others else ""))
     return chosen
 
@@ -122,13 +159,15 @@ def _revs(shown: object):
 
 def spreads(runs: list[Run], families: list[str]) -> dict[str, dict[str, Spread]]:
     """family -> metric -> Spread over the runs (`of_profile`'s: one profile, two seeds or more),
-    for the SCORES a family reports (label accuracy only for conditional families)."""
+    for the SCORES a family has in every run (label accuracy only for conditional families)."""
     table = {}
     for family in families:
-        table[family] = {
-            metric: Spread(family, metric, {r.seed: float(r.scores[family][metric]) for r in runs})
-            for metric in SCORES
-            if all(isinstance(r.scores[family].get(metric), (int, float)) for r in runs)}
+        table[family] = {}
+        for metric in SCORES:
+            values = {r.seed: score(r.scores[family].get(metric), metric, f"{r.name}: {family}")
+                      for r in runs}
+            if None not in values.values():
+                table[family][metric] = Spread(family, metric, values)
     if not any(RANKED_BY in scores for scores in table.values()):
         raise DataError(f"nothing to rank: no family has a judge FID ({RANKED_BY}) in every run "
                         f"(evaluate writes null without a judge, for images without class labels)")
@@ -136,9 +175,9 @@ def spreads(runs: list[Run], families: list[str]) -> dict[str, dict[str, Spread]
 
 
 def tied(a: Spread, b: Spread) -> bool:
-    """The mean scores differ by less than the std of the difference of one run of each
-    (sqrt(std_a^2 + std_b^2)): one `dvc repro` of each could rank them either way."""
-    return abs(a.mean - b.mean) < math.hypot(a.std, b.std)
+    """The mean scores are equal or differ by less than the std of the difference of one run of
+    each (sqrt(std_a^2 + std_b^2)): one `dvc repro` of each could rank them either way."""
+    return abs(a.mean - b.mean) < math.hypot(a.std, b.std) or a.mean == b.mean
 
 
 def ranking(table: dict[str, dict[str, Spread]]) -> list[tuple[int, Spread, list[str]]]:
@@ -194,12 +233,24 @@ def csv_rows(table: dict[str, dict[str, Spread]]) -> tuple[list[dict], list[str]
     return rows, ["family", "metric", "mean", "std", "n", *(f"{SEED_COLUMN}{k}" for k in seeds)]
 
 
-def from_csv_rows(rows: list[dict]) -> dict[str, dict[str, Spread]]:
-    """The table back from `csv_rows`' rows (values as numbers; a blank: that seed lacks it)."""
+def seed_of(column: str) -> int | None:
+    """The seed of a spread.csv column (seed_<k>, k written as `csv_rows` writes it), else None."""
+    match = re.fullmatch(f"{SEED_COLUMN}(0|[1-9][0-9]*)", column, flags=re.ASCII)
+    return int(match[1]) if match else None
+
+
+def from_csv_rows(rows: list[dict], where: str) -> dict[str, dict[str, Spread]]:
+    """The table back from `csv_rows`' rows as read (numbers, NaN for a blank: that seed lacks
+    the score); `where` (the file) names a bad row in the error."""
     table: dict[str, dict[str, Spread]] = {}
     for row in rows:
-        values = {int(key.removeprefix(SEED_COLUMN)): float(value) for key, value in row.items()
-                  if key.startswith(SEED_COLUMN) and value is not None and not math.isnan(value)}
-        table.setdefault(row["family"], {})[row["metric"]] = Spread(
-            row["family"], row["metric"], values)
+        family, metric = row["family"], row["metric"]
+        if not isinstance(family, str) or not isinstance(metric, str):
+            raise DataError(f"{where}: a row without a family or a metric ({family!r}, {metric!r})")
+        if metric in table.get(family, {}):
+            raise DataError(f"{where}: {family} {metric} twice")
+        values = {seed_of(key): score(value, metric, f"{where}: {family}, {key}")
+                  for key, value in row.items() if seed_of(key) is not None
+                  and not (isinstance(value, float) and math.isnan(value))}
+        table.setdefault(family, {})[metric] = Spread(family, metric, values)
     return table

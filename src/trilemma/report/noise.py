@@ -4,6 +4,8 @@ this run's FID, ranked with the differences smaller than that noise as ties."""
 
 from __future__ import annotations
 
+import math
+
 from trilemma import seed_spread
 from trilemma.errors import DataError
 from trilemma.report import inputs
@@ -19,18 +21,30 @@ def read(profile: str) -> dict[str, seed_spread.Spread] | None:
     table = inputs.csv_file(path, ["family", "metric"], optional=True)
     if table is None:
         return None
-    seeds = [c for c in table.columns if c.startswith(seed_spread.SEED_COLUMN)]
-    if not seeds or not all(c.removeprefix(seed_spread.SEED_COLUMN).isdigit() for c in seeds):
+    seeds = [c for c in table.columns if str(c).startswith(seed_spread.SEED_COLUMN)]
+    if not seeds or any(seed_spread.seed_of(c) is None for c in seeds):
         raise DataError(f"{path}: needs a column per seed, seed_<number>; found "
                         f"{', '.join(map(str, table.columns))} (rerun `trilemma seed-spread`)")
-    table = inputs.csv_file(path, numbers=seeds)  # checked again, with the seeds' columns
-    fids = table[table["metric"] == seed_spread.RANKED_BY]
-    spreads = seed_spread.from_csv_rows(fids.to_dict("records"))
+    table = inputs.csv_file(path, numbers=seeds)  # read again, the seeds' columns as numbers
+    fids = table[table["metric"] == seed_spread.RANKED_BY].to_dict("records")
+    if not fids:
+        raise DataError(f"{path}: no {seed_spread.RANKED_BY} rows (rerun `trilemma seed-spread`)")
+    spreads = seed_spread.from_csv_rows(fids, str(path))
     short = [f for f, s in spreads.items() if len(s[seed_spread.RANKED_BY].values) < 2]
     if short:
         raise DataError(f"{path}: {short[0]} has fewer than 2 seeds' FID "
                         f"(rerun `trilemma seed-spread`)")
     return {family: scores[seed_spread.RANKED_BY] for family, scores in spreads.items()}
+
+
+def _stds_away(fid: float | None, spread: seed_spread.Spread) -> float | None:
+    """How many seed stds this run's FID lies from the seeds' mean (infinite when the seeds all
+    scored alike and this run did not); None without a FID."""
+    if fid is None:
+        return None
+    if spread.std == 0:
+        return 0.0 if fid == spread.mean else math.copysign(math.inf, fid - spread.mean)
+    return (fid - spread.mean) / spread.std
 
 
 def section(profile: str, rows: list[dict], spreads: dict[str, seed_spread.Spread] | None,
@@ -47,9 +61,9 @@ def section(profile: str, rows: list[dict], spreads: dict[str, seed_spread.Sprea
     far = []
     for rank, spread, ties in ranked:
         fid = here[spread.family]
-        z = (fid - spread.mean) / spread.std if fid is not None and spread.std > 0 else None
+        z = _stds_away(fid, spread)
         # signed, one decimal; + 0.0 turns a rounded -0.0 into 0.0
-        shown = f"{round(z, 1) + 0.0:+.1f}" if z is not None else "–"
+        shown = "–" if z is None else f"{z:+}" if math.isinf(z) else f"{round(z, 1) + 0.0:+.1f}"
         if z is not None and abs(z) > FAR:
             far.append(f"{spread.family} ({shown})")
         lines.append(f"| {rank} | {spread.family} | {fmt(fid)} | "
