@@ -72,6 +72,10 @@ BROKEN = [  # (file under reports/, its new text or None to delete it, the error
     ("train/cgan/curve.csv", GARBAGE, "no column 'step'"),
     ("train/cgan/curve.csv", "step,train_seconds,fid_classifier\nten,1.0,9.0\n",
      "column 'step' holds 'ten', not a number"),
+    ("train/cgan/curve.csv", "step,images_seen,train_seconds,n,fid_classifier\n"
+     "10,640,1.0,50,-inf\n", "a FID of -inf; a probe's FID is a finite number above 0"),
+    ("train/cgan/curve.csv", "step,images_seen,train_seconds,n,fid_classifier\n"
+     "10,640,1.0,50,90.0\n20,1280,2.0,50,-4.5\n", "a FID of -4.5; a probe's FID is a finite"),
     ("train/cgan/loss_steps.csv", "", "empty (not even a header)"),
     ("eval/cgan/per_class.csv", "", "empty (not even a header)"),
     ("eval/cgan/per_class.csv", GARBAGE, "no column 'digit'"),

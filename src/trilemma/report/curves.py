@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from trilemma import paths
+from trilemma.errors import DataError
 from trilemma.report import inputs
 from trilemma.report.prose import render
 
@@ -28,6 +29,11 @@ def read_curves(families: list[str]) -> dict[str, pd.DataFrame]:
                                 numbers=[*COLUMNS, "n"], optional=True)
         if curve is not None:
             curve = curve[curve["fid_classifier"].notna()].sort_values("step")
+            fid = curve["fid_classifier"]
+            bad = fid[(fid <= 0) | ~np.isfinite(fid)]
+            if len(bad):  # a broken or edited file: the curves are drawn on a log scale
+                raise DataError(f"{paths.train_reports(name) / 'curve.csv'}: a FID of "
+                                f"{bad.iloc[0]!r}; a probe's FID is a finite number above 0")
             if len(curve):
                 curves[name] = curve.reset_index(drop=True)
     return curves
