@@ -49,7 +49,7 @@ def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = F
     ran = json_file(paths.CLASSIFIER_REPORTS / "metrics.json", ["profile"])["profile"]
     if ran != p.profile:  # the stage outputs are another profile's: its report, not this one
         raise DataError(f"{paths.CLASSIFIER_REPORTS / 'metrics.json'}: the stages ran with "
-                        f"profile {ran!r}, params.yaml says {p.profile!r}: run `dvc repro` first")
+                        f"profile {ran!r}, {params} says {p.profile!r}: run `dvc repro` first")
     from trilemma.report.build import build  # pandas and matplotlib: only when needed
 
     build(p.families, out, control=p.control.families, i2i=p.i2i_families,

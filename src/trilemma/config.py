@@ -224,10 +224,11 @@ class Params(Section):
         `i2i_families` (kind translator); ConfigError when it is not listed there."""
         if kind == "translator" and name not in self.i2i_families:
             known = ", ".join(self.i2i_families) or "none"
-            raise ConfigError(f"i2i family '{name}' is not in params.yaml `i2i_families` ({known})")
+            raise ConfigError(f"i2i family '{name}' is not in {self._source} `i2i_families` "
+                              f"({known})")
         if kind == "generator" and name not in self.families:
             known = ", ".join(self.families)
-            raise ConfigError(f"family '{name}' is not in params.yaml `families` ({known})")
+            raise ConfigError(f"family '{name}' is not in {self._source} `families` ({known})")
         return self._sections[name]
 
 

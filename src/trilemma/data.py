@@ -206,7 +206,7 @@ def load_npz(path: str | Path, cfg: DataConfig | None = None) -> ImageData:
     wanted = (cfg.source, cfg.image_size, cfg.channels)
     if (source, spec.size, spec.channels) != wanted:
         raise DataError(f"{path}: holds {description} ({source}, {spec.size}px, {spec.channels} "
-                        f"channel(s)) but params.yaml `data` asks for {cfg.source}, "
+                        f"channel(s)) but the params' `data` asks for {cfg.source}, "
                         f"{cfg.image_size}px, {cfg.channels}; run `trilemma download` again")
     cut = slice(None, cfg.train_size), slice(None, cfg.test_size)
     return ImageData(m.x_train[cut[0]], m.y_train[cut[0]], m.x_test[cut[1]], m.y_test[cut[1]],
@@ -240,7 +240,7 @@ def list_folder(folder: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
     """The image files of `folder`, their labels and the class names: class subfolders (sorted by
     name, label = index) when it has any, else the images directly in it, unlabelled (-1)."""
     if not folder.is_dir():
-        raise DataError(f"{folder}: image folder not found (params.yaml data.folder)")
+        raise DataError(f"{folder}: image folder not found (the params' data.folder)")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     classes = tuple(d.name for d in subdirs if _image_files(d))
     if classes:
