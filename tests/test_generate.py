@@ -188,6 +188,14 @@ def test_bad_requests_are_one_line_exit_2_and_write_nothing(bad_files, args, mes
     assert not (bad_files / "bad.npz").exists()
 
 
+def test_a_family_missing_from_another_params_file_names_that_file(bad_files):
+    other = bad_files / "other.yaml"
+    shutil.copy(bad_files / "params.yaml", other)
+    result = invoke("generate", "nope", "--params", str(other))
+    assert result.exit_code == 2, result.output
+    assert f"family 'nope' is not in {other} `families`" in error_lines(result)[0]
+
+
 def test_generate_before_training_says_which_command_to_run(tiny_repo):
     result = invoke("generate", "cgan")
     assert result.exit_code == 2
