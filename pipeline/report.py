@@ -53,7 +53,7 @@ def report(params: ParamsOption = Path("params.yaml"), dry_run: DryRunOption = F
     from trilemma.report.build import build  # pandas and matplotlib: only when needed
 
     build(p.families, out, control=p.control.families, i2i=p.i2i_families,
-          cost=pipeline_time(params, p))
+          cost=pipeline_time(params, p), seed=p.seed)
     log(f"wrote {out / 'README.md'} and summary.csv for {', '.join(p.families)}")
     with tracking.stage_run("report", None, p.profile) as run:
         run.log_params({"families": ",".join(p.families)})

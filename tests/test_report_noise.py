@@ -35,13 +35,14 @@ def reports(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def seed_spread(seeds: dict[int, tuple[float, float]]) -> str:
-    """`trilemma seed-spread` run on a listing of runs with these (vae, cgan) FIDs by seed."""
+def seed_spread(seeds: dict[int, tuple[float, float]], profile: str = "quick") -> Path:
+    """`trilemma seed-spread` run on a listing of runs with these (vae, cgan) FIDs by seed;
+    the spread.csv it wrote."""
     write_params(Path("params.yaml"), {"families": ["vae", "cgan"]})
-    Path("shown.json").write_text(json.dumps(exp_show(seeds)))
-    result = CliRunner().invoke(app, ["seed-spread", "--from", "shown.json"])
+    Path("shown.json").write_text(json.dumps(exp_show(seeds, profile)))
+    result = CliRunner().invoke(app, ["seed-spread", "--from", "shown.json", "--profile", profile])
     assert result.exit_code == 0, result.output
-    return SPREAD.read_text()
+    return Path(f"reports/seeds/{profile}/spread.csv")
 
 
 def section(readme: str) -> str:
@@ -49,47 +50,79 @@ def section(readme: str) -> str:
 
 
 def test_the_seed_spread_of_the_profile_ranks_the_families_with_ties(reports):
-    seed_spread({0: (100.0, 50.0), 1: (110.0, 52.0), 2: (90.0, 48.0)})
-    text = section(build.build(list(FAMILIES), OUT))
-    assert "Over 3 runs of the **quick** profile (seeds 0, 1, 2;" in text
+    seed_spread({1: (100.0, 50.0), 2: (110.0, 52.0), 3: (90.0, 48.0)})
+    text = section(build.build(list(FAMILIES), OUT))  # this run: seed 0, not among them
+    assert "Over 3 runs of the **quick** profile (seeds 1, 2, 3;" in text
     # cgan 50 ± 2, vae 100 ± 10: far apart, no ties; this run's FID and its distance in stds
     assert "| 1 | cgan | 50.5 | 50.0 ± 2.0 | +0.2 | – |" in text, text
     assert "| 2 | vae | 130.0 | 100.0 ± 10.0 | +3.0 | – |" in text, text
-    assert "more than 2 seed stds from the seeds' mean for vae (+3.0)" in text
+    # 3 stds is inside the range of a new seed's run with 3 seeds (4.97 stds)
+    assert "Outside the seeds' range" not in text and "one of the spread's runs" not in text
+
+
+def test_a_run_outside_the_range_of_a_new_seed_is_flagged(reports):
+    seed_spread({1: (99.0, 50.0), 2: (100.0, 52.0), 3: (101.0, 48.0)})
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "| 2 | vae | 130.0 | 100.0 ± 1.0 | +30.0 | – |" in text, text
+    assert "**Outside the seeds' range: vae (+30.0)** (stds from the mean)" in text
+    assert "(±4.97 with 3 seeds)" in text
+
+
+def test_a_run_that_is_one_of_the_seeds_is_said_to_be_and_not_tested(reports):
+    seed_spread({0: (130.0, 50.5), 1: (99.0, 52.0), 2: (101.0, 48.0)})
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "This run (seed 0) is one of the spread's runs" in text
+    assert "Outside the seeds' range" not in text  # vae lies 1.15 stds out at most
+
+
+def test_a_run_of_a_seed_in_the_spread_that_scored_otherwise_is_named(reports):
+    seed_spread({0: (100.0, 50.5), 1: (99.0, 52.0), 2: (101.0, 48.0)})
+    text = section(build.build(list(FAMILIES), OUT))
+    assert ("**This run has seed 0, as one of the spread's runs, but scored otherwise**: "
+            "vae (130.0 here, 100.0 there).") in text, text
+    assert "**Outside the seeds' range: vae (+30.0)**" in text
 
 
 def test_families_within_the_noise_tie_and_one_outside_the_spread_is_listed(reports):
     SPREAD.parent.mkdir(parents=True)
-    SPREAD.write_text("family,metric,mean,std,n,seed_0,seed_1\n"
+    SPREAD.write_text("family,metric,mean,std,n,seed_1,seed_2\n"
                       "vae,fid_classifier,55,7.07,2,50,60\nvae,recall,0.5,0,2,0.5,0.5\n")
     text = section(build.build(list(FAMILIES), OUT))
     assert "| 1 | vae | 130.0 | 55.0 ± 7.1 | +10.6 | – |" in text, text
     assert "| – | cgan | 50.5 | not in the spread | – | – |" in text
-    SPREAD.write_text("family,metric,mean,std,n,seed_0,seed_1\n"
+    assert "Outside the seeds' range" not in text  # 2 seeds: 15.6 stds
+    SPREAD.write_text("family,metric,mean,std,n,seed_1,seed_2\n"
                       "vae,fid_classifier,55,7.07,2,50,60\ncgan,fid_classifier,51,1.4,2,50,52\n")
     text = section(build.build(list(FAMILIES), OUT))
     assert "| 1 | cgan | 50.5 | 51.0 ± 1.4 | -0.4 | vae |" in text, text  # 4 < hypot(7.1, 1.4)
     assert "| 1 | vae | 130.0 | 55.0 ± 7.1 | +10.6 | cgan |" in text, text
-    assert "seed stds from the seeds' mean for vae (+10.6)" in text
 
 
 def test_seeds_that_all_scored_alike_make_any_other_score_far(reports):
     SPREAD.parent.mkdir(parents=True)
-    SPREAD.write_text("family,metric,seed_0,seed_1\nvae,fid_classifier,10,10\n"
+    SPREAD.write_text("family,metric,seed_1,seed_2\nvae,fid_classifier,10,10\n"
                       "cgan,fid_classifier,50.5,50.5\n")
     text = section(build.build(list(FAMILIES), OUT))
     assert "| 1 | vae | 130.0 | 10.0 ± 0.0 | +inf | – |" in text, text
     assert "| 2 | cgan | 50.5 | 50.5 ± 0.0 | +0.0 | – |" in text, text
-    assert "seed stds from the seeds' mean for vae (+inf)" in text
+    assert "**Outside the seeds' range: vae (+inf)**" in text
 
 
 def test_without_a_spread_the_report_says_the_differences_are_unmeasured(reports):
     text = section(build.build(list(FAMILIES), OUT))
     assert "there is no seed spread of the **quick**" in text
     assert "`make seeds PROFILE=quick` runs three seeds" in text
-    seed_spread({0: (1.0, 2.0), 1: (3.0, 4.0)})  # another profile's spread does not count
-    SPREAD.rename(SPREAD.parent.parent / "reference.csv")
-    assert "there is no seed spread" in section(build.build(list(FAMILIES), OUT))
+    assert seed_spread({0: (1.0, 2.0), 1: (3.0, 4.0)}, "reference").is_file()
+    assert "there is no seed spread" in section(build.build(list(FAMILIES), OUT))  # not quick's
+
+
+def test_without_a_judge_there_is_no_section_and_no_spread_is_read(tmp_path, monkeypatch):
+    write_reports(tmp_path, FAMILIES, None, dict.fromkeys(["real", *FAMILIES]))
+    monkeypatch.setattr(build, "git_commit", lambda: "0" * 12)
+    monkeypatch.chdir(tmp_path)
+    SPREAD.parent.mkdir(parents=True)
+    SPREAD.write_text("not a spread\n")
+    assert "How much of a difference is noise" not in build.build(list(FAMILIES), OUT)
 
 
 @pytest.mark.parametrize("text, error", [

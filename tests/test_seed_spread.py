@@ -170,10 +170,12 @@ BAD_VALUES = {  # what one run holds -> the error's end
     "text-fid": (with_value((*VAE, "fid_classifier"), "12"), "fid_classifier is '12', not a score"),
     "negative-fid": (with_value((*VAE, "fid_classifier"), -3.0), "a FID is never negative"),
     "list-metrics": (with_value(VAE, [1]), "seed1's reports/eval/vae/metrics.json is list"),
-    "bool-seed": (with_value(SEED, True), "seed1: seed is True, not a whole number ≥ 0"),
-    "negative-seed": (with_value(SEED, -1), "seed1: seed is -1, not a whole number ≥ 0"),
-    "fraction-seed": (with_value(SEED, 1.5), "seed1: seed is 1.5, not a whole number ≥ 0"),
-    "text-seed": (with_value(SEED, "1"), "seed1: seed is '1', not a whole number ≥ 0"),
+    "bool-seed": (with_value(SEED, True), "seed1: seed is True, not a whole number 0.."),
+    "negative-seed": (with_value(SEED, -1), "seed1: seed is -1, not a whole number 0.."),
+    "fraction-seed": (with_value(SEED, 1.5), "seed1: seed is 1.5, not a whole number 0.."),
+    "text-seed": (with_value(SEED, "1"), "seed1: seed is '1', not a whole number 0.."),
+    "huge-seed": (with_value(SEED, 10**400), "seed1: seed is 1000"),  # beyond any float
+    "huge-int-fid": (with_value((*VAE, "fid_classifier"), 10**400), "not a score"),
     "number-profile": (with_value(PROFILE, 0), "seed1: profile is 0, not a profile's name"),
     # an empty name is no profile of ours: the quick spread lacks that run
     "empty-profile": (with_value(PROFILE, ""), "of other profiles: seed1 (, seed 1)"),

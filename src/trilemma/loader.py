@@ -138,7 +138,8 @@ def _first_difference(saved: Any, wanted: Any, where: str) -> str:
     if saved == wanted:
         return ""
     if isinstance(saved, dict) and isinstance(wanted, dict):
-        for key in [*wanted, *(k for k in saved if k not in wanted)]:
+        # a key only the file has first: it is why a file of retired settings does not validate
+        for key in [*(k for k in saved if k not in wanted), *wanted]:
             below = _first_difference(saved.get(key, MISSING), wanted.get(key, MISSING),
                                       f"{where}.{key}")
             if below:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ DEFAULT_PROFILE = Params.model_fields["profile"].default
 
 
 LARGEST = 1e100  # no score comes near; below it a mean or a std of squares cannot overflow
+LARGEST_SEED = next(m.le for m in Params.model_fields["seed"].metadata if hasattr(m, "le"))
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ def score(value: object, metric: str, where: str) -> float | None:
     never negative."""
     if value is None:
         return None
-    if not is_number(value) or not math.isfinite(value) or abs(value) > LARGEST:
-        raise DataError(f"{where}: {metric} is {value!r}, not a score")
+    if not is_number(value) or abs(value) > LARGEST or not math.isfinite(value):  # in this
+        # order: a huge int cannot be made a float
+        raise DataError(f"{where}: {metric} is {reprlib.repr(value)}, not a score")
     if metric == RANKED_BY and value < 0:
         raise DataError(f"{where}: {metric} is {value!r}; a FID is never negative")
     return float(value)
@@ -85,8 +88,10 @@ def runs_from_exp_show(shown: list, families: list[str]) -> list[Run]:
                             "data") for f in families}
         if seed is None or all(s is None for s in scores.values()):
             continue  # no params, or nothing evaluated: not a pipeline run
-        if not (is_number(seed) and math.isfinite(seed) and seed == int(seed) and seed >= 0):
-            raise DataError(f"{name}: seed is {seed!r}, not a whole number ≥ 0")
+        whole = isinstance(seed, int) or isinstance(seed, float) and seed.is_integer()
+        if not (is_number(seed) and whole and 0 <= seed <= LARGEST_SEED):
+            raise DataError(f"{name}: seed is {reprlib.repr(seed)}, not a whole number "
+                            f"0..{LARGEST_SEED}")
         profile = DEFAULT_PROFILE if profile is None else profile
         if not isinstance(profile, str):
             raise DataError(f"{name}: profile is {profile!r}, not a profile's name")

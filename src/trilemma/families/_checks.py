@@ -11,7 +11,7 @@ def require_labels(family: str, image: ImageSpec) -> None:
     if not image.labelled:
         raise ConfigError(f"{family} is conditional and needs class labels: the images have none "
                           f"(an image folder without class subfolders); remove {family} from "
-                          f"params.yaml `families`")
+                          f"the params' `families`")
 
 
 def require_patch_divides(family: str, patch: int, image: ImageSpec) -> None:

@@ -26,11 +26,11 @@ def check_image(family: str, image: ImageSpec, multiple: int) -> None:
     survives), on a side the nets can halve: one line naming the key otherwise."""
     if image.channels != 1:
         raise ConfigError(f"data.channels: {family} translates grey digit images (1 channel), "
-                          f"got {image.channels}; remove it from params.yaml `i2i_families`")
+                          f"got {image.channels}; remove it from the params' `i2i_families`")
     if not image.labelled:
         raise ConfigError(f"data.folder: {family} scores translations by the judge's accuracy on "
                           "labelled digits; these images have no classes; remove it from "
-                          "params.yaml `i2i_families`")
+                          "the params' `i2i_families`")
     if image.size % multiple:
         raise ConfigError(f"data.image_size: {family} needs a side divisible by {multiple}, "
                           f"got {image.size}")

@@ -19,11 +19,11 @@ from trilemma.tracking import git_commit
 
 
 def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str] = (),
-          cost: str = "pipeline time not recorded") -> str:
+          cost: str = "pipeline time not recorded", seed: int = 0) -> str:
     """Write the report into `out` (reports/<profile>/: README.md, summary.csv, figures/ and
     images/); return the README text. `control`: the families of the control stage (params
     `control.families`); `i2i`: the image-to-image families; `cost`: the line that says what
-    the pipeline took."""
+    the pipeline took; `seed`: the params' seed the stages ran with."""
     # every input first (report/inputs.py): a missing or broken file stops the report before it
     # writes anything, so the last report stays whole (a failed write part-way does not: the
     # summary, figures and README are written one after another)
@@ -31,8 +31,9 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
     floor, scores = tables.floor_metrics(), {f: tables.eval_metrics(f) for f in families}
     rows = tables.summary_rows(floor, scores, curves.verdicts(learning))
     clf, clf_timing, per_class = tables.judge_files()
-    spreads = noise.read(clf["profile"])  # the seed spread of this profile, if one was made
     data = tables.data_info(clf, per_class)
+    # the seed spread of this profile, if one was made (it ranks by the judge's FID)
+    spreads = noise.read(clf["profile"]) if data.judge else None
     by_knob = tables.sweeps(families)
     histories, hists = plots.loss_histories(families), plots.histograms(scores, data.classes)
     shown = plots.texts(rows, hists, data)
@@ -59,7 +60,7 @@ def build(families: list[str], out: Path, control: list[str] = (), i2i: list[str
             summary=tables.markdown_table([tables.display(r, data.judge) for r in rows],
                                           tables.summary_columns(data)),
             n=n, test_set=data.test_set,
-            noise=noise.section(clf["profile"], rows[1:], spreads, n) if data.judge else "",
+            noise=noise.section(clf["profile"], rows[1:], spreads, n, seed) if data.judge else "",
             floor_n=floor["n"], bullets=sections.metric_bullets(data, inception),
             trilemma=shown["trilemma"],
             curves=curves.section(learning, tables.fmt),

@@ -12,9 +12,6 @@ from trilemma.report import inputs
 from trilemma.report.prose import render
 from trilemma.report.tables import fmt, plus_minus
 
-FAR = 2.0  # a run this many seed stds from its family's seed mean is pointed out
-
-
 def read(profile: str) -> dict[str, seed_spread.Spread] | None:
     """family -> its FID over the seeds, from the profile's spread.csv; None without one."""
     path = seed_spread.folder(profile) / "spread.csv"
@@ -47,9 +44,24 @@ def _stds_away(fid: float | None, spread: seed_spread.Spread) -> float | None:
     return (fid - spread.mean) / spread.std
 
 
+def prediction_limit(n: int) -> float:
+    """How many seed stds (s of n seeds) from the seeds' mean the FID of a run with a new seed
+    lies with 95 % probability: t(0.975, n - 1) · sqrt(1 + 1/n), the prediction interval of one
+    more draw (4.97 with 3 seeds; 1.96 with infinitely many)."""
+    from scipy import stats  # the report alone needs it
+
+    return float(stats.t.ppf(0.975, n - 1)) * math.sqrt(1 + 1 / n)
+
+
+def _signed(z: float | None) -> str:
+    """'+3.0', '-0.4', '+inf', '–' (+ 0.0 turns a rounded -0.0 into 0.0)."""
+    return "–" if z is None else f"{z:+}" if math.isinf(z) else f"{round(z, 1) + 0.0:+.1f}"
+
+
 def section(profile: str, rows: list[dict], spreads: dict[str, seed_spread.Spread] | None,
-            n: int) -> str:
-    """The section for the summary's family `rows` (this run's FIDs; `n` samples each)."""
+            n: int, seed: int) -> str:
+    """The section for the summary's family `rows` (this run's FIDs, `n` samples each, trained
+    with `seed`)."""
     path = seed_spread.folder(profile) / "spread.csv"
     if not spreads:
         return render("noise_none", n=n, profile=profile, path=path)
@@ -58,20 +70,36 @@ def section(profile: str, rows: list[dict], spreads: dict[str, seed_spread.Sprea
                                   if f in here})
     lines = ["| rank | family | FID here | FID over the seeds | here − seed mean, in seed stds "
              "| tied with |", "|---|---|---|---|---|---|"]
-    far = []
     for rank, spread, ties in ranked:
-        fid = here[spread.family]
-        z = _stds_away(fid, spread)
-        # signed, one decimal; + 0.0 turns a rounded -0.0 into 0.0
-        shown = "–" if z is None else f"{z:+}" if math.isinf(z) else f"{round(z, 1) + 0.0:+.1f}"
-        if z is not None and abs(z) > FAR:
-            far.append(f"{spread.family} ({shown})")
-        lines.append(f"| {rank} | {spread.family} | {fmt(fid)} | "
-                     f"{plus_minus(spread.mean, spread.std)} | {shown} | {', '.join(ties) or '–'} |")
-    missing = [f for f in here if f not in spreads]
-    for family in missing:
+        lines.append(f"| {rank} | {spread.family} | {fmt(here[spread.family])} | "
+                     f"{plus_minus(spread.mean, spread.std)} | "
+                     f"{_signed(_stds_away(here[spread.family], spread))} | "
+                     f"{', '.join(ties) or '–'} |")
+    for family in [f for f in here if f not in spreads]:
         lines.append(f"| – | {family} | {fmt(here[family])} | not in the spread | – | – |")
-    seeds = sorted({seed for s in spreads.values() for seed in s.values})
+    seeds = sorted({k for s in spreads.values() for k in s.values})
     return render("noise", n=n, profile=profile, path=path, runs=len(seeds),
                   seeds=", ".join(map(str, seeds)), table="\n".join(lines),
-                  far="\n\n" + render("noise_far", far=", ".join(far), limit=f"{FAR:g}") if far else "")
+                  notes=_notes([s for _, s, _ in ranked], here, seed))
+
+
+def _notes(spreads: list[seed_spread.Spread], here: dict[str, float | None], seed: int) -> str:
+    """Whether this run is one of the spread's, and where it lies outside the seeds' range."""
+    scored = [s for s in spreads if here[s.family] is not None]
+    same_seed = [s for s in scored if seed in s.values]
+    differs = [s for s in same_seed
+               if not math.isclose(here[s.family], s.values[seed], rel_tol=1e-5)]
+    if same_seed and not differs:  # among the runs averaged: its distance from them is no test
+        return "\n\n" + render("noise_same", seed=seed)
+    notes = []
+    if differs:
+        notes.append(render("noise_other", seed=seed, families=", ".join(
+            f"{s.family} ({fmt(here[s.family])} here, {fmt(s.values[seed])} there)"
+            for s in differs)))
+    far = [s for s in scored if abs(_stds_away(here[s.family], s)) > prediction_limit(len(s.values))]
+    if far:
+        sizes = sorted({len(s.values) for s in far})
+        notes.append(render("noise_far", far=", ".join(
+            f"{s.family} ({_signed(_stds_away(here[s.family], s))})" for s in far),
+            limits="; ".join(f"±{prediction_limit(k):.2f} with {k} seeds" for k in sizes)))
+    return "".join("\n\n" + note for note in notes)
