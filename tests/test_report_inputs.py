@@ -6,6 +6,7 @@ broken metric file too."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -115,6 +116,19 @@ def test_a_broken_input_is_named_and_the_last_report_stays_whole(reports, name, 
     assert _files(OUT) == before  # summary.csv, README.md, figures/ and images/ as they were
 
 
+@pytest.mark.parametrize("value, error", [
+    (float("nan"), "fid_classifier is nan, not a score"),
+    (-5.0, "a FID is never negative"),
+    (1e300, "fid_classifier is 1e+300, not a score"),  # crashed the figures half-way
+])
+def test_a_score_that_is_no_score_stops_the_report_before_it_writes(reports, value, error):
+    before = _files(OUT)
+    _fid(Path("reports/eval/cgan/metrics.json"), value)
+    with pytest.raises(DataError, match=f"^reports/eval/cgan/metrics.json: .*{re.escape(error)}"):
+        build.build(["cgan"], OUT, control=["cgan"], i2i=["pix2pix"])
+    assert _files(OUT) == before
+
+
 def test_absent_optional_files_are_notes_and_the_report_is_written(reports):
     shutil.rmtree("reports/control")
     Path("reports/train/cgan/curve.csv").unlink()
@@ -158,6 +172,8 @@ def test_sync_reads_a_per_class_table_only_when_its_rows_fit_its_header(tmp_path
     _write(tmp_path / "reports/classifier/per_class.csv", "digit,n\n0,5\n1,6,7\n")
     with pytest.raises(DataError, match=r"^reports/classifier/per_class.csv: a row's fields"):
         tables("train-classifier", None)
+    _write(tmp_path / "reports/classifier/per_class.csv", "digit,n\n0,1_0\n")
+    assert tables("train-classifier", None)["per_class.json"]["n"] == ["1_0"]  # not 10
     shutil.rmtree("reports/classifier")
     Path("reports/classifier/per_class.csv").mkdir(parents=True)  # a folder: named, not skipped
     with pytest.raises(DataError, match=r"^reports/classifier/per_class.csv: cannot read as CSV"):

@@ -71,15 +71,27 @@ def test_a_run_outside_the_range_of_a_new_seed_is_flagged(reports):
 def test_a_run_that_is_one_of_the_seeds_is_said_to_be_and_not_tested(reports):
     seed_spread({0: (130.0, 50.5), 1: (99.0, 52.0), 2: (101.0, 48.0)})
     text = section(build.build(list(FAMILIES), OUT))
-    assert "This run (seed 0) is one of the spread's runs" in text
+    assert "This run (seed 0) is one of the spread's runs for cgan, vae: those FIDs" in text
     assert "Outside the seeds' range" not in text  # vae lies 1.15 stds out at most
+
+
+def test_only_the_families_whose_spread_holds_this_run_are_exempt_from_the_test(reports):
+    SPREAD.parent.mkdir(parents=True)  # seed 0 (this run) only among vae's seeds
+    SPREAD.write_text("family,metric,seed_0,seed_1,seed_2,seed_3\n"
+                      "vae,fid_classifier,130,131,129,\ncgan,fid_classifier,,10,11,9\n")
+    text = section(build.build(list(FAMILIES), OUT))
+    assert "one of the spread's runs for vae: those FIDs" in text, text
+    assert "**Outside the seeds' range: cgan (+40.5)**" in text, text
+    assert "Over 4 runs of the **quick** profile (seeds 0, 1, 2, 3;" in text
 
 
 def test_a_run_of_a_seed_in_the_spread_that_scored_otherwise_is_named(reports):
     seed_spread({0: (100.0, 50.5), 1: (99.0, 52.0), 2: (101.0, 48.0)})
     text = section(build.build(list(FAMILIES), OUT))
     assert ("**This run has seed 0, as one of the spread's runs, but scored otherwise**: "
-            "vae (130.0 here, 100.0 there).") in text, text
+            "vae (130 here, 100 there).") in text, text
+    SPREAD.write_text(SPREAD.read_text().replace("100,", "130.02,"))  # shown to 6 digits
+    assert "vae (130 here, 130.02 there)" in section(build.build(list(FAMILIES), OUT))
     assert "**Outside the seeds' range: vae (+30.0)**" in text
 
 

@@ -113,6 +113,16 @@ def test_command_writes_the_table_and_the_values(tmp_path, monkeypatch):
                               .split(",")[2]), 0.91)
 
 
+def test_a_bad_score_names_the_listing_it_came_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"families": FAMILIES})
+    (tmp_path / "a.json").write_text(json.dumps(exp_show({0: (100.0, 50.0)})))
+    (tmp_path / "b.json").write_text(with_value((*VAE, "fid_classifier"), math.nan))
+    result = CliRunner().invoke(app, ["seed-spread", "--from", "a.json", "--from", "b.json"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "error: b.json: seed1: vae: fid_classifier is nan, not a score"
+
+
 def test_runs_of_several_listings_are_merged_and_the_profile_chosen(tmp_path, monkeypatch):
     """Seeds run in several clones or machines: each one's saved listing is a --from; the same
     seed in two listings counts once (the first); --profile picks whose runs are compared."""
@@ -169,6 +179,8 @@ BAD_VALUES = {  # what one run holds -> the error's end
     "bool-fid": (with_value((*VAE, "fid_classifier"), True), "fid_classifier is True, not a score"),
     "text-fid": (with_value((*VAE, "fid_classifier"), "12"), "fid_classifier is '12', not a score"),
     "negative-fid": (with_value((*VAE, "fid_classifier"), -3.0), "a FID is never negative"),
+    "recall-above-1": (with_value((*VAE, "recall"), 1.5), "recall is 1.5; a share is 0..1"),
+    "negative-precision": (with_value((*VAE, "precision"), -0.5), "a share is 0..1"),
     "list-metrics": (with_value(VAE, [1]), "seed1's reports/eval/vae/metrics.json is list"),
     "bool-seed": (with_value(SEED, True), "seed1: seed is True, not a whole number 0.."),
     "negative-seed": (with_value(SEED, -1), "seed1: seed is -1, not a whole number 0.."),

@@ -108,7 +108,15 @@ def load(name: str, cfg: TrainConfig, path: str | Path, device: torch.device,
     if blob["family"] != name:
         raise DataError(f"{path}: a model of {blob['family']!r}, not of {name!r}; "
                         f"run `{train}` again")
-    difference = _first_difference(_saved_config(cfg, blob.get("config")), cfg.model_dump(), name)
+    try:
+        saved = type(cfg).model_validate(blob.get("config")).model_dump()
+    except (ValidationError, TypeError) as err:  # a setting removed, renamed or now refused
+        problem = (first_error(err, name) if isinstance(err, ValidationError)
+                   else f"{name}: saved as {type(blob.get('config')).__name__}")
+        raise DataError(f"{path}: trained with settings this version does not accept "
+                        f"({problem}); run `{train}` again") from None
+    # a setting added since the file was saved took its default there: what it was trained with
+    difference = _first_difference(saved, cfg.model_dump(), name)
     if difference:
         raise DataError(f"{path}: trained with other settings than the params' `{name}` "
                         f"({difference}); run `{train}` again")
@@ -138,21 +146,10 @@ def _first_difference(saved: Any, wanted: Any, where: str) -> str:
     if saved == wanted:
         return ""
     if isinstance(saved, dict) and isinstance(wanted, dict):
-        # a key only the file has first: it is why a file of retired settings does not validate
-        for key in [*(k for k in saved if k not in wanted), *wanted]:
+        for key in dict.fromkeys([*saved, *wanted]):
             below = _first_difference(saved.get(key, MISSING), wanted.get(key, MISSING),
                                       f"{where}.{key}")
             if below:
                 return below
     shown = ["not set" if v is MISSING else reprlib.repr(v) for v in (saved, wanted)]
     return f"{where}: {shown[0]} in the file, {shown[1]} in the params"
-
-
-def _saved_config(cfg: TrainConfig, saved: Any) -> Any:
-    """The settings a model file was saved with, as `cfg`'s class reads them today: a setting
-    added since then takes its default, which is what the file was trained with. The raw value
-    when they no longer validate (a setting removed or renamed): never equal to today's."""
-    try:
-        return type(cfg).model_validate(saved).model_dump()
-    except (ValidationError, TypeError):
-        return saved

@@ -27,7 +27,8 @@ SEED_COLUMN = "seed_"  # spread.csv: a column per seed, seed_<k>
 DEFAULT_PROFILE = Params.model_fields["profile"].default
 
 
-LARGEST = 1e100  # no score comes near; below it a mean or a std of squares cannot overflow
+LARGEST = 1e9  # no score comes near (FID of noise is in the hundreds): a broken or edited file
+UNIT_SCORES = {"precision", "recall", "min_class_fraction", "label_accuracy"}  # shares: 0..1
 LARGEST_SEED = next(m.le for m in Params.model_fields["seed"].metadata if hasattr(m, "le"))
 
 
@@ -63,8 +64,8 @@ class Spread:
 
 def score(value: object, metric: str, where: str) -> float | None:
     """A score as read from a run (`where` names it in an error): None when not scored (null
-    or absent, e.g. every judge score without class labels), else a finite number, and a FID
-    never negative."""
+    or absent, e.g. every judge score without class labels), else a finite number below
+    LARGEST, a FID never negative, a share 0..1."""
     if value is None:
         return None
     if not is_number(value) or abs(value) > LARGEST or not math.isfinite(value):  # in this
@@ -72,6 +73,8 @@ def score(value: object, metric: str, where: str) -> float | None:
         raise DataError(f"{where}: {metric} is {reprlib.repr(value)}, not a score")
     if metric == RANKED_BY and value < 0:
         raise DataError(f"{where}: {metric} is {value!r}; a FID is never negative")
+    if metric in UNIT_SCORES and not 0 <= value <= 1:
+        raise DataError(f"{where}: {metric} is {value!r}; a share is 0..1")
     return float(value)
 
 
@@ -95,11 +98,12 @@ def runs_from_exp_show(shown: list, families: list[str]) -> list[Run]:
         profile = DEFAULT_PROFILE if profile is None else profile
         if not isinstance(profile, str):
             raise DataError(f"{name}: profile is {profile!r}, not a profile's name")
-        broken = next((f for f, s in scores.items() if s is not None and not isinstance(s, dict)),
-                      None)
-        if broken:
-            raise _not_exp_show(f"{name}'s {paths.eval_reports(broken) / 'metrics.json'}",
-                                scores[broken])
+        for family, found in scores.items():
+            if found is not None and not isinstance(found, dict):
+                raise _not_exp_show(f"{name}'s {paths.eval_reports(family) / 'metrics.json'}",
+                                    found)
+            for metric in SCORES:  # checked here, where the caller still knows the listing
+                score((found or {}).get(metric), metric, f"{name}: {family}")
         runs.append(Run(name, profile, int(seed), scores))
     return runs
 

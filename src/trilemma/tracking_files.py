@@ -100,6 +100,8 @@ def _table_files(stage: str, family: str | None) -> list[Path]:
 
 
 def _number(text: str) -> Any:
+    if "_" in text:  # int() and float() read "1_0" as 10: a cell with one is text
+        return text
     for kind in (int, float):
         try:
             return kind(text)

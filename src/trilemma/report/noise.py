@@ -54,8 +54,12 @@ def prediction_limit(n: int) -> float:
 
 
 def _signed(z: float | None) -> str:
-    """'+3.0', '-0.4', '+inf', '–' (+ 0.0 turns a rounded -0.0 into 0.0)."""
-    return "–" if z is None else f"{z:+}" if math.isinf(z) else f"{round(z, 1) + 0.0:+.1f}"
+    """'+3.0', '-0.4', '+2.5e+05', '+inf', '–' (+ 0.0 turns a rounded -0.0 into 0.0)."""
+    if z is None:
+        return "–"
+    if math.isinf(z) or abs(z) >= 1e4:
+        return f"{z:+.1e}" if math.isfinite(z) else f"{z:+}"
+    return f"{round(z, 1) + 0.0:+.1f}"
 
 
 def section(profile: str, rows: list[dict], spreads: dict[str, seed_spread.Spread] | None,
@@ -77,26 +81,29 @@ def section(profile: str, rows: list[dict], spreads: dict[str, seed_spread.Sprea
                      f"{', '.join(ties) or '–'} |")
     for family in [f for f in here if f not in spreads]:
         lines.append(f"| – | {family} | {fmt(here[family])} | not in the spread | – | – |")
-    seeds = sorted({k for s in spreads.values() for k in s.values})
+    seeds = sorted({k for _, s, _ in ranked for k in s.values})
     return render("noise", n=n, profile=profile, path=path, runs=len(seeds),
                   seeds=", ".join(map(str, seeds)), table="\n".join(lines),
                   notes=_notes([s for _, s, _ in ranked], here, seed))
 
 
 def _notes(spreads: list[seed_spread.Spread], here: dict[str, float | None], seed: int) -> str:
-    """Whether this run is one of the spread's, and where it lies outside the seeds' range."""
+    """Per family: is this run one of the seeds' runs (its seed, the same FID), does it share a
+    seed with one but score otherwise, or does it lie outside the range of a new seed's run."""
     scored = [s for s in spreads if here[s.family] is not None]
-    same_seed = [s for s in scored if seed in s.values]
-    differs = [s for s in same_seed
-               if not math.isclose(here[s.family], s.values[seed], rel_tol=1e-5)]
-    if same_seed and not differs:  # among the runs averaged: its distance from them is no test
-        return "\n\n" + render("noise_same", seed=seed)
+    same = [s for s in scored if seed in s.values
+            and math.isclose(here[s.family], s.values[seed], rel_tol=1e-5)]  # spread.csv: %.6g
+    differs = [s for s in scored if seed in s.values and s not in same]
+    tested = [s for s in scored if s not in same]  # among the runs averaged: no test of them
+    far = [s for s in tested
+           if abs(_stds_away(here[s.family], s)) > prediction_limit(len(s.values))]
     notes = []
+    if same:
+        notes.append(render("noise_same", seed=seed, families=", ".join(s.family for s in same)))
     if differs:
         notes.append(render("noise_other", seed=seed, families=", ".join(
-            f"{s.family} ({fmt(here[s.family])} here, {fmt(s.values[seed])} there)"
+            f"{s.family} ({here[s.family]:.6g} here, {s.values[seed]:.6g} there)"
             for s in differs)))
-    far = [s for s in scored if abs(_stds_away(here[s.family], s)) > prediction_limit(len(s.values))]
     if far:
         sizes = sorted({len(s.values) for s in far})
         notes.append(render("noise_far", far=", ".join(

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
-from trilemma import paths
+from trilemma import paths, seed_spread
 from trilemma.config import SWEEPS
 from trilemma.report import inputs
 
@@ -83,13 +84,22 @@ def judge_files() -> tuple[dict, dict, list[dict]]:
 
 def floor_metrics() -> dict:
     """The real-data floor's scores (train-classifier's reports/eval/real/metrics.json)."""
-    return inputs.json_file(paths.REAL_METRICS, ["n"], numbers=[*METRIC_KEYS, "n"])
+    return _scores(paths.REAL_METRICS, "n")
 
 
 def eval_metrics(name: str) -> dict:
     """The family's scores (its evaluate stage's metrics.json)."""
-    return inputs.json_file(paths.eval_reports(name) / "metrics.json", ["n_samples"],
-                            numbers=[*METRIC_KEYS, "n_samples"])
+    return _scores(paths.eval_reports(name) / "metrics.json", "n_samples")
+
+
+def _scores(path: Path, count: str) -> dict:
+    """A metrics.json whose scores are scores (finite, a FID not negative, a share 0..1; the
+    stages write null for what they did not compute): a hand-edited value stops the report
+    before it writes anything, not part-way through its figures."""
+    found = inputs.json_file(path, [count], numbers=[*METRIC_KEYS, count])
+    for key in METRIC_KEYS:
+        seed_spread.score(found.get(key), key, str(path))
+    return found
 
 
 def data_info(clf: dict, per_class: list[dict]) -> Data:
