@@ -4,6 +4,7 @@ seeds (DVC experiments), and the FID ranking with the differences smaller than t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import subprocess
 from pathlib import Path
 from typing import Annotated, Optional
@@ -40,10 +41,13 @@ def seed_spread(params: ParamsOption = Path("params.yaml"), saved: ExpShowOption
     for source in saved or [None]:
         shown = _exp_show(source)
         try:
-            runs += spread_lib.runs_from_exp_show(shown, p.families)
+            found = spread_lib.runs_from_exp_show(shown, p.families)
         except DataError as err:  # the shape of the listing is wrong: name where it came from
             raise DataError(f"{source or 'the output of `dvc exp show --json` run here'}: "
                             f"{err}") from None
+        if len(saved or []) > 1:  # every listing has its own `workspace`: say whose
+            found = [replace(r, name=f"{source.name}:{r.name}") for r in found]
+        runs += found
     runs = spread_lib.of_profile(runs, profile)
     table = spread_lib.spreads(runs, p.families)
     text = spread_lib.markdown(runs, table)

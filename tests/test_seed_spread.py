@@ -141,7 +141,7 @@ def test_runs_of_several_listings_are_merged_and_the_profile_chosen(tmp_path, mo
     # the params' profile (quick) by default: none of these runs is one of its
     result = CliRunner().invoke(app, args[:-2])
     assert result.exit_code == 2 and "profile 'quick'" in result.stderr, result.output
-    assert "of other profiles: reference-seed0 (reference, seed 0)" in result.stderr
+    assert "of other profiles: here.json:reference-seed0 (reference, seed 0)" in result.stderr
 
 
 def test_families_with_equal_means_tie_even_without_spread():
