@@ -23,6 +23,7 @@ from conftest import base_params, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore", ".dvc/config",
+          "reports/seeds/README.md",  # the report stage depends on the folder
           "src", "pipeline"]
 # a VAE (latent steering, truncation) and pixel-space diffusion with classifier-free guidance
 # (step and guidance sweeps, label accuracy, guidance in control); every family's stage outputs

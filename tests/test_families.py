@@ -181,7 +181,7 @@ def test_family_trains_and_samples_at_other_image_shapes(name, image):
 def test_conditional_family_refuses_unlabelled_images_in_one_line(name):
     with pytest.raises(ConfigError, match=f"{name} is conditional and needs class labels") as err:
         build(name, image=RGB32_UNLABELLED)
-    assert "\n" not in str(err.value) and "params.yaml `families`" in str(err.value)
+    assert "\n" not in str(err.value) and "the params' `families`" in str(err.value)
 
 
 @pytest.mark.parametrize("name, size", [("dcgan", 7), ("dcgan", 9), ("wgan_gp", 6), ("cgan", 9),
