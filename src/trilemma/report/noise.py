@@ -99,7 +99,8 @@ def _notes(spreads: list[seed_spread.Spread], here: dict[str, float | None], see
            if abs(_stds_away(here[s.family], s)) > prediction_limit(len(s.values))]
     notes = []
     if same:
-        notes.append(render("noise_same", seed=seed, families=", ".join(s.family for s in same)))
+        notes.append(render("noise_same", seed=seed, families="every family" if len(same) == len(
+            scored) else ", ".join(s.family for s in same)))
     if differs:
         notes.append(render("noise_other", seed=seed, families=", ".join(
             f"{s.family} ({here[s.family]:.6g} here, {s.values[seed]:.6g} there)"
