@@ -25,8 +25,6 @@ SCORES = {"fid_classifier": "FID ↓", "precision": "precision ↑", "recall": "
 RANKED_BY = "fid_classifier"  # lower is better
 SEED_COLUMN = "seed_"  # spread.csv: a column per seed, seed_<k>
 DEFAULT_PROFILE = Params.model_fields["profile"].default
-
-
 LARGEST = 1e9  # no score comes near (FID of noise is in the hundreds): a broken or edited file
 UNIT_SCORES = {"precision", "recall", "min_class_fraction", "label_accuracy"}  # shares: 0..1
 LARGEST_SEED = next(m.le for m in Params.model_fields["seed"].metadata if hasattr(m, "le"))
@@ -68,8 +66,8 @@ def score(value: object, metric: str, where: str) -> float | None:
     LARGEST, a FID never negative, a share 0..1."""
     if value is None:
         return None
-    if not is_number(value) or abs(value) > LARGEST or not math.isfinite(value):  # in this
-        # order: a huge int cannot be made a float
+    # the size first: math.isfinite cannot take an int too large for a float
+    if not is_number(value) or abs(value) > LARGEST or not math.isfinite(value):
         raise DataError(f"{where}: {metric} is {reprlib.repr(value)}, not a score")
     if metric == RANKED_BY and value < 0:
         raise DataError(f"{where}: {metric} is {value!r}; a FID is never negative")
@@ -208,8 +206,9 @@ def markdown(runs: list[Run], table: dict[str, dict[str, Spread]]) -> str:
     seeds = ", ".join(str(r.seed) for r in runs)
     lines = [f"# Training noise, profile {runs[0].profile}: {len(runs)} runs (seeds {seeds})", "",
              "Mean ± std over the seeds (judge features). Rank counts only the families better "
-             "by more than the noise: two families tie when their mean FIDs differ by less than "
-             "sqrt(std_a² + std_b²), the spread of the difference between one run of each.", "",
+             "by more than the noise: two families tie when their mean FIDs are equal or differ "
+             "by less than sqrt(std_a² + std_b²), the spread of the difference between one run "
+             "of each.", "",
              "| rank | family | " + " | ".join(SCORES.values()) + " | tied with |",
              "|---|---|" + "---|" * len(SCORES) + "---|"]
     ranked = [(str(rank), spread.family, ties) for rank, spread, ties in ranking(table)]
