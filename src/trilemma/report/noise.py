@@ -12,6 +12,7 @@ from trilemma.report import inputs
 from trilemma.report.prose import render
 from trilemma.report.tables import fmt, plus_minus
 
+
 def read(profile: str) -> dict[str, seed_spread.Spread] | None:
     """family -> its FID over the seeds, from the profile's spread.csv; None without one."""
     path = seed_spread.folder(profile) / "spread.csv"
